@@ -1,0 +1,7 @@
+"""python -m admission: the same as the `admission` command."""
+
+import sys
+
+from admission.cli import main
+
+sys.exit(main())

@@ -1,0 +1,269 @@
+"""admission.bench.command: the `admission bench` command line, its arguments and its run.
+
+`add_arguments` declares the options on a parser the CLI provides; `run` carries out a
+parsed invocation and returns the exit code: 0 on success, 1 when the bench could not
+measure (the target did not start, a load process failed), 2 on a bad argument.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from admission.bench.loadgen import LoadResult
+from admission.bench.recommend import Row, recommend
+from admission.bench.report import BenchReport, format_table, write_json, write_plot
+from admission.bench.sweep import (
+    ADMISSION_SERVE,
+    BenchError,
+    LoadPlan,
+    Progress,
+    parse_url_target,
+    sweep_app,
+    sweep_url,
+)
+
+DEFAULT_TARGET = "admission.demo:app"
+DEFAULT_WINDOWS = "1,2,4,8,16,32,64"
+
+#: Exit codes: measured, could not measure, bad argument (argparse's own code for usage errors).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class UsageError(Exception):
+    """UsageError is a bad argument, reported in one line with exit code 2."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """add_arguments declares TARGET and the bench options on `parser`."""
+    parser.add_argument(
+        "target",
+        nargs="?",
+        default=DEFAULT_TARGET,
+        metavar="TARGET",
+        help=(
+            "MODULE:APP to serve under the middleware once per window size, or the http:// URL "
+            f"of a service already running with it (measured once). Default: {DEFAULT_TARGET}"
+        ),
+    )
+    parser.add_argument(
+        "--windows",
+        default=DEFAULT_WINDOWS,
+        metavar="LIST",
+        help=f"comma-separated window sizes to measure (default: {DEFAULT_WINDOWS})",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds of load per window (default: 5)",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=64,
+        metavar="N",
+        help="closed-loop clients, each with one request outstanding (default: 64)",
+    )
+    parser.add_argument(
+        "--path", default="/", metavar="PATH", help="request path and query (default: /)"
+    )
+    parser.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
+    parser.add_argument(
+        "--plot", metavar="FILE", help="write throughput and p99 against window as a PNG to FILE"
+    )
+    parser.add_argument(
+        "--load-processes",
+        type=int,
+        default=1,
+        metavar="P",
+        help=(
+            "processes generating the load (default: 1, which drives a single server process "
+            "to saturation; raise it for a multi-worker URL target on a machine with spare cores)"
+        ),
+    )
+
+
+def parse_windows(text: str) -> list[int]:
+    """parse_windows reads "1,2,4" into sorted, distinct positive window sizes.
+
+    Blank items around commas are ignored ("1, 2," is [1, 2]); anything else that is not a
+    positive integer, or a list with no sizes at all, is a UsageError.
+    """
+    windows: set[int] = set()
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            window = int(item)
+        except ValueError:
+            window = 0
+        if window < 1:
+            raise UsageError(
+                f"--windows: {item!r} is not a positive integer "
+                "(expected a comma-separated list such as 1,2,4,8)"
+            )
+        windows.add(window)
+    if not windows:
+        raise UsageError("--windows: no window sizes given (expected a list such as 1,2,4,8)")
+    return sorted(windows)
+
+
+def _plan(args: argparse.Namespace) -> LoadPlan:
+    """_plan validates the load options and turns them into a LoadPlan."""
+    if not args.duration > 0:
+        raise UsageError(f"--duration: must be a positive number of seconds, got {args.duration}")
+    if args.concurrency < 1:
+        raise UsageError(f"--concurrency: must be at least 1, got {args.concurrency}")
+    if args.load_processes < 1:
+        raise UsageError(f"--load-processes: must be at least 1, got {args.load_processes}")
+    if not args.path.startswith("/"):
+        raise UsageError(f"--path: must start with '/', got {args.path!r}")
+    # Checked before measuring, so a typo does not throw away minutes of load.
+    for option, value in (("--json", args.json), ("--plot", args.plot)):
+        if value and not Path(value).parent.is_dir():
+            raise UsageError(f"{option}: directory of {value!r} does not exist")
+    return LoadPlan(
+        path=args.path,
+        concurrency=args.concurrency,
+        duration_s=args.duration,
+        processes=args.load_processes,
+        # Long enough to open every connection, short next to the measurement itself.
+        warmup_s=min(0.5, args.duration / 5),
+    )
+
+
+def _is_url(target: str) -> bool:
+    """_is_url tells a URL target from a MODULE:APP one by its scheme."""
+    return target.startswith(("http://", "https://"))
+
+
+def _check_app_target(target: str) -> None:
+    """_check_app_target rejects a target that cannot be MODULE:APP before any process starts."""
+    module, sep, attribute = target.partition(":")
+    if not sep or not module or not attribute:
+        raise UsageError(f"TARGET: {target!r} is neither MODULE:APP nor an http:// URL")
+
+
+def _progress_printer(stream: TextIO, total: int) -> Progress:
+    """_progress_printer returns a callback printing one line per measured window to `stream`."""
+    done = 0
+
+    def report(row: Row, result: LoadResult) -> None:
+        nonlocal done
+        done += 1
+        window = "unknown" if row.window is None else str(row.window)
+        p99 = "-" if row.p99_ms is None else f"{row.p99_ms:.1f} ms"
+        line = (
+            f"[{done}/{total}] window {window}: {row.throughput_rps:,.0f} req/s, p99 {p99}, "
+            f"{row.rejected_ratio:.1%} rejected"
+        )
+        if result.errors:
+            line += f", {result.errors} requests got no response"
+        print(line, file=stream, flush=True)
+
+    return report
+
+
+def run(args: argparse.Namespace) -> int:
+    """run carries out `admission bench` and returns its exit code.
+
+    The table, the recommendation and any notes go to stdout; progress and errors go to
+    stderr, errors as one line starting with "admission bench:".
+    """
+    try:
+        return _run(args, sys.stdout, sys.stderr)
+    except UsageError as exc:
+        print(f"admission bench: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BenchError as exc:
+        print(f"admission bench: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    """_run is run without the error reporting: it raises UsageError and BenchError."""
+    plan = _plan(args)
+    target: str = args.target
+    notes: list[str] = []
+    if _is_url(target):
+        try:
+            url_target = parse_url_target(target)
+        except BenchError as exc:
+            raise UsageError(str(exc)) from exc
+        print(
+            f"admission bench: measuring {target} as it runs: {plan.concurrency} clients "
+            f"on {plan.path} for {plan.duration_s:g} s",
+            file=err,
+            flush=True,
+        )
+        rows = sweep_url(url_target, plan, _progress_printer(err, 1))
+        notes.append(
+            "note: a URL target is measured as it is configured and can't be swept; "
+            "--windows was not used. Serve MODULE:APP to compare window sizes."
+        )
+    else:
+        _check_app_target(target)
+        windows = parse_windows(args.windows)
+        print(
+            f"admission bench: serving {target} under {ADMISSION_SERVE.name} for each of "
+            f"{len(windows)} window sizes: {plan.concurrency} clients on {plan.path} for "
+            f"{plan.duration_s:g} s each",
+            file=err,
+            flush=True,
+        )
+        rows = sweep_app(target, windows, plan, progress=_progress_printer(err, len(windows)))
+        if windows[-1] > plan.concurrency:
+            notes.append(
+                f"note: windows above --concurrency ({plan.concurrency}) can never fill, "
+                "so they measure the same as no window."
+            )
+    window, explanation = recommend(rows)
+    report = BenchReport(
+        rows=rows,
+        recommended_window=window,
+        explanation=explanation,
+        target=target,
+        path=plan.path,
+        concurrency=plan.concurrency,
+        duration_s=plan.duration_s,
+    )
+    _print_report(report, out)
+    _write_files(args, report, notes, out)
+    for note in notes:
+        print(note, file=out)
+    return EXIT_OK
+
+
+def _print_report(report: BenchReport, out: TextIO) -> None:
+    """_print_report writes the table and the recommendation to `out`."""
+    print(format_table(report.rows, report.recommended_window), file=out)
+    print(file=out)
+    shown = "unknown" if report.recommended_window is None else str(report.recommended_window)
+    print(f"recommended window: {shown}", file=out)
+    print(report.explanation, file=out)
+
+
+def _write_files(
+    args: argparse.Namespace, report: BenchReport, notes: list[str], out: TextIO
+) -> None:
+    """_write_files writes --json and --plot when asked, saying where in `out` or in `notes`."""
+    if args.json:
+        try:
+            write_json(report, Path(args.json))
+        except OSError as exc:
+            raise BenchError(f"--json: cannot write {args.json}: {exc.strerror}") from exc
+        print(f"wrote {args.json}", file=out)
+    if args.plot:
+        try:
+            written = write_plot(report, Path(args.plot))
+        except OSError as exc:
+            raise BenchError(f"--plot: cannot write {args.plot}: {exc.strerror}") from exc
+        if written:
+            print(f"wrote {args.plot}", file=out)
+        else:
+            notes.append(f"note: {args.plot} not written: no row has a known window to plot.")

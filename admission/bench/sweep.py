@@ -1,0 +1,341 @@
+"""admission.bench.sweep: serve a target once per window size, load it, and turn the load into rows.
+
+A `MODULE:APP` target is started as a child process on a free loopback port for each
+window, so every window is measured on a fresh process with nothing left over from the
+previous one. An `http://` URL target is a service someone else runs: it is measured once,
+as it is configured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO
+
+from admission.bench.loadgen import LoadResult, load
+from admission.bench.recommend import Row, percentile
+
+LOOPBACK = "127.0.0.1"
+
+#: How long a served target may take to answer its health check before the bench gives up.
+START_TIMEOUT_S = 30.0
+
+#: How long a served target may take to exit after SIGTERM before it is killed.
+STOP_TIMEOUT_S = 10.0
+
+#: Interval between health-check attempts while a target starts.
+POLL_INTERVAL_S = 0.05
+
+
+class BenchError(Exception):
+    """BenchError is a failure the bench reports to its user in one line (bad target, no start)."""
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """Launcher says how to serve a `MODULE:APP` target on a port and how to tell it is up.
+
+    `argv(target, port)` is the command line; `health_path` is polled until it answers 200.
+    """
+
+    name: str
+    argv: Callable[[str, int], list[str]]
+    health_path: str
+
+
+def _admission_serve_argv(target: str, port: int) -> list[str]:
+    """_admission_serve_argv runs the target under the middleware with `admission serve`."""
+    return [
+        sys.executable,
+        "-m",
+        "admission",
+        "serve",
+        target,
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+    ]
+
+
+def _bare_uvicorn_argv(target: str, port: int) -> list[str]:
+    """_bare_uvicorn_argv runs the target with plain uvicorn, without the middleware."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        target,
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--no-access-log",
+    ]
+
+
+#: The real thing: the target under the middleware, health from the middleware's /healthz.
+ADMISSION_SERVE = Launcher("admission serve", _admission_serve_argv, "/healthz")
+
+#: The baseline: the bare target, which has no /healthz of its own, so "/" is polled.
+BARE_UVICORN = Launcher("uvicorn", _bare_uvicorn_argv, "/")
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """LoadPlan is the load applied to each window: clients, seconds, path and processes.
+
+    `warmup_s` of load precedes each measurement and is not counted, so connection setup
+    and first-request costs do not land in the numbers.
+    """
+
+    path: str = "/"
+    concurrency: int = 64
+    duration_s: float = 5.0
+    processes: int = 1
+    warmup_s: float = 0.5
+
+
+def free_port() -> int:
+    """free_port asks the kernel for an unused loopback TCP port and returns its number.
+
+    The port is released before returning, so another process could take it first; the
+    served target then fails to bind and the bench reports that it did not start.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def server_env(window: int, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """server_env is the environment of a served target: `base` (default os.environ) plus
+    the window under test, no queueing for a slot, and no drain delay.
+
+    A queue timeout of 0 makes a full window reject at once, so the window's effect shows up
+    as rejections rather than as hidden waiting. The drain delay only matters to load
+    balancers, and there is none here, so it is zeroed to stop each window quickly.
+    """
+    env = dict(os.environ if base is None else base)
+    env["ADMISSION_WINDOW"] = str(window)
+    env["ADMISSION_QUEUE_TIMEOUT"] = "0"
+    env["ADMISSION_DRAIN_DELAY"] = "0"
+    return env
+
+
+def http_get(host: str, port: int, path: str, timeout_s: float) -> tuple[int, bytes]:
+    """http_get makes one GET and returns (status, body); any status counts as an answer.
+
+    Connection failures raise OSError (urllib.error.URLError is one).
+    """
+    url = f"http://{host}:{port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return int(response.status), bytes(response.read())
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+@contextmanager
+def served(
+    target: str,
+    window: int,
+    launcher: Launcher = ADMISSION_SERVE,
+    *,
+    start_timeout_s: float = START_TIMEOUT_S,
+) -> Iterator[int]:
+    """served runs `target` with the given window on a free port and yields the port.
+
+    It returns once the launcher's health path answers 200, polling until
+    `start_timeout_s`; if the process exits or the deadline passes first, BenchError is
+    raised with the end of the process's output. On leaving, the process gets SIGTERM,
+    and is killed if it has not exited within STOP_TIMEOUT_S.
+    """
+    port = free_port()
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(
+            launcher.argv(target, port),
+            env=server_env(window),
+            stdin=subprocess.DEVNULL,
+            # A file, not a pipe: nobody reads while the load runs, and a full pipe
+            # would block the server on its own logging.
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            _wait_healthy(process, port, launcher, start_timeout_s, output)
+            yield port
+        finally:
+            _stop(process)
+
+
+def _wait_healthy(
+    process: subprocess.Popen[bytes],
+    port: int,
+    launcher: Launcher,
+    timeout_s: float,
+    output: IO[bytes],
+) -> None:
+    """_wait_healthy polls the health path until it answers 200, the process dies, or time's up."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise BenchError(
+                f"{launcher.name} exited with code {process.returncode} before it answered "
+                f"{launcher.health_path}: {_tail(output)}"
+            )
+        try:
+            status, _ = http_get(LOOPBACK, port, launcher.health_path, timeout_s=1.0)
+        except OSError:
+            status = 0
+        if status == 200:
+            return
+        if time.monotonic() >= deadline:
+            raise BenchError(
+                f"{launcher.name} did not answer 200 on {launcher.health_path} within "
+                f"{timeout_s:g} s (last status {status or 'none'}): {_tail(output)}"
+            )
+        time.sleep(POLL_INTERVAL_S)
+
+
+def _tail(output: IO[bytes], limit: int = 400) -> str:
+    """_tail returns the last `limit` characters of a child's captured output, on one line."""
+    output.seek(0)
+    text = output.read().decode("utf-8", "replace").strip()
+    if not text:
+        return "(no output)"
+    return " | ".join(text[-limit:].splitlines())
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """_stop sends SIGTERM and waits a bounded time for exit, then kills."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def to_row(window: int | None, result: LoadResult) -> Row:
+    """to_row condenses one load result into a row: 2xx throughput, 2xx p50/p99 in ms, rejects.
+
+    A result with no 2xx response has no latency percentiles (None).
+    """
+    latencies = sorted(result.latencies_s)
+    p50 = percentile(latencies, 50)
+    p99 = percentile(latencies, 99)
+    return Row(
+        window=window,
+        throughput_rps=result.throughput_rps,
+        p50_ms=None if p50 is None else p50 * 1000.0,
+        p99_ms=None if p99 is None else p99 * 1000.0,
+        rejected_ratio=result.rejected_ratio,
+    )
+
+
+def measure(host: str, port: int, plan: LoadPlan) -> LoadResult:
+    """measure warms the server up for `plan.warmup_s` (uncounted), then runs the plan's load."""
+    if plan.warmup_s > 0:
+        load(host, port, plan.path, plan.concurrency, plan.warmup_s, plan.processes)
+    return load(host, port, plan.path, plan.concurrency, plan.duration_s, plan.processes)
+
+
+Progress = Callable[[Row, LoadResult], None]
+
+
+def sweep_app(
+    target: str,
+    windows: Sequence[int],
+    plan: LoadPlan,
+    launcher: Launcher = ADMISSION_SERVE,
+    progress: Progress | None = None,
+) -> list[Row]:
+    """sweep_app measures `target` once per window, each on a freshly started process.
+
+    Rows come back in the order of `windows`; `progress`, if given, is called after each
+    one. An empty `windows` measures nothing and returns no rows.
+    """
+    rows: list[Row] = []
+    for window in windows:
+        with served(target, window, launcher) as port:
+            result = measure(LOOPBACK, port, plan)
+        row = to_row(window, result)
+        rows.append(row)
+        if progress is not None:
+            progress(row, result)
+    return rows
+
+
+@dataclass(frozen=True)
+class UrlTarget:
+    """UrlTarget is the host and port of an `http://` target; the path comes from the plan."""
+
+    host: str
+    port: int
+
+
+def parse_url_target(url: str) -> UrlTarget:
+    """parse_url_target reads `http://host[:port][/]`; the port defaults to 80.
+
+    https, a path other than "/", a query or credentials are BenchError: the load client
+    speaks plain HTTP only, and the request path is given separately (--path).
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "http":
+        raise BenchError(f"target {url!r}: only http:// URLs can be benchmarked")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise BenchError(f"target {url!r}: give the URL without a path and the path with --path")
+    if parts.username or parts.password:
+        raise BenchError(f"target {url!r}: credentials in the URL are not supported")
+    if not parts.hostname:
+        raise BenchError(f"target {url!r}: no host")
+    try:
+        port = parts.port or 80
+    except ValueError as exc:
+        raise BenchError(f"target {url!r}: bad port") from exc
+    return UrlTarget(parts.hostname, port)
+
+
+def reported_window(target: UrlTarget) -> int | None:
+    """reported_window asks the running service's /readyz for its window.
+
+    It is the integer under "window" in the JSON body, whatever the status (a draining
+    service still reports it); None when the key is missing, not an integer, or /readyz
+    cannot be read or parsed.
+    """
+    try:
+        _, body = http_get(target.host, target.port, "/readyz", timeout_s=2.0)
+        document = json.loads(body)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    window = document.get("window")
+    # bool is an int subclass, and `true` is not a window size.
+    if isinstance(window, int) and not isinstance(window, bool):
+        return window
+    return None
+
+
+def sweep_url(target: UrlTarget, plan: LoadPlan, progress: Progress | None = None) -> list[Row]:
+    """sweep_url measures a running service once, as configured: a list of exactly one row."""
+    window = reported_window(target)
+    result = measure(target.host, target.port, plan)
+    row = to_row(window, result)
+    if progress is not None:
+        progress(row, result)
+    return [row]

@@ -1,0 +1,80 @@
+"""admission.bucket: token-bucket arithmetic as GCRA, pure and synchronous.
+
+GCRA (the generic cell rate algorithm) keeps one number per key, the theoretical arrival
+time (TAT): the moment at which the bucket would be full again. With an emission interval
+`T` (seconds per token) and a capacity of `B` tokens, a request of cost `c` at time `now` is
+admitted iff `max(TAT, now) + c*T - now <= B*T`, and then TAT becomes `max(TAT, now) + c*T`.
+Time is an argument: nothing here reads a clock, sleeps or starts a task.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# Tolerance for float rounding at the admission boundary, far below any useful rate.
+_EPSILON_S = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Decision is the answer for one request.
+
+    `allowed`: whether it is admitted. `remaining`: whole tokens left after it.
+    `retry_after_s`: seconds until the same request could be admitted (0 when allowed; inf when
+    its cost exceeds the capacity). `reset_after_s`: seconds until the bucket is full again.
+    """
+
+    allowed: bool
+    remaining: int
+    retry_after_s: float
+    reset_after_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """Bucket is a rate (`interval_s` seconds per token) and a `capacity` in tokens.
+
+    `decide` is the whole algorithm; stores keep the TAT it returns per key. A TAT of None (or
+    one in the past) is a full bucket, so a store may forget a key once `now >= TAT`.
+    """
+
+    interval_s: float
+    capacity: int
+
+    def __post_init__(self) -> None:
+        if not (self.interval_s > 0 and math.isfinite(self.interval_s)):
+            raise ValueError(
+                f"Bucket.interval_s must be a finite number > 0, got {self.interval_s}"
+            )
+        if self.capacity < 1:
+            raise ValueError(f"Bucket.capacity must be >= 1, got {self.capacity}")
+
+    @property
+    def fill_time_s(self) -> float:
+        """fill_time_s is how long an empty bucket takes to fill: capacity × interval."""
+        return self.capacity * self.interval_s
+
+    def decide(self, tat: float | None, now: float, cost: int = 1) -> tuple[float | None, Decision]:
+        """decide admits or refuses a request of `cost` tokens at `now` given the key's `tat`.
+
+        Returns the new TAT (unchanged when refused; None when the key can be forgotten) and the
+        decision. A clock that goes backwards never grants tokens: the TAT never decreases, and
+        tokens are counted from the earlier `now`. A cost of 0 only reports the state.
+        """
+        if cost < 0:
+            raise ValueError(f"cost must be >= 0, got {cost}")
+        limit = self.fill_time_s
+        base = now if tat is None or tat < now else tat
+        new_tat = base + cost * self.interval_s
+        if cost > self.capacity:
+            return tat, Decision(False, self._remaining(base, now), math.inf, max(0.0, base - now))
+        if new_tat - now <= limit + _EPSILON_S:
+            return new_tat, Decision(True, self._remaining(new_tat, now), 0.0, new_tat - now)
+        retry = new_tat - limit - now
+        return tat, Decision(False, self._remaining(base, now), retry, max(0.0, base - now))
+
+    def _remaining(self, tat: float, now: float) -> int:
+        # Whole tokens only, so headers never promise a token that is not there yet.
+        tokens = (self.fill_time_s - (tat - now)) / self.interval_s
+        return max(0, min(self.capacity, math.floor(tokens + _EPSILON_S)))

@@ -1,0 +1,82 @@
+"""admission.cli: the `admission` command: serve, config, bench."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from admission.errors import ConfigError
+from admission.settings import Settings
+
+
+def _settings_or_exit() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        print(f"admission: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """cmd_serve validates the settings and the target, then serves until drained."""
+    from uvicorn.importer import ImportFromStringError, import_from_string
+
+    from admission.serve import DEMO, serve
+
+    settings = _settings_or_exit()
+    target = args.app or DEMO
+    try:
+        import_from_string(target)
+    except ImportFromStringError as exc:
+        print(f"admission: cannot load the app {target!r}: {exc}", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print("admission: --workers must be >= 1", file=sys.stderr)
+        return 2
+    return serve(target, host=args.host, port=args.port, workers=args.workers, settings=settings)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """cmd_config prints the effective settings, secrets redacted; 2 on a bad one."""
+    settings = _settings_or_exit()
+    rows = settings.describe()
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """build_parser is the whole command line."""
+    parser = argparse.ArgumentParser(
+        prog="admission", description="Admission control for ASGI services."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve an ASGI app (default: the demo) under admission")
+    serve.add_argument("app", nargs="?", help="MODULE:APP (default: admission.demo:app)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(func=cmd_serve)
+    config = sub.add_parser("config", help="print the effective settings; exit 2 on a bad one")
+    config.set_defaults(func=cmd_config)
+    bench = sub.add_parser("bench", help="sweep window sizes against an app and recommend one")
+    try:
+        from admission.bench import command as bench_command
+    except ImportError:  # pragma: no cover - the bench engine ships with the package
+        bench_command = None
+    if bench_command is not None and hasattr(bench_command, "add_arguments"):
+        bench_command.add_arguments(bench)
+        bench.set_defaults(func=bench_command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """main runs the command line and returns its exit status."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""admission.demo: the plain demo application, without the middleware.
+
+`admission serve` wraps it in `AdmissionMiddleware`; `uvicorn admission.demo:app` runs it bare,
+which is the baseline the benchmarks compare against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from admission.context import draining
+
+MAX_SLOW_MS = 600_000
+MAX_CHUNKS = 100_000
+
+
+def _int_param(request: Request, name: str, default: int, upper: int) -> int:
+    """_int_param reads a non-negative integer query parameter, clamped to `upper`."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        return default
+    return max(0, min(value, upper))
+
+
+async def index(request: Request) -> Response:
+    """index answers at once: the cheapest request there is."""
+    return PlainTextResponse("ok\n")
+
+
+async def slow(request: Request) -> Response:
+    """slow sleeps `ms` milliseconds (default 100) before answering."""
+    ms = _int_param(request, "ms", 100, MAX_SLOW_MS)
+    await asyncio.sleep(ms / 1000)
+    return PlainTextResponse(f"slept {ms} ms\n")
+
+
+async def stream(request: Request) -> Response:
+    """stream sends `chunks` chunks `gap_ms` apart; it stops early once a drain has begun."""
+    chunks = _int_param(request, "chunks", 10, MAX_CHUNKS)
+    gap_ms = _int_param(request, "gap_ms", 100, MAX_SLOW_MS)
+
+    async def body() -> object:
+        for i in range(chunks):
+            if i:
+                await asyncio.sleep(gap_ms / 1000)
+            if draining(request.scope):
+                yield b"draining: stream ended early\n"
+                return
+            yield f"chunk {i}\n".encode()
+
+    return StreamingResponse(body(), media_type="text/plain")  # type: ignore[arg-type]
+
+
+async def echo(request: Request) -> Response:
+    """echo answers with the request body it received."""
+    body = await request.body()
+    return Response(
+        body, media_type=request.headers.get("content-type", "application/octet-stream")
+    )
+
+
+async def boom(request: Request) -> Response:
+    """boom raises, to show that a failing handler answers 500 and leaks nothing."""
+    raise RuntimeError("boom: the demo handler failed on purpose")
+
+
+async def ws_echo(websocket: WebSocket) -> None:
+    """ws_echo sends every message back until the client closes."""
+    await websocket.accept()
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("text") is not None:
+                await websocket.send_text(message["text"])
+            elif message.get("bytes") is not None:
+                await websocket.send_bytes(message["bytes"])
+    except WebSocketDisconnect:
+        return
+
+
+app = Starlette(
+    routes=[
+        Route("/", index),
+        Route("/slow", slow),
+        Route("/stream", stream),
+        Route("/echo", echo, methods=["POST"]),
+        Route("/boom", boom),
+        WebSocketRoute("/ws", ws_echo),
+    ]
+)

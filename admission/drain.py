@@ -1,0 +1,150 @@
+"""admission.drain: the graceful drain, a state machine run once.
+
+serving → pre-drain (readiness fails, requests still served, responses say Connection: close)
+→ draining (new requests refused with 503, websockets closed with 1001, in-flight awaited on
+the ledger) → drained (in-flight 0, or the deadline passed and the stragglers were cancelled)
+→ closed (the lifetime closed: tasks, child processes, cleanups and the store, once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+
+from admission.ledger import Ledger
+from admission.lifetime import Lifetime
+
+log = logging.getLogger("admission.drain")
+
+# After cancelling stragglers, how long to wait for them to unwind before giving up on them.
+STRAGGLER_UNWIND_S = 5.0
+
+
+class Phase(str, enum.Enum):
+    """Phase is where the drain is."""
+
+    SERVING = "serving"
+    PRE_DRAIN = "pre-drain"
+    DRAINING = "draining"
+    DRAINED = "drained"
+    CLOSED = "closed"
+
+
+class Drain:
+    """Drain moves the service from serving to closed, once, however often it is started.
+
+    `begin()` starts it (idempotent); `hurry()` ends the pre-drain delay and cancels whatever is
+    still in flight now (a second Ctrl+C); `until_drained()` waits for `drained`; `run()` waits
+    for `closed`. A delay of 0 skips the pre-drain phase; the timeout bounds the wait for
+    in-flight requests, after which they are cancelled and their number logged.
+    """
+
+    def __init__(
+        self, ledger: Ledger, lifetime: Lifetime, *, delay_s: float, timeout_s: float
+    ) -> None:
+        self.ledger = ledger
+        self.lifetime = lifetime
+        self.delay_s = delay_s
+        self.timeout_s = timeout_s
+        self.phase = Phase.SERVING
+        self.cancelled = 0
+        self._task: asyncio.Task[None] | None = None
+        self._hurry: asyncio.Event | None = None
+        self._close_task: asyncio.Task[None] | None = None
+
+    @property
+    def accepting(self) -> bool:
+        """accepting is True while new requests are served (serving and pre-drain)."""
+        return self.phase is Phase.SERVING or self.phase is Phase.PRE_DRAIN
+
+    @property
+    def ready(self) -> bool:
+        """ready is what readiness reports: True only before the drain starts."""
+        return self.phase is Phase.SERVING
+
+    def draining(self) -> bool:
+        """draining is True from the first moment of the drain."""
+        return self.phase is not Phase.SERVING
+
+    def begin(self, *, delay_s: float | None = None) -> asyncio.Task[None]:
+        """begin starts the drain (with `delay_s` instead of the configured delay, if given)
+        and returns its task; later calls return the same task."""
+        if self._task is None:
+            self._hurry = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(
+                self._drain(self.delay_s if delay_s is None else delay_s), name="admission-drain"
+            )
+        return self._task
+
+    def hurry(self) -> None:
+        """hurry cuts the drain short: no more delay, and in-flight requests are cancelled."""
+        self.begin()
+        assert self._hurry is not None
+        self._hurry.set()
+
+    async def until_drained(self, *, delay_s: float | None = None) -> None:
+        """until_drained starts the drain if needed and returns once nothing is in flight."""
+        await asyncio.shield(self.begin(delay_s=delay_s))
+
+    async def run(self, *, delay_s: float | None = None) -> None:
+        """run drains and then closes; concurrent and repeated calls share one run."""
+        await self.until_drained(delay_s=delay_s)
+        if self._close_task is None:
+            self._close_task = asyncio.get_running_loop().create_task(self._close())
+        await asyncio.shield(self._close_task)
+
+    async def _drain(self, delay_s: float) -> None:
+        assert self._hurry is not None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self.phase = Phase.PRE_DRAIN
+        log.info(
+            "drain started: %d in flight; readiness fails now%s",
+            self.ledger.in_flight,
+            f", still serving for {delay_s:g}s" if delay_s > 0 else "",
+        )
+        if delay_s > 0:
+            await _wait(self._hurry.wait(), delay_s)
+        self.phase = Phase.DRAINING
+        for item in self.ledger.live():
+            if item.websocket:
+                item.abort("draining")
+        if self.ledger.in_flight:
+            log.info(
+                "draining: new requests refused; waiting up to %gs for %d in flight",
+                self.timeout_s,
+                self.ledger.in_flight,
+            )
+        left = self.timeout_s
+        if not self._hurry.is_set():
+            empty = loop.create_task(self.ledger.wait_empty())
+            hurry = loop.create_task(self._hurry.wait())
+            await asyncio.wait({empty, hurry}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            empty.cancel()
+            hurry.cancel()
+        stragglers = self.ledger.live()
+        if stragglers:
+            self.cancelled = len(stragglers)
+            for item in stragglers:
+                item.abort("drain_deadline")
+            log.warning(
+                "drain deadline: cancelled %d request(s) still in flight after %.1fs",
+                len(stragglers),
+                loop.time() - started,
+            )
+            await _wait(self.ledger.wait_empty(), STRAGGLER_UNWIND_S)
+        self.phase = Phase.DRAINED
+        log.info("drained in %.2fs (%d cancelled)", loop.time() - started, self.cancelled)
+
+    async def _close(self) -> None:
+        await self.lifetime.close()
+        self.phase = Phase.CLOSED
+        log.info("closed: resources released")
+
+
+async def _wait(awaitable: object, timeout_s: float) -> None:
+    try:
+        await asyncio.wait_for(awaitable, timeout_s)  # type: ignore[arg-type]
+    except asyncio.TimeoutError:
+        pass

@@ -1,0 +1,39 @@
+"""admission.headers: the RateLimit and RateLimit-Policy fields of the IETF draft.
+
+draft-ietf-httpapi-ratelimit-headers: `RateLimit-Policy: "<name>";q=<quota>;w=<window s>`
+and `RateLimit: "<name>";r=<remaining>;t=<seconds until full>`, both Structured Field lists.
+The policy states the sustained rate as configured (`q` per `w` seconds); `r` counts whole
+tokens left in the bucket (up to the burst), and `t` is the seconds until it is full again.
+"""
+
+from __future__ import annotations
+
+import math
+
+import limits
+
+from admission.bucket import Decision
+
+POLICY_NAME = "default"
+RawHeaders = list[tuple[bytes, bytes]]
+
+
+def policy_header(rate: limits.RateLimitItem) -> tuple[bytes, bytes]:
+    """policy_header is the RateLimit-Policy field for `rate`: its sustained quota `q` per
+    `w` seconds, as configured (the burst shows in `r`, which may exceed `q`)."""
+    return (b"ratelimit-policy", f'"{POLICY_NAME}";q={rate.amount};w={rate.get_expiry()}'.encode())
+
+
+def ratelimit_header(decision: Decision) -> tuple[bytes, bytes]:
+    """ratelimit_header is the RateLimit field for `decision`."""
+    reset = decision.reset_after_s
+    seconds = 0 if reset <= 0 else math.ceil(reset) if math.isfinite(reset) else 0
+    return (b"ratelimit", f'"{POLICY_NAME}";r={decision.remaining};t={seconds}'.encode())
+
+
+def retry_after_seconds(delay_s: float, fallback_s: float = 1.0) -> int:
+    """retry_after_seconds is a Retry-After value: whole seconds, rounded up, at least 1;
+    `fallback_s` stands in for an infinite delay."""
+    if not math.isfinite(delay_s):
+        delay_s = fallback_s
+    return max(1, math.ceil(delay_s - 1e-9))

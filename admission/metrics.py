@@ -1,0 +1,134 @@
+"""admission.metrics: counters kept as plain integers, exposed as Prometheus text on scrape.
+
+Requests only add to integers and a latency bucket array; nothing takes a lock or formats
+text on the request path. A collector turns them into metric families when `/metrics` is read.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+if TYPE_CHECKING:
+    from admission.ledger import Ledger
+    from admission.window import Window
+
+REASONS = (
+    "rate",
+    "window",
+    "draining",
+    "read_timeout",
+    "idle_timeout",
+    "write_timeout",
+    "deadline",
+    "disconnect",
+    "drain_deadline",
+)
+# Seconds; the upper bounds of the latency histogram, as in prometheus-client's defaults.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+
+
+class Stats:
+    """Stats counts admissions, rejections by reason and admitted-request latency."""
+
+    def __init__(self) -> None:
+        self.admitted = 0
+        self.rejected = dict.fromkeys(REASONS, 0)
+        self.storage_errors = 0
+        self._latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
+        self._latency_sum = 0.0
+
+    def reject(self, reason: str) -> None:
+        """reject counts one rejection or interruption for `reason`."""
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+
+    def observe(self, seconds: float) -> None:
+        """observe records the latency of one admitted request."""
+        self._latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self._latency_sum += seconds
+
+    def latency_buckets(self) -> list[tuple[str, int]]:
+        """latency_buckets is the cumulative histogram, `+Inf` last."""
+        out, total = [], 0
+        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self._latency_counts):
+            total += count
+            out.append(("+Inf" if bound == float("inf") else repr(bound), total))
+        return out
+
+
+class AdmissionCollector:
+    """AdmissionCollector reads `Stats`, the ledger and the window when scraped."""
+
+    def __init__(
+        self,
+        stats: Stats,
+        ledger: Ledger,
+        windows: dict[str, Window],
+        draining: Callable[[], bool],
+    ) -> None:
+        self.stats = stats
+        self.ledger = ledger
+        self.windows = windows
+        self.draining = draining
+
+    def collect(self) -> Iterator[Metric]:
+        """collect yields every admission metric family."""
+        s = self.stats
+        yield GaugeMetricFamily(
+            "admission_in_flight",
+            "Admitted requests not yet finished.",
+            value=self.ledger.in_flight,
+        )
+        size = GaugeMetricFamily("admission_window_size", "Slots in the window.", labels=["kind"])
+        used = GaugeMetricFamily("admission_window_used", "Slots taken.", labels=["kind"])
+        waiting = GaugeMetricFamily(
+            "admission_window_waiters", "Requests waiting for a slot.", labels=["kind"]
+        )
+        for kind, window in self.windows.items():
+            size.add_metric([kind], window.size)
+            used.add_metric([kind], window.used)
+            waiting.add_metric([kind], window.waiting)
+        yield size
+        yield used
+        yield waiting
+        yield GaugeMetricFamily(
+            "admission_draining", "1 from the start of a drain.", value=int(self.draining())
+        )
+        yield CounterMetricFamily(
+            "admission_admitted", "Requests admitted to the application.", value=s.admitted
+        )
+        rejected = CounterMetricFamily(
+            "admission_rejected",
+            "Requests refused or interrupted by admission, by reason.",
+            labels=["reason"],
+        )
+        for reason, count in s.rejected.items():
+            rejected.add_metric([reason], count)
+        yield rejected
+        yield CounterMetricFamily(
+            "admission_storage_errors",
+            "Rate-limit store calls that failed.",
+            value=s.storage_errors,
+        )
+        yield HistogramMetricFamily(
+            "admission_request_duration_seconds",
+            "Time from admission to the end of the response, admitted requests.",
+            buckets=s.latency_buckets(),
+            sum_value=s._latency_sum,
+        )
+
+
+def render(collector: AdmissionCollector) -> bytes:
+    """render is the Prometheus text exposition of `collector` alone."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)  # type: ignore[arg-type]
+    return generate_latest(registry)

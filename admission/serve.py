@@ -1,0 +1,84 @@
+"""admission.serve: run an ASGI app under uvicorn with the middleware and the drain wired in."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from uvicorn.config import LOGGING_CONFIG
+from uvicorn.importer import import_from_string
+from uvicorn.supervisors import Multiprocess
+
+from admission.middleware import AdmissionMiddleware
+from admission.settings import Settings
+
+DEMO = "admission.demo:app"
+# Carries the target to worker processes, which import the app factory by name.
+TARGET_ENV = "_ADMISSION_SERVE_TARGET"
+# uvicorn's own graceful wait must outlast ours: it only starts once our drain is over.
+SERVER_GRACE_MARGIN_S = 5.0
+
+
+def make_app() -> Any:
+    """make_app imports the target named by `_ADMISSION_SERVE_TARGET` (default: the demo) and
+    wraps it in `AdmissionMiddleware`, unless the app already has the middleware."""
+    app = import_from_string(os.environ.get(TARGET_ENV, DEMO))
+    if has_admission(app):
+        return app
+    return AdmissionMiddleware(app)
+
+
+def has_admission(app: Any) -> bool:
+    """has_admission is True when `app` already runs under AdmissionMiddleware, so that
+    `admission serve` never limits a request twice."""
+    if isinstance(app, AdmissionMiddleware):
+        return True
+    middleware = getattr(app, "user_middleware", None) or []
+    return any(getattr(m, "cls", None) is AdmissionMiddleware for m in middleware)
+
+
+class GracefulServer(uvicorn.Server):
+    """GracefulServer is uvicorn's server, except that a signal it is handed after admission's
+    drain ends it with status 0: the drain already handled the signal, so it is not raised
+    again at exit."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True
+        else:
+            self.should_exit = True
+
+
+def log_config() -> dict[str, Any]:
+    """log_config is uvicorn's logging configuration plus the `admission` logger at INFO."""
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["admission"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    return config
+
+
+def serve(target: str, *, host: str, port: int, workers: int, settings: Settings) -> int:
+    """serve runs `target` under the middleware until a signal drains it; returns the exit
+    status (0 after a clean drain)."""
+    os.environ[TARGET_ENV] = target
+    config = uvicorn.Config(
+        "admission.serve:make_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=log_config(),
+        timeout_graceful_shutdown=int(
+            settings.drain_delay + settings.drain_timeout + SERVER_GRACE_MARGIN_S
+        ),
+    )
+    server = GracefulServer(config)
+    if workers > 1:
+        sock = config.bind_socket()
+        Multiprocess(config, target=server.run, sockets=[sock]).run()
+    else:
+        server.run()
+    return 0

@@ -1,0 +1,114 @@
+"""admission.stores.guard: what a decision is when the shared store fails."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import Literal
+
+from admission.bucket import Bucket, Decision
+from admission.errors import StorageError
+from admission.stores.base import Store
+from admission.stores.memory import MemoryStore
+
+log = logging.getLogger("admission.store")
+
+Policy = Literal["local", "allow", "deny"]
+
+
+class GuardedStore:
+    """GuardedStore answers every decision, whether or not the store behind it can.
+
+    On a `StorageError` the policy decides: `local`, a per-process bucket at the same rate;
+    `allow`, admit; `deny`, refuse (retry after one token interval). An outage is logged once
+    when it starts and once when it ends, never per request. While the store is failing it is
+    only retried every `retry_interval_s`, so requests don't each pay the storage timeout.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        bucket: Bucket,
+        policy: Policy,
+        *,
+        max_keys: int = 1_000_000,
+        retry_interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_error: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.bucket = bucket
+        self.policy = policy
+        self.retry_interval_s = retry_interval_s
+        self._clock = clock
+        self._local = MemoryStore(bucket, max_keys=max_keys, clock=clock)
+        self._down_since: float | None = None
+        self._retry_at = -math.inf
+        self._fallback_count = 0
+        self._on_error = on_error
+
+    @property
+    def degraded(self) -> bool:
+        """degraded is True while the store behind is failing."""
+        return self._down_since is not None
+
+    async def decide(self, key: str, cost: int = 1) -> Decision:
+        """decide asks the store, or answers by the policy while the store fails."""
+        now = self._clock()
+        if now >= self._retry_at:
+            try:
+                decision = await self.store.decide(key, cost)
+            except StorageError as exc:
+                self._outage(exc)
+            else:
+                if self._down_since is not None:
+                    self._recovered()
+                return decision
+        return self._fallback(key, cost)
+
+    def _fallback(self, key: str, cost: int) -> Decision:
+        self._fallback_count += 1
+        if self.policy == "local":
+            return self._local.decide_at(key, self._clock(), cost)
+        if self.policy == "allow":
+            return Decision(True, self.bucket.capacity, 0.0, 0.0)
+        return Decision(False, 0, self.bucket.interval_s * max(cost, 1), self.bucket.fill_time_s)
+
+    def _outage(self, exc: StorageError) -> None:
+        now = self._clock()
+        self._retry_at = now + self.retry_interval_s
+        if self._on_error is not None:
+            self._on_error()
+        if self._down_since is None:
+            self._down_since = now
+            self._fallback_count = 0
+            log.warning(
+                "rate-limit storage failed (%s); deciding by ADMISSION_ON_STORAGE_ERROR=%s "
+                "until it answers again",
+                exc,
+                self.policy,
+            )
+
+    def _recovered(self) -> None:
+        assert self._down_since is not None
+        log.warning(
+            "rate-limit storage answers again after %.1fs; %d decisions were made by the %r policy",
+            self._clock() - self._down_since,
+            self._fallback_count,
+            self.policy,
+        )
+        self._down_since = None
+        self._retry_at = -math.inf
+
+    async def check(self) -> None:
+        """check passes the store's health check through."""
+        await self.store.check()
+
+    async def close(self) -> None:
+        """close closes the store behind and the local fallback."""
+        try:
+            await self.store.close()
+        finally:
+            await self._local.close()

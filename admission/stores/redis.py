@@ -1,0 +1,230 @@
+"""admission.stores.redis: token buckets shared through Redis, one Lua script per round trip.
+
+The script runs the GCRA arithmetic at Redis's own `TIME`, so the clocks of the processes
+sharing it don't matter. Decisions that arrive while a round trip is under way are sent
+together in the next one (group commit): at low load a decision costs exactly one `EVALSHA`,
+under load many decisions share one. In Redis Cluster, a batch only holds keys of one hash slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import urllib.parse
+from collections import defaultdict
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.sentinel import Sentinel
+from redis.crc import key_slot
+from redis.exceptions import NoScriptError, RedisError
+
+from admission.bucket import Bucket, Decision
+from admission.errors import StorageError, StorageTimeout
+
+log = logging.getLogger("admission.store")
+
+SCRIPT = resources.files("admission.stores").joinpath("gcra.lua").read_text(encoding="utf-8")
+SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+# Bounds how long one script call holds Redis's single thread.
+MAX_BATCH = 256
+
+_Pending = tuple[bytes, int, "asyncio.Future[Decision]"]
+
+
+def client_from_uri(uri: str, *, timeout_s: float) -> Any:
+    """client_from_uri opens a redis-py asyncio client for any of the storage URI schemes.
+
+    redis://, rediss:// and redis+unix:// give a `Redis`; redis+cluster://h:p[,h:p] a
+    `RedisCluster`; redis+sentinel://h:p[,h:p]/service[/db] the master of `service`. Retries
+    are off: a failing call must fail within the storage timeout so the fallback can answer.
+    """
+    scheme, _, rest = uri.partition("://")
+    socket_timeout = max(timeout_s * 4, 0.25)
+    common: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_timeout,
+        "retry_on_timeout": False,
+    }
+    if scheme in ("redis", "rediss"):
+        return aioredis.Redis.from_url(uri, retry=None, **common)
+    if scheme == "redis+unix":
+        return aioredis.Redis.from_url("unix://" + rest, retry=None, **common)
+    parts = urllib.parse.urlsplit(uri)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
+    auth = {"username": username or None, "password": urllib.parse.unquote(password) or None}
+    nodes: list[tuple[str, int]] = []
+    for loc in hosts.split(","):
+        sub = urllib.parse.urlsplit("fake://" + loc.strip())
+        nodes.append((sub.hostname or "localhost", sub.port or 6379))
+    if scheme == "redis+cluster":
+        return RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in nodes],
+            **auth,
+            **common,
+        )
+    if scheme == "redis+sentinel":
+        path = [p for p in parts.path.split("/") if p]
+        service = path[0]
+        db = int(path[1]) if len(path) > 1 else 0
+        sentinel = Sentinel(nodes, sentinel_kwargs=dict(auth, **common), **auth, **common)
+        return sentinel.master_for(service, db=db)
+    raise ValueError(f"not a Redis storage URI: {uri}")
+
+
+class RedisStore:
+    """RedisStore decides through one Lua script on a shared Redis, batching concurrent calls.
+
+    Every `decide` is bounded by `timeout_s` and raises `StorageError`/`StorageTimeout` on
+    failure (the guard around it decides what that means). After a Redis restart the script
+    cache is empty: the `NOSCRIPT` reply is answered by one `EVAL`, which caches it again.
+    Keys are `<prefix>:{<client key>}`: the braces make each client key its own Cluster hash
+    slot, and keys longer than 200 bytes are hashed so a client can't make them grow.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: Bucket,
+        *,
+        timeout_s: float,
+        prefix: str = "admission",
+        cluster: bool = False,
+        batching: bool = True,
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.timeout_s = timeout_s
+        self.prefix = prefix
+        self.cluster = cluster
+        self.batching = batching
+        self._args = (repr(bucket.interval_s * 1e6), str(bucket.capacity))
+        self._queue: list[_Pending] = []
+        self._sender: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @classmethod
+    def from_uri(
+        cls, uri: str, bucket: Bucket, *, timeout_s: float, prefix: str = "admission"
+    ) -> RedisStore:
+        """RedisStore.from_uri builds a store and its client from a storage URI."""
+        client = client_from_uri(uri, timeout_s=timeout_s)
+        return cls(
+            client,
+            bucket,
+            timeout_s=timeout_s,
+            prefix=prefix,
+            cluster=uri.startswith("redis+cluster://"),
+        )
+
+    def redis_key(self, key: str) -> bytes:
+        """redis_key is the Redis key holding `key`'s bucket."""
+        raw = key.encode("utf-8", "surrogateescape")
+        if len(raw) > 200:
+            raw = b"sha256:" + hashlib.sha256(raw).hexdigest().encode()
+        return self.prefix.encode() + b":{" + raw + b"}"
+
+    async def decide(self, key: str, cost: int = 1) -> Decision:
+        """decide takes `cost` tokens from `key` in Redis, within `timeout_s` or StorageError."""
+        if self._closed:
+            raise StorageError("the Redis store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Decision] = loop.create_future()
+        self._queue.append((self.redis_key(key), cost, future))
+        if self._sender is None:
+            self._sender = loop.create_task(self._send_all())
+        timer = loop.call_later(self.timeout_s, _expire, future, self.timeout_s)
+        try:
+            return await future
+        finally:
+            timer.cancel()
+
+    async def _send_all(self) -> None:
+        # One sender at a time: whatever queued up during a round trip goes in the next one.
+        try:
+            while self._queue:
+                if self.batching:
+                    batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                else:
+                    batch, self._queue = self._queue[:1], self._queue[1:]
+                batch = [item for item in batch if not item[2].done()]
+                if not batch:
+                    continue
+                if self.cluster:
+                    by_slot: dict[int, list[_Pending]] = defaultdict(list)
+                    for item in batch:
+                        by_slot[key_slot(item[0])].append(item)
+                    await asyncio.gather(*(self._send(group) for group in by_slot.values()))
+                else:
+                    await self._send(batch)
+        finally:
+            self._sender = None
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        keys = [item[0] for item in batch]
+        args = [*self._args, *(item[1] for item in batch)]
+        try:
+            reply = await asyncio.wait_for(self._eval(keys, args), self.timeout_s)
+        except asyncio.TimeoutError as exc:
+            _fail_all(batch, StorageTimeout(f"Redis did not answer within {self.timeout_s}s"), exc)
+            return
+        except (RedisError, OSError) as exc:
+            _fail_all(batch, StorageError(f"Redis call failed: {exc}"), exc)
+            return
+        for i, (_, _, future) in enumerate(batch):
+            if future.done():
+                continue
+            allowed, remaining, retry_us, reset_us = (int(v) for v in reply[4 * i : 4 * i + 4])
+            future.set_result(
+                Decision(
+                    allowed=bool(allowed),
+                    remaining=remaining,
+                    retry_after_s=math.inf if retry_us < 0 else retry_us / 1e6,
+                    reset_after_s=reset_us / 1e6,
+                )
+            )
+
+    async def _eval(self, keys: list[bytes], args: list[Any]) -> list[Any]:
+        try:
+            return await self.client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)  # type: ignore[no-any-return]
+        except NoScriptError:
+            # The script cache was flushed (a restart, SCRIPT FLUSH): EVAL runs and caches it.
+            return await self.client.eval(SCRIPT, len(keys), *keys, *args)  # type: ignore[no-any-return]
+
+    async def check(self) -> None:
+        """check pings Redis within `timeout_s`, raising StorageError if it can't."""
+        try:
+            await asyncio.wait_for(self.client.ping(), self.timeout_s)
+        except asyncio.TimeoutError as exc:
+            raise StorageTimeout(f"Redis did not answer PING within {self.timeout_s}s") from exc
+        except (RedisError, OSError) as exc:
+            raise StorageError(f"Redis PING failed: {exc}") from exc
+
+    async def close(self) -> None:
+        """close releases the connection pool; later calls are no-ops."""
+        if self._closed:
+            return
+        self._closed = True
+        for _, _, future in self._queue:
+            if not future.done():
+                future.set_exception(StorageError("the Redis store was closed"))
+        self._queue = []
+        close = getattr(self.client, "aclose", None) or self.client.close
+        await close()
+
+
+def _expire(future: asyncio.Future[Decision], timeout_s: float) -> None:
+    if not future.done():
+        future.set_exception(StorageTimeout(f"Redis did not answer within {timeout_s}s"))
+
+
+def _fail_all(batch: list[_Pending], error: StorageError, cause: BaseException) -> None:
+    error.__cause__ = cause
+    for _, _, future in batch:
+        if not future.done():
+            future.set_exception(error)

@@ -1,0 +1,189 @@
+"""Shared helpers for tests that run real processes: free ports, servers, redis-servers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    """free_port is a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """wait_until polls `predicate` every 20 ms until it holds, or fails after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+@dataclass
+class ServerProcess:
+    """ServerProcess is a real server on 127.0.0.1:`port`, its output captured to a file."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    _log: object = field(repr=False, default=None)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def log(self) -> str:
+        """log is everything the server printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout_s: float) -> int:
+        """wait waits for exit and returns the status (negative: killed by that signal)."""
+        return self.process.wait(timeout=timeout_s)
+
+    def stop(self) -> None:
+        """stop ends the server whatever state it is in."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=5)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/healthz", timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def run_server(
+    argv: list[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    port: int | None = None,
+    ready_path: str = "/healthz",
+    start_timeout_s: float = 20.0,
+) -> Iterator[ServerProcess]:
+    """run_server starts `argv` (with `{port}` replaced) with ADMISSION_* taken only from `env`,
+    waits until `ready_path` answers, yields it, and stops it at the end."""
+    port = port or free_port()
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ADMISSION_")}
+    full_env.update(env or {})
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    log_file = tempfile.NamedTemporaryFile(prefix="admission-server-", suffix=".log", delete=False)
+    process = subprocess.Popen(
+        [a.replace("{port}", str(port)) for a in argv],
+        env=full_env,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+    )
+    server = ServerProcess(process, port, Path(log_file.name), log_file)
+    try:
+        url = server.url
+        deadline = time.monotonic() + start_timeout_s
+        while True:
+            if process.poll() is not None:
+                raise AssertionError(f"server exited with {process.returncode}:\n{server.log()}")
+            try:
+                if httpx.get(url + ready_path, timeout=0.5).status_code < 500:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server did not start in {start_timeout_s}s:\n{server.log()}")
+            time.sleep(0.05)
+        yield server
+    finally:
+        server.stop()
+        log_file.close()
+        with contextlib.suppress(OSError):
+            os.unlink(log_file.name)
+
+
+def admission_serve(app: str | None = None, *extra: str) -> list[str]:
+    """admission_serve is the argv of `admission serve [app] --port {port}`."""
+    argv = [sys.executable, "-m", "admission", "serve"]
+    if app:
+        argv.append(app)
+    return [*argv, "--host", "127.0.0.1", "--port", "{port}", *extra]
+
+
+def plain_uvicorn(app: str, *extra: str) -> list[str]:
+    """plain_uvicorn is the argv of `uvicorn app --port {port}` (no admission CLI)."""
+    return [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", "{port}", *extra]
+
+
+@dataclass
+class RedisServer:
+    """RedisServer is a redis-server this test started on its own port."""
+
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    dir: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        """start launches redis-server (again) on the same port and waits for PING."""
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed"
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self.ping, 10, f"redis-server on port {self.port}")
+
+    def ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        """kill stops the server at once (SIGKILL), as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+
+@contextlib.contextmanager
+def own_redis_server() -> Iterator[RedisServer]:
+    """own_redis_server starts a throwaway redis-server on a free port and stops it after."""
+    with tempfile.TemporaryDirectory(prefix="admission-redis-") as tmp:
+        server = RedisServer(free_port(), dir=tmp)
+        server.start()
+        try:
+            yield server
+        finally:
+            server.kill()
