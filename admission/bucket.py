@@ -52,7 +52,7 @@ class Bucket:
 
     @property
     def fill_time_s(self) -> float:
-        """fill_time_s is how long an empty bucket takes to fill: capacity × interval."""
+        """fill_time_s is how long an empty bucket takes to fill: capacity times interval."""
         return self.capacity * self.interval_s
 
     def decide(self, tat: float | None, now: float, cost: int = 1) -> tuple[float | None, Decision]:

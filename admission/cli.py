@@ -62,13 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="print the effective settings; exit 2 on a bad one")
     config.set_defaults(func=cmd_config)
     bench = sub.add_parser("bench", help="sweep window sizes against an app and recommend one")
-    try:
-        from admission.bench import command as bench_command
-    except ImportError:  # pragma: no cover - the bench engine ships with the package
-        bench_command = None
-    if bench_command is not None and hasattr(bench_command, "add_arguments"):
-        bench_command.add_arguments(bench)
-        bench.set_defaults(func=bench_command.run)
+    from admission.bench import command as bench_command
+
+    bench_command.add_arguments(bench)
+    bench.set_defaults(func=bench_command.run)
     return parser
 
 

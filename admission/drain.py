@@ -9,6 +9,7 @@ the ledger) → drained (in-flight 0, or the deadline passed and the stragglers 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 
@@ -144,7 +145,5 @@ class Drain:
 
 
 async def _wait(awaitable: object, timeout_s: float) -> None:
-    try:
+    with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(awaitable, timeout_s)  # type: ignore[arg-type]
-    except asyncio.TimeoutError:
-        pass

@@ -148,7 +148,8 @@ class Exchange:
         if self.reason is None:
             return False
         if _HAS_UNCANCEL and self.task is not None:
-            return self.task.uncancel() == 0
+            remaining: int = self.task.uncancel()  # type: ignore[attr-defined,unused-ignore]
+            return remaining == 0
         return True
 
     async def receive(self) -> Message:

@@ -69,7 +69,7 @@ def client_address(scope: Scope, trusted: Sequence[Network]) -> str:
     A request with no peer at all (a unix socket) is keyed "unknown".
     """
     client = scope.get("client")
-    peer = client[0] if client else None
+    peer: str | None = str(client[0]) if client else None
     if not trusted or peer is None:
         return peer or "unknown"
     peer_ip = _parse_ip(peer)

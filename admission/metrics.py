@@ -59,7 +59,9 @@ class Stats:
     def latency_buckets(self) -> list[tuple[str, int]]:
         """latency_buckets is the cumulative histogram, `+Inf` last."""
         out, total = [], 0
-        for bound, count in zip((*LATENCY_BUCKETS, float("inf")), self._latency_counts):
+        for bound, count in zip(
+            (*LATENCY_BUCKETS, float("inf")), self._latency_counts, strict=True
+        ):
             total += count
             out.append(("+Inf" if bound == float("inf") else repr(bound), total))
         return out
@@ -130,5 +132,5 @@ class AdmissionCollector:
 def render(collector: AdmissionCollector) -> bytes:
     """render is the Prometheus text exposition of `collector` alone."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)  # type: ignore[arg-type]
+    registry.register(collector)
     return generate_latest(registry)

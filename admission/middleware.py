@@ -136,13 +136,14 @@ class AdmissionMiddleware:
             )
             return
         window = self.websocket_window if websocket else self.window
-        if window is not None and not window.try_take():
-            if not await window.take(self.settings.queue_timeout):
-                headers = [(b"retry-after", b"1")]
-                await self._refuse(
-                    scope, receive, send, self.settings.window_status, "window", headers
-                )
-                return
+        if (
+            window is not None
+            and not window.try_take()
+            and not await window.take(self.settings.queue_timeout)
+        ):
+            headers = [(b"retry-after", b"1")]
+            await self._refuse(scope, receive, send, self.settings.window_status, "window", headers)
+            return
         try:
             extra: list[tuple[bytes, bytes]] = []
             if self.store is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import signal
 from types import FrameType
@@ -78,7 +79,13 @@ def serve(target: str, *, host: str, port: int, workers: int, settings: Settings
     server = GracefulServer(config)
     if workers > 1:
         sock = config.bind_socket()
-        Multiprocess(config, target=server.run, sockets=[sock]).run()
+        # Workers run uvicorn's own Server: under it, a drained worker exits by re-raising the
+        # signal, which the supervisor expects; the supervisor itself exits 0.
+        supervisor: Any = Multiprocess
+        if "target" in inspect.signature(Multiprocess.__init__).parameters:
+            supervisor(config, target=server.run, sockets=[sock]).run()
+        else:
+            supervisor(config, sockets=[sock]).run()
     else:
         server.run()
     return 0

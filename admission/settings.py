@@ -38,7 +38,7 @@ def _fail(field: str, value: object, accepted: str) -> ConfigError:
 
 
 def _number(field: str, raw: object, accepted: str, *, minimum: float, inclusive: bool) -> float:
-    """_number turns `raw` into a finite float bounded below by `minimum`, or fails naming `field`."""
+    """_number turns `raw` into a finite float of at least `minimum`, or fails naming `field`."""
     if isinstance(raw, bool):
         raise _fail(field, raw, accepted)
     try:
@@ -52,7 +52,7 @@ def _number(field: str, raw: object, accepted: str, *, minimum: float, inclusive
 
 def _whole(field: str, raw: object, accepted: str, *, minimum: int) -> int:
     """_whole turns `raw` into an int of at least `minimum`, or fails naming `field`."""
-    if isinstance(raw, bool) or isinstance(raw, float):
+    if isinstance(raw, bool | float):
         raise _fail(field, raw, accepted)
     try:
         value = int(str(raw).strip()) if not isinstance(raw, int) else raw
@@ -262,7 +262,7 @@ class Settings:
 
     @property
     def capacity(self) -> int:
-        """capacity is the bucket size in tokens: `burst`, else the rate's amount; 0 without a rate."""
+        """capacity is the bucket size: `burst`, else the rate's amount; 0 without a rate."""
         item = self.rate_item
         if item is None:
             return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 
 
@@ -79,7 +80,5 @@ def _time_out(waiter: asyncio.Future[None]) -> None:
 
 
 def _remove(waiters: deque[asyncio.Future[None]], waiter: asyncio.Future[None]) -> None:
-    try:
+    with contextlib.suppress(ValueError):
         waiters.remove(waiter)
-    except ValueError:
-        pass

@@ -57,7 +57,10 @@ def client_from_uri(uri: str, *, timeout_s: float) -> Any:
     parts = urllib.parse.urlsplit(uri)
     userinfo, _, hosts = parts.netloc.rpartition("@")
     username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
-    auth = {"username": username or None, "password": urllib.parse.unquote(password) or None}
+    auth: dict[str, Any] = {
+        "username": username or None,
+        "password": urllib.parse.unquote(password) or None,
+    }
     nodes: list[tuple[str, int]] = []
     for loc in hosts.split(","):
         sub = urllib.parse.urlsplit("fake://" + loc.strip())
@@ -72,7 +75,9 @@ def client_from_uri(uri: str, *, timeout_s: float) -> Any:
         path = [p for p in parts.path.split("/") if p]
         service = path[0]
         db = int(path[1]) if len(path) > 1 else 0
-        sentinel = Sentinel(nodes, sentinel_kwargs=dict(auth, **common), **auth, **common)
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            nodes, sentinel_kwargs=dict(auth, **common), **auth, **common
+        )
         return sentinel.master_for(service, db=db)
     raise ValueError(f"not a Redis storage URI: {uri}")
 
