@@ -64,13 +64,22 @@ class Bucket:
         """
         if cost < 0:
             raise ValueError(f"cost must be >= 0, got {cost}")
-        limit = self.fill_time_s
+        # Locals and the inlined `_remaining` keep this hot path cheap; the arithmetic is the
+        # same expression for expression, so the floats are identical.
+        interval = self.interval_s
+        capacity = self.capacity
+        limit = capacity * interval
         base = now if tat is None or tat < now else tat
-        new_tat = base + cost * self.interval_s
-        if cost > self.capacity:
+        new_tat = base + cost * interval
+        if cost > capacity:
             return tat, Decision(False, self._remaining(base, now), math.inf, max(0.0, base - now))
         if new_tat - now <= limit + _EPSILON_S:
-            return new_tat, Decision(True, self._remaining(new_tat, now), 0.0, new_tat - now)
+            remaining = math.floor((limit - (new_tat - now)) / interval + _EPSILON_S)
+            if remaining > capacity:
+                remaining = capacity
+            elif remaining < 0:
+                remaining = 0
+            return new_tat, Decision(True, remaining, 0.0, new_tat - now)
         retry = new_tat - limit - now
         return tat, Decision(False, self._remaining(base, now), retry, max(0.0, base - now))
 

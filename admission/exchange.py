@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from admission.lifetime import Lifetime
-from admission.responses import Message, Receive, Send
+from admission.responses import Message, Receive, Scope, Send
 
 # How long a request runs before a watcher listens for the client going away: short requests
 # never pay for a watcher task, long ones learn of a hang-up within this delay.
 DISCONNECT_WATCH_DELAY_S = 0.2
 
 _HAS_UNCANCEL = sys.version_info >= (3, 11)
+# uvloop's timers have millisecond resolution: a due this close to now counts as due.
+_TIMER_SLACK_S = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +58,9 @@ class Exchange:
         "_receive",
         "_send",
         "_timers",
+        "_unread",
+        "_watch_entry",
+        "_watch_queue",
         "_watcher",
         "body_done",
         "completed",
@@ -74,13 +79,14 @@ class Exchange:
 
     def __init__(
         self,
-        scope: dict[str, Any],
+        scope: Scope,
         receive: Receive,
         send: Send,
         *,
         timeouts: Timeouts,
         extra_headers: list[tuple[bytes, bytes]],
         draining: Callable[[], bool],
+        watch: WatchQueue | None = None,
     ) -> None:
         self.scope = scope
         self._receive = receive
@@ -90,7 +96,7 @@ class Exchange:
         self.draining = draining
         self.websocket = scope["type"] == "websocket"
         self._loop = asyncio.get_running_loop()
-        self.task = asyncio.current_task()
+        self.task = asyncio.current_task(self._loop)
         self.reason: str | None = None
         self.running = False
         self.started = False
@@ -101,6 +107,9 @@ class Exchange:
         self._timers: list[asyncio.TimerHandle] = []
         self._idle_handle: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._watch_queue = watch
+        self._watch_entry: list[Exchange | None] | None = None
+        self._unread: list[Message] = []
         now = self._loop.time()
         self.deadline = (
             None if timeouts.request_s is None or self.websocket else now + timeouts.request_s
@@ -120,7 +129,10 @@ class Exchange:
             self._timers.append(self._loop.call_at(self.deadline, self.abort, "deadline"))
         if self.websocket:
             self._touch_idle()
-        else:
+            return
+        if self._watch_queue is not None:
+            self._watch_entry = self._watch_queue.add(self)
+        if self._watch_entry is None:
             self._timers.append(self._loop.call_later(DISCONNECT_WATCH_DELAY_S, self._start_watch))
 
     def end(self) -> None:
@@ -130,6 +142,8 @@ class Exchange:
         for timer in self._timers:
             timer.cancel()
         self._timers.clear()
+        if self._watch_entry is not None:
+            self._watch_entry[0] = None
         if self._idle_handle is not None:
             self._idle_handle.cancel()
         if self._watcher is not None:
@@ -157,7 +171,9 @@ class Exchange:
         if self.disconnected:
             return {"type": "websocket.disconnect" if self.websocket else "http.disconnect"}
         limit, reason = self._receive_limit()
-        if limit is None:
+        if self._unread:
+            message = self._unread.pop(0)
+        elif limit is None:
             message = await self._receive()
         else:
             timer = self._loop.call_later(limit, self.abort, reason)
@@ -251,7 +267,63 @@ class Exchange:
 
     async def _watch(self) -> None:
         message = await self._receive()
+        while message["type"] == "http.request":
+            # The (empty) body of a request the application never read: the server hands it
+            # out before any disconnect. Kept for the application's own receive; watch on.
+            self._unread.append(message)
+            message = await self._receive()
         if message["type"] == "http.disconnect":
             self.disconnected = True
             if not self.completed:
                 self.abort("disconnect")
+
+
+class WatchQueue:
+    """WatchQueue starts the disconnect watch of many exchanges with one event-loop timer.
+
+    Every watch is due DISCONNECT_WATCH_DELAY_S after its exchange begins, so dues arrive in
+    order and a FIFO is a timer queue: arming and cancelling one loop timer per request costs
+    more than the rest of an exchange. An entry is a one-item list the exchange empties when it
+    ends, so a finished request is not kept alive until its due. The queue serves one event
+    loop at a time; `add` returns None for an exchange on another loop that is still open
+    (the exchange then arms its own timer).
+    """
+
+    __slots__ = ("_entries", "_loop", "_timer")
+
+    def __init__(self) -> None:
+        self._entries: deque[tuple[float, list[Exchange | None]]] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, exchange: Exchange) -> list[Exchange | None] | None:
+        """add schedules `exchange`'s watch and returns its entry, or None (see the class)."""
+        loop = exchange._loop
+        if loop is not self._loop:
+            if self._loop is not None and not self._loop.is_closed():
+                return None
+            # The first loop, or a new one after the last closed (its timer died with it).
+            self._loop = loop
+            self._entries.clear()
+            self._timer = None
+        due = loop.time() + DISCONNECT_WATCH_DELAY_S
+        entry: list[Exchange | None] = [exchange]
+        self._entries.append((due, entry))
+        if self._timer is None:
+            self._timer = loop.call_at(due, self._fire)
+        return entry
+
+    def _fire(self) -> None:
+        self._timer = None
+        loop = self._loop
+        assert loop is not None
+        entries = self._entries
+        try:
+            now = loop.time() + _TIMER_SLACK_S
+            while entries and entries[0][0] <= now:
+                exchange = entries.popleft()[1][0]
+                if exchange is not None:
+                    exchange._start_watch()
+        finally:
+            if entries and self._timer is None:
+                self._timer = loop.call_at(entries[0][0], self._fire)

@@ -24,11 +24,24 @@ def policy_header(rate: limits.RateLimitItem) -> tuple[bytes, bytes]:
     return (b"ratelimit-policy", f'"{POLICY_NAME}";q={rate.amount};w={rate.get_expiry()}'.encode())
 
 
+# Formatted RateLimit fields by (remaining, seconds): a handful of pairs recur for every client,
+# and formatting one costs more than the rest of the header work. Bounded: cleared when full.
+_RATELIMIT_CACHE: dict[tuple[int, int], tuple[bytes, bytes]] = {}
+_RATELIMIT_CACHE_MAX = 4096
+
+
 def ratelimit_header(decision: Decision) -> tuple[bytes, bytes]:
     """ratelimit_header is the RateLimit field for `decision`."""
     reset = decision.reset_after_s
     seconds = 0 if reset <= 0 else math.ceil(reset) if math.isfinite(reset) else 0
-    return (b"ratelimit", f'"{POLICY_NAME}";r={decision.remaining};t={seconds}'.encode())
+    pair = (decision.remaining, seconds)
+    field = _RATELIMIT_CACHE.get(pair)
+    if field is None:
+        if len(_RATELIMIT_CACHE) >= _RATELIMIT_CACHE_MAX:
+            _RATELIMIT_CACHE.clear()
+        field = (b"ratelimit", f'"{POLICY_NAME}";r={pair[0]};t={seconds}'.encode())
+        _RATELIMIT_CACHE[pair] = field
+    return field
 
 
 def retry_after_seconds(delay_s: float, fallback_s: float = 1.0) -> int:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from collections.abc import Callable, Sequence
-from typing import Any
 
+from admission.responses import Scope
 from admission.settings import Network, Settings
 
-Scope = dict[str, Any]
 KeyFunc = Callable[[Scope], str]
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -8,11 +8,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from types import FrameType
-from typing import Any
 
 from admission import context
-from admission.drain import Drain
-from admission.exchange import Exchange, Timeouts
+from admission.drain import Drain, Phase
+from admission.exchange import Exchange, Timeouts, WatchQueue
 from admission.headers import policy_header, ratelimit_header, retry_after_seconds
 from admission.keys import make_key_func
 from admission.ledger import Ledger
@@ -21,6 +20,7 @@ from admission.metrics import AdmissionCollector, Stats, render
 from admission.responses import (
     Message,
     Receive,
+    Scope,
     Send,
     refuse_websocket,
     send_bytes,
@@ -34,11 +34,13 @@ from admission.window import Window
 
 log = logging.getLogger("admission")
 
-Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ENDPOINTS = ("/healthz", "/readyz", "/metrics")
 CLOSE = (b"connection", b"close")
+RETRY_1 = (b"retry-after", b"1")
+# Compared by identity on the hot path: reading an Enum member costs more than the whole test.
+_SERVING = Phase.SERVING
 # Status for requests cut short by admission, when nothing was sent yet.
 ABORT_STATUS = {
     "read_timeout": 408,
@@ -106,7 +108,9 @@ class AdmissionMiddleware:
         self._signals = SignalChain(self._on_signal) if handle_signals else None
         self._signal_count = 0
         self._started = False
+        self._lifespan_running = False
         self._drain_task: asyncio.Task[None] | None = None
+        self._watch = WatchQueue()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -130,10 +134,8 @@ class AdmissionMiddleware:
         if self._exempt and path.startswith(self._exempt):
             await self.app(scope, receive, send)
             return
-        if not self.drain_state.accepting:
-            await self._refuse(
-                scope, receive, send, 503, "draining", [(b"retry-after", b"1"), CLOSE]
-            )
+        if self.drain_state.phase is not _SERVING and not self.drain_state.accepting:
+            await self._refuse(scope, receive, send, 503, "draining", [RETRY_1, CLOSE])
             return
         window = self.websocket_window if websocket else self.window
         if (
@@ -147,7 +149,12 @@ class AdmissionMiddleware:
         try:
             extra: list[tuple[bytes, bytes]] = []
             if self.store is not None:
-                decision = await self.store.decide(self._key(scope))
+                store = self.store
+                if type(store) is MemoryStore:
+                    # Synchronous: saves a coroutine per request (subclasses keep `decide`).
+                    decision = store.decide_now(self._key(scope))
+                else:
+                    decision = await store.decide(self._key(scope))
                 assert self._policy is not None
                 limit_headers = [self._policy, ratelimit_header(decision)]
                 if not decision.allowed:
@@ -165,6 +172,10 @@ class AdmissionMiddleware:
     async def _run(
         self, scope: Scope, receive: Receive, send: Send, extra: list[tuple[bytes, bytes]]
     ) -> None:
+        if self.drain_state.phase is not _SERVING and not self.drain_state.accepting:
+            # It waited for a slot or for Redis while the drain began: it must not start now.
+            await self._refuse(scope, receive, send, 503, "draining", [RETRY_1, CLOSE])
+            return
         exchange = Exchange(
             scope,
             receive,
@@ -172,6 +183,7 @@ class AdmissionMiddleware:
             timeouts=self.timeouts,
             extra_headers=extra,
             draining=self.drain_state.draining,
+            watch=self._watch,
         )
         state = scope.get("state")
         if state is None:
@@ -266,6 +278,7 @@ class AdmissionMiddleware:
         first, and at shutdown the drain before the application's own shutdown, the release of
         resources after it. An application that doesn't speak lifespan gets it done for it."""
         seen: dict[str, bool] = {"startup": False, "answered": False, "shutdown": False}
+        self._lifespan_running = True
 
         async def receive_() -> Message:
             message = await receive()
@@ -327,7 +340,13 @@ class AdmissionMiddleware:
             self.drain_state.hurry()
 
     async def _drain_then_forward(self, sig: int, frame: FrameType | None) -> None:
-        await self.drain_state.run()
+        if self._lifespan_running:
+            # The lifespan shutdown releases resources (see _lifespan), after the application's
+            # own shutdown, which may still need them.
+            await self.drain_state.until_drained()
+        else:
+            # No lifespan (the server runs with it off): nothing else would release them.
+            await self.drain_state.run()
         assert self._signals is not None
         self._signals.forward(sig, frame)
 

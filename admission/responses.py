@@ -8,6 +8,7 @@ from http import HTTPStatus
 from typing import Any
 
 Message = MutableMapping[str, Any]
+Scope = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
 Receive = Callable[[], Awaitable[Message]]
 RawHeaders = list[tuple[bytes, bytes]]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import inspect
 import os
 import signal
+import socket
 from types import FrameType
 from typing import Any
 
@@ -22,6 +24,8 @@ DEMO = "admission.demo:app"
 TARGET_ENV = "_ADMISSION_SERVE_TARGET"
 # uvicorn's own graceful wait must outlast ours: it only starts once our drain is over.
 SERVER_GRACE_MARGIN_S = 5.0
+# How long connections accepted just before the listener closed have to send their request.
+FRESH_CONNECTION_GRACE_S = 0.1
 
 
 def make_app() -> Any:
@@ -52,6 +56,19 @@ class GracefulServer(uvicorn.Server):
             self.force_exit = True
         else:
             self.should_exit = True
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """shutdown stops listening, waits FRESH_CONNECTION_GRACE_S, then runs uvicorn's.
+
+        uvicorn's shutdown closes every connection that has not sent a request yet: without the
+        pause, a client that connected in the last instant would get no answer at all instead
+        of the drain's 503."""
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        await asyncio.sleep(FRESH_CONNECTION_GRACE_S)
+        await super().shutdown(sockets)
 
 
 def log_config() -> dict[str, Any]:

@@ -25,6 +25,9 @@ STORAGE_SCHEMES = (
     "redis+sentinel",
 )
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# One rate only: `limits` would also take "1/second;5/minute" (keeping only the first) and
+# "10 per 0 seconds" (as per 1 second), both silently not what was written.
+_ONE_RATE = re.compile(r"^\s*[0-9]+\s*(?:/|\s*per\s*)\s*([0-9]+)?\s*[a-z]+\s*$", re.IGNORECASE)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -135,6 +138,9 @@ class Settings:
             if not rate:
                 set_(self, "rate", None)
             else:
+                one = _ONE_RATE.match(rate)
+                if one is None or (one.group(1) is not None and int(one.group(1)) == 0):
+                    raise _fail("rate", self.rate, ACCEPTED["rate"])
                 try:
                     item = limits.parse(rate)
                 except ValueError:
@@ -312,10 +318,10 @@ def _check_storage(uri: str) -> str:
     accepted = ACCEPTED["storage"]
     scheme, sep, rest = uri.partition("://")
     if not sep or scheme not in STORAGE_SCHEMES:
-        raise _fail("storage", uri, accepted)
+        raise _fail("storage", redact_uri(uri), accepted)
     if scheme == "memory":
         if rest not in ("", "/"):
-            raise _fail("storage", uri, accepted)
+            raise _fail("storage", redact_uri(uri), accepted)
         return "memory://"
     try:
         parts = urllib.parse.urlsplit(uri)
@@ -325,18 +331,36 @@ def _check_storage(uri: str) -> str:
                 sub = urllib.parse.urlsplit("fake://" + loc.strip())
                 if not sub.hostname or sub.port is None:
                     raise ValueError(loc)
-            if scheme == "redis+sentinel" and not parts.path.strip("/"):
-                raise ValueError("service name")
+            if scheme == "redis+sentinel":
+                path = [p for p in parts.path.split("/") if p]
+                if not 1 <= len(path) <= 2 or (len(path) == 2 and not path[1].isdigit()):
+                    raise ValueError("service name and db")
         elif scheme == "redis+unix":
             if not parts.path:
                 raise ValueError("socket path")
+            _check_redis_options("unix://" + rest)
         else:
             _ = parts.port  # raises ValueError on a bad port
             if parts.path.strip("/") and not parts.path.strip("/").isdigit():
                 raise ValueError("db")
+            _check_redis_options(uri)
     except ValueError:
         raise _fail("storage", redact_uri(uri), accepted) from None
     return uri
+
+
+def _check_redis_options(uri: str) -> None:
+    """_check_redis_options raises ValueError when redis-py would refuse the URI's query options
+    (an unknown name, a bad value) on first connection, long after start-up."""
+    from redis.asyncio.connection import Connection, parse_url
+    from redis.exceptions import RedisError
+
+    kwargs: dict[str, Any] = dict(parse_url(uri))  # raises ValueError on a bad value
+    connection_class = kwargs.pop("connection_class", Connection)
+    try:
+        connection_class(**kwargs)  # builds the object only; nothing connects
+    except (TypeError, RedisError) as exc:
+        raise ValueError(str(exc)) from None
 
 
 ParseFn = Callable[[str], Any]

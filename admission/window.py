@@ -50,8 +50,9 @@ class Window:
         try:
             await waiter
         except asyncio.CancelledError:
-            # Granted and cancelled in the same instant: the slot is ours, pass it on.
-            if waiter.done() and not waiter.cancelled():
+            # Granted and cancelled in the same instant: the slot is ours, pass it on. A waiter
+            # that timed out in that instant holds nothing and must give nothing back.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.give()
             raise
         except TimeoutError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sys
 import textwrap
 import threading
@@ -26,7 +27,17 @@ from admission.bench.loadgen import (
     run_load,
     split_concurrency,
 )
-from admission.bench.sweep import BenchError, Launcher, http_get, served, server_env
+from admission.bench.sweep import (
+    BenchError,
+    Launcher,
+    LoadPlan,
+    UrlTarget,
+    http_get,
+    parse_url_target,
+    served,
+    server_env,
+    sweep_url,
+)
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n"
 CHUNKED = (
@@ -34,6 +45,10 @@ CHUNKED = (
     b"3;name=value\r\nabc\r\n2\r\nde\r\n0\r\nX-Checksum: 1\r\n\r\n"
 )
 CLOSING = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbye"
+READY = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n"
+    b'{"status": "ready", "in_flight": 0, "window": 16} '
+)
 REJECTED = b"HTTP/1.1 429 Too Many Requests\r\nContent-Length: 4\r\nRetry-After: 1\r\n\r\nslow"
 
 
@@ -49,38 +64,38 @@ async def reader_of(data: bytes) -> asyncio.StreamReader:
 
 async def test_reads_content_length_body_exactly_leaving_the_next_response() -> None:
     reader = await reader_of(OK + REJECTED)
-    assert await read_response(reader) == (200, True)
-    assert await read_response(reader) == (429, True)
+    assert await read_response(reader) == (200, True, None)
+    assert await read_response(reader) == (429, True, 1.0)
     assert reader.at_eof()
 
 
 async def test_reads_chunked_body_with_extensions_and_trailers() -> None:
     reader = await reader_of(CHUNKED + OK)
-    assert await read_response(reader) == (200, True)
-    assert await read_response(reader) == (200, True)
+    assert await read_response(reader) == (200, True, None)
+    assert await read_response(reader) == (200, True, None)
 
 
 async def test_connection_close_ends_keep_alive() -> None:
-    assert await read_response(await reader_of(CLOSING)) == (200, False)
+    assert await read_response(await reader_of(CLOSING)) == (200, False, None)
 
 
 async def test_body_without_length_is_read_to_eof_and_ends_keep_alive() -> None:
     reader = await reader_of(b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
-    assert await read_response(reader) == (200, False)
+    assert await read_response(reader) == (200, False, None)
     assert reader.at_eof()
 
 
 async def test_http_1_0_is_not_kept_alive_unless_it_says_so() -> None:
     plain = b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"
     kept = b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n"
-    assert await read_response(await reader_of(plain)) == (200, False)
-    assert await read_response(await reader_of(kept)) == (200, True)
+    assert await read_response(await reader_of(plain)) == (200, False, None)
+    assert await read_response(await reader_of(kept)) == (200, True, None)
 
 
 async def test_no_content_has_no_body_even_with_a_length_header() -> None:
     reader = await reader_of(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n" + OK)
-    assert await read_response(reader) == (204, True)
-    assert await read_response(reader) == (200, True)
+    assert await read_response(reader) == (204, True, None)
+    assert await read_response(reader) == (200, True, None)
 
 
 @pytest.mark.parametrize(
@@ -136,7 +151,8 @@ def test_clients_are_split_evenly_and_no_process_gets_none(
 
 @dataclass
 class TinyServer:
-    """TinyServer answers by path: /ok, /chunked, /close, /mixed (200 and 429 in turn), /hang."""
+    """TinyServer answers by path: /ok, /chunked, /close, /mixed (200 and 429 in turn),
+    /busy (always 429, Retry-After: 1), /hang (never), and /healthz and /readyz (window 16)."""
 
     port: int = 0
     connections: int = 0
@@ -164,6 +180,9 @@ class TinyServer:
                     b"/chunked": CHUNKED,
                     b"/close": CLOSING,
                     b"/mixed": REJECTED if self.requests % 2 else OK,
+                    b"/busy": REJECTED,
+                    b"/healthz": OK,
+                    b"/readyz": READY,
                 }[path]
                 writer.write(response)
                 await writer.drain()
@@ -221,6 +240,25 @@ async def test_rejections_are_counted_but_only_2xx_have_latencies(tiny: TinyServ
     assert len(result.latencies_s) == result.status_counts[200]
     assert abs(result.status_counts[200] - result.status_counts[429]) <= 3
     assert result.rejected_ratio == pytest.approx(0.5, abs=0.05)
+
+
+async def test_rejected_clients_honour_retry_after_up_to_the_cap(tiny: TinyServer) -> None:
+    result = await run_load(
+        "127.0.0.1", tiny.port, "/busy", concurrency=4, duration_s=0.3, retry_after_cap_s=0.1
+    )
+    # Each pause lasts at least the 0.1 s cap, so a client fits at most 3 requests in 0.3 s,
+    # and the cap (not the server's 1 s) decides, so some client comes back for a second.
+    assert result.status_counts[429] == tiny.requests
+    assert 4 < tiny.requests <= 12
+
+
+async def test_rejected_clients_retry_at_once_when_retry_after_is_ignored(
+    tiny: TinyServer,
+) -> None:
+    result = await run_load("127.0.0.1", tiny.port, "/busy", concurrency=4, duration_s=0.3)
+    assert result.status_counts[429] == tiny.requests > 100
+    assert result.rejected_ratio == 1.0
+    assert result.throughput_rps == 0.0
 
 
 async def test_a_server_that_never_answers_cannot_hold_the_run_past_its_grace(
@@ -343,3 +381,43 @@ def test_target_that_exits_at_start_is_reported_with_its_output(tmp_path: Path) 
     assert time.monotonic() - started < 10.0
     assert "exited with code" in str(caught.value)
     assert "nosuchmodule" in str(caught.value)
+
+
+def test_url_target_is_measured_once_with_the_window_its_readyz_reports(
+    threaded_tiny: TinyServer,
+) -> None:
+    target = parse_url_target(f"http://127.0.0.1:{threaded_tiny.port}")
+    plan = LoadPlan(path="/ok", concurrency=2, duration_s=0.2, warmup_s=0.0)
+    [row] = sweep_url(target, plan)
+    assert row.window == 16
+    assert row.throughput_rps > 0
+    assert row.rejected_ratio == 0.0
+
+
+def test_unreachable_url_target_fails_before_any_load() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(BenchError, match="cannot reach"):
+        sweep_url(UrlTarget("127.0.0.1", port), LoadPlan(duration_s=5.0))
+    assert time.monotonic() - started < 3.0
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://127.0.0.1:8000", UrlTarget("127.0.0.1", 8000)),
+        ("http://localhost/", UrlTarget("localhost", 80)),
+    ],
+)
+def test_url_target_is_host_and_port(url: str, expected: UrlTarget) -> None:
+    assert parse_url_target(url) == expected
+
+
+@pytest.mark.parametrize(
+    "url", ["https://127.0.0.1", "http://127.0.0.1:8000/api", "http://u:p@127.0.0.1", "http://:80"]
+)
+def test_url_target_with_what_the_client_cannot_honour_is_refused(url: str) -> None:
+    with pytest.raises(BenchError):
+        parse_url_target(url)

@@ -102,6 +102,15 @@ def test_best_window_is_recommended_when_nothing_smaller_comes_close() -> None:
     window, explanation = recommend([row(1, 100), row(2, 200), row(4, 400)])
     assert window == 4
     assert "best throughput" in explanation
+    assert "largest window measured, so try larger ones" in explanation
+
+
+def test_explanation_says_when_requests_queue_outside_the_window() -> None:
+    # 4,000 req/s x 15 ms = 60 in flight with a window of 1: the queue is in front of it.
+    window, explanation = recommend([row(1, 4000, 15.0, 36.0), row(8, 4100, 14.0, 40.0)])
+    assert window == 1
+    assert "= 60.0 requests in flight, more than the window of 1 admits" in explanation
+    assert "queued before the application" in explanation
 
 
 def test_explanation_applies_littles_law_with_the_numbers() -> None:
@@ -115,6 +124,16 @@ def test_explanation_applies_littles_law_with_the_numbers() -> None:
     assert "98%" in explanation
     assert "80.0 ms at window 64" in explanation
     assert explanation.count(". ") == 0 and explanation.endswith(".")
+
+
+def test_explanation_puts_the_knee_at_best_throughput_times_unloaded_latency() -> None:
+    rows = [row(1, 50, 20.0, 30.0), row(64, 2800, 21.0, 55.0), row(512, 3700, 130.0, 200.0)]
+    window, explanation = recommend(rows)
+    assert window == 512
+    assert "6.5x the unloaded 20.0 ms, so the process is saturated" in explanation
+    # 3,700 req/s x 20 ms = 74 requests in flight at the knee.
+    assert "3,700 req/s x 20.0 ms = 74 would give up little throughput" in explanation
+    assert "try larger ones" not in explanation
 
 
 def test_no_admitted_requests_recommends_smallest_window_and_says_so() -> None:

@@ -2,7 +2,8 @@
 
 `add_arguments` declares the options on a parser the CLI provides; `run` carries out a
 parsed invocation and returns the exit code: 0 on success, 1 when the bench could not
-measure (the target did not start, a load process failed), 2 on a bad argument.
+measure (the target did not start, a load process failed), 2 on a bad argument, 130 when
+interrupted.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from admission.bench.loadgen import LoadResult
-from admission.bench.recommend import Row, recommend
+from admission.bench.loadgen import LoadError, LoadResult
+from admission.bench.recommend import Row, next_probe, recommend
 from admission.bench.report import BenchReport, format_table, write_json, write_plot
 from admission.bench.sweep import (
     ADMISSION_SERVE,
@@ -28,8 +29,14 @@ from admission.bench.sweep import (
 DEFAULT_TARGET = "admission.demo:app"
 DEFAULT_WINDOWS = "1,2,4,8,16,32,64"
 
+#: Longest Retry-After a rejected client honours; the window's own is 1 s.
+RETRY_AFTER_CAP_S = 1.0
+
 #: Exit codes: measured, could not measure, bad argument (argparse's own code for usage errors).
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+#: The shell's convention for a command ended by SIGINT.
+EXIT_INTERRUPTED = 130
 
 
 class UsageError(Exception):
@@ -74,6 +81,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
     parser.add_argument(
         "--plot", metavar="FILE", help="write throughput and p99 against window as a PNG to FILE"
+    )
+    parser.add_argument(
+        "--refine",
+        type=int,
+        default=2,
+        metavar="K",
+        help=(
+            "after the sweep, measure up to K more windows between the recommended one and the "
+            "next smaller one, to find the knee a coarse sweep steps over (default: 2; 0: off)"
+        ),
+    )
+    parser.add_argument(
+        "--ignore-retry-after",
+        action="store_true",
+        help=(
+            "rejected clients retry at once instead of first waiting the Retry-After they "
+            f"were given (at most {RETRY_AFTER_CAP_S:g} s); this measures a retry storm, where "
+            "rejecting itself takes the server's time"
+        ),
     )
     parser.add_argument(
         "--load-processes",
@@ -134,7 +160,15 @@ def _plan(args: argparse.Namespace) -> LoadPlan:
         processes=args.load_processes,
         # Long enough to open every connection, short next to the measurement itself.
         warmup_s=min(0.5, args.duration / 5),
+        # Well-behaved clients back off when told to; without it, small windows measure how
+        # fast the server can say 429 rather than how much work it gets done.
+        retry_after_cap_s=None if args.ignore_retry_after else RETRY_AFTER_CAP_S,
     )
+
+
+def _count(n: int, noun: str) -> str:
+    """_count writes "1 window size" or "7 window sizes"."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _is_url(target: str) -> bool:
@@ -180,13 +214,17 @@ def run(args: argparse.Namespace) -> int:
     except UsageError as exc:
         print(f"admission bench: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except BenchError as exc:
+    except (BenchError, LoadError) as exc:
         print(f"admission bench: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except KeyboardInterrupt:
+        # The served target was already stopped on the way out of its context manager.
+        print("admission bench: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    """_run is run without the error reporting: it raises UsageError and BenchError."""
+    """_run is run without the error reporting: it raises UsageError, BenchError, LoadError."""
     plan = _plan(args)
     target: str = args.target
     notes: list[str] = []
@@ -210,13 +248,20 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         _check_app_target(target)
         windows = parse_windows(args.windows)
         print(
-            f"admission bench: serving {target} under {ADMISSION_SERVE.name} for each of "
-            f"{len(windows)} window sizes: {plan.concurrency} clients on {plan.path} for "
-            f"{plan.duration_s:g} s each",
+            f"admission bench: serving {target} under {ADMISSION_SERVE.name} for "
+            f"{_count(len(windows), 'window size')}: {plan.concurrency} clients on {plan.path} "
+            f"for {plan.duration_s:g} s each",
             file=err,
             flush=True,
         )
-        rows = sweep_app(target, windows, plan, progress=_progress_printer(err, len(windows)))
+        progress = _progress_printer(err, len(windows) + max(0, args.refine))
+        rows = sweep_app(target, windows, plan, progress=progress)
+        for _ in range(max(0, args.refine)):
+            probe = next_probe(rows)
+            if probe is None:
+                break
+            rows += sweep_app(target, [probe], plan, progress=progress)
+        rows.sort(key=lambda r: r.window or 0)
         if windows[-1] > plan.concurrency:
             notes.append(
                 f"note: windows above --concurrency ({plan.concurrency}) can never fill, "

@@ -2,7 +2,8 @@
 
 Each client holds one keep-alive connection and sends its next request as soon as the
 previous response has been read, so the offered load adapts to the server (a closed loop):
-`concurrency` is the number of requests outstanding at any moment. The client speaks just
+`concurrency` is the most requests outstanding at any moment. A rejected client may first
+wait the Retry-After it was given, as a well-behaved client does. The client speaks just
 enough HTTP/1.1 over raw asyncio streams to read a response (status line, Content-Length,
 chunked bodies, `Connection: close`); a general-purpose client spends more time in itself
 than the server under test spends answering.
@@ -14,12 +15,13 @@ import asyncio
 import contextlib
 import multiprocessing
 import queue
+import random
 import time
 from collections import Counter
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from multiprocessing.synchronize import Barrier
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 _T = TypeVar("_T")
 
@@ -29,9 +31,12 @@ MAX_HEAD_BYTES = 64 * 1024
 #: Pause after a failed connection, so a refusing server is not hammered in a tight loop.
 ERROR_BACKOFF_S = 0.01
 
-
 #: How long a load process waits for its siblings to start before giving up.
 BARRIER_TIMEOUT_S = 30.0
+
+
+class LoadError(RuntimeError):
+    """LoadError means a load could not be carried out as asked (a load process failed)."""
 
 
 class ResponseError(Exception):
@@ -105,8 +110,20 @@ def build_request(host: str, port: int, path: str) -> bytes:
     ).encode("latin-1")
 
 
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
-    """read_response reads one response to a GET and returns (status, keep_alive).
+class Response(NamedTuple):
+    """Response is what the load generator keeps of one response.
+
+    `keep_alive` says whether the connection can carry another request; `retry_after_s` is
+    the Retry-After header in seconds, None when absent or given as an HTTP date.
+    """
+
+    status: int
+    keep_alive: bool
+    retry_after_s: float | None
+
+
+async def read_response(reader: asyncio.StreamReader) -> Response:
+    """read_response reads one response to a GET and returns its Response summary.
 
     The body is read and discarded: by Content-Length, by chunked transfer coding (chunk
     extensions and trailers are skipped), or, when the response has neither, until the
@@ -132,6 +149,7 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
     keep_alive = parts[0] == b"HTTP/1.1"
     length: int | None = None
     chunked = False
+    retry_after: float | None = None
     for line in lines[1:]:
         name, _, value = line.partition(b":")
         name = name.strip().lower()
@@ -148,9 +166,11 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
                 keep_alive = False
             elif b"keep-alive" in tokens:
                 keep_alive = True
+        elif name == b"retry-after":
+            retry_after = _delay_seconds(value)
     # 1xx, 204 and 304 never have a body, whatever the headers say.
     if status < 200 or status in (204, 304):
-        return status, keep_alive
+        return Response(status, keep_alive, retry_after)
     if chunked:
         await _read_chunked(reader)
     elif length is not None:
@@ -158,7 +178,19 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
     else:
         await reader.read()
         keep_alive = False
-    return status, keep_alive
+    return Response(status, keep_alive, retry_after)
+
+
+def _delay_seconds(value: bytes) -> float | None:
+    """_delay_seconds reads a Retry-After given in seconds; an HTTP date or junk gives None.
+
+    Dates are not worth the parsing here: the middleware always sends seconds.
+    """
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> None:
@@ -186,8 +218,19 @@ class _Tally:
     awaiting: bool = False
 
 
-async def _client(host: str, port: int, request: bytes, deadline: float, tally: _Tally) -> None:
-    """_client sends requests one after another until `deadline` (a perf_counter value)."""
+async def _client(
+    host: str,
+    port: int,
+    request: bytes,
+    deadline: float,
+    tally: _Tally,
+    retry_after_cap_s: float | None,
+) -> None:
+    """_client sends requests one after another until `deadline` (a perf_counter value).
+
+    With `retry_after_cap_s` set, a rejection carrying Retry-After pauses this client for
+    that long (at most the cap), as a well-behaved client would.
+    """
     perf_counter = time.perf_counter
     writer: asyncio.StreamWriter | None = None
     reader: asyncio.StreamReader | None = None
@@ -206,7 +249,7 @@ async def _client(host: str, port: int, request: bytes, deadline: float, tally: 
                 # Requests are tiny and one is outstanding per connection, so the write
                 # buffer never reaches its high-water mark: no drain() needed.
                 writer.write(request)
-                status, keep_alive = await read_response(reader)
+                status, keep_alive, retry_after_s = await read_response(reader)
             except (OSError, asyncio.IncompleteReadError, ResponseError):
                 tally.awaiting = False
                 tally.errors += 1
@@ -220,9 +263,22 @@ async def _client(host: str, port: int, request: bytes, deadline: float, tally: 
             if not keep_alive:
                 _close(writer)
                 writer = reader = None
+            if retry_after_cap_s is not None and retry_after_s is not None and status >= 300:
+                await _pause(min(retry_after_s, retry_after_cap_s), deadline)
     finally:
         if writer is not None:
             _close(writer)
+
+
+async def _pause(delay_s: float, deadline: float) -> None:
+    """_pause waits `delay_s` stretched by up to half again, but never past `deadline`.
+
+    The random stretch keeps clients rejected together from all coming back together.
+    """
+    remaining = deadline - time.perf_counter()
+    delay_s = min(delay_s * random.uniform(1.0, 1.5), remaining)
+    if delay_s > 0:
+        await asyncio.sleep(delay_s)
 
 
 def _close(writer: asyncio.StreamWriter) -> None:
@@ -238,17 +294,23 @@ async def run_load(
     concurrency: int,
     duration_s: float,
     *,
+    retry_after_cap_s: float | None = None,
     grace_s: float | None = None,
 ) -> LoadResult:
     """run_load drives `concurrency` keep-alive clients at GET `path` for `duration_s` seconds.
+
+    Each client sends its next request as soon as the previous response is read. With
+    `retry_after_cap_s` set, a client whose request was rejected with a Retry-After header
+    first pauses that many seconds (at most the cap, stretched by a random 0-50 % so that
+    clients rejected together do not return together); None ignores Retry-After and retries
+    at once.
 
     No client starts a request after the duration; requests already sent are awaited for up
     to `grace_s` more seconds (default: a fifth of the duration, at least one second) and
     then abandoned and counted as errors, so a server that hangs cannot hang the run.
     Latency is taken with time.perf_counter from the write of a request to the end of its
-    response. A
-    concurrency below 1 or a negative duration is a ValueError; a zero duration sends
-    nothing and returns an empty result.
+    response. A concurrency below 1 or a negative duration is a ValueError; a zero duration
+    sends nothing and returns an empty result.
     """
     if concurrency < 1:
         raise ValueError(f"run_load: concurrency must be at least 1, got {concurrency}")
@@ -260,7 +322,10 @@ async def run_load(
     tallies = [_Tally() for _ in range(concurrency)]
     started = time.perf_counter()
     deadline = started + duration_s
-    tasks = [asyncio.ensure_future(_client(host, port, request, deadline, t)) for t in tallies]
+    tasks = [
+        asyncio.ensure_future(_client(host, port, request, deadline, t, retry_after_cap_s))
+        for t in tallies
+    ]
     _, pending = await asyncio.wait(tasks, timeout=duration_s + grace_s)
     for task in pending:
         task.cancel()
@@ -318,13 +383,17 @@ def _worker(
     path: str,
     concurrency: int,
     duration_s: float,
+    retry_after_cap_s: float | None,
     barrier: Barrier,
     results: multiprocessing.Queue[LoadResult],
 ) -> None:
     """_worker is one load process: it waits for its siblings, runs its share, reports it."""
     # Bounded, so one sibling failing to start cannot leave the others waiting forever.
     barrier.wait(timeout=BARRIER_TIMEOUT_S)
-    results.put(run_coroutine(run_load(host, port, path, concurrency, duration_s)))
+    result = run_coroutine(
+        run_load(host, port, path, concurrency, duration_s, retry_after_cap_s=retry_after_cap_s)
+    )
+    results.put(result)
 
 
 def load(
@@ -334,18 +403,23 @@ def load(
     concurrency: int,
     duration_s: float,
     processes: int = 1,
+    *,
+    retry_after_cap_s: float | None = None,
 ) -> LoadResult:
     """load runs run_load from synchronous code, spread over `processes` worker processes.
 
     With one process the load runs in this process. With more, the clients are split among
     spawned processes (split_concurrency) that start together behind a barrier; their
     results are merged (LoadResult.merge), so the elapsed time is the slowest process's. A
-    worker that dies without reporting makes this raise RuntimeError rather than report a
-    partial load as a whole one.
+    worker that dies without reporting makes this raise LoadError rather than report a
+    partial load as a whole one. As with any spawned process, a script calling this with
+    more than one process must guard its top level with `if __name__ == "__main__":`.
     """
     shares = split_concurrency(concurrency, processes)
     if len(shares) == 1:
-        return run_coroutine(run_load(host, port, path, concurrency, duration_s))
+        return run_coroutine(
+            run_load(host, port, path, concurrency, duration_s, retry_after_cap_s=retry_after_cap_s)
+        )
     # spawn, not fork: the caller may hold threads or an event loop that must not be copied.
     context = multiprocessing.get_context("spawn")
     barrier = context.Barrier(len(shares))
@@ -353,7 +427,7 @@ def load(
     workers = [
         context.Process(
             target=_worker,
-            args=(host, port, path, share, duration_s, barrier, results_queue),
+            args=(host, port, path, share, duration_s, retry_after_cap_s, barrier, results_queue),
             daemon=True,
         )
         for share in shares
@@ -367,13 +441,13 @@ def load(
         while len(results) < len(workers):
             remaining = limit - time.monotonic()
             if remaining <= 0:
-                raise RuntimeError("load: a load worker process did not report in time")
+                raise LoadError("load: a load worker process did not report in time")
             try:
                 results.append(results_queue.get(timeout=min(remaining, 0.5)))
             except queue.Empty:
                 dead = [w for w in workers if w.exitcode not in (None, 0)]
                 if dead:
-                    raise RuntimeError(
+                    raise LoadError(
                         f"load: a load worker process exited with code {dead[0].exitcode}"
                     ) from None
     finally:

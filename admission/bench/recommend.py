@@ -13,6 +13,12 @@ from dataclasses import dataclass
 #: A window reaching this share of the best measured throughput counts as "enough".
 GOOD_ENOUGH = 0.95
 
+#: Requests in flight (by Little's law) beyond this multiple of the window are queued outside it.
+QUEUED_OUTSIDE = 1.5
+
+#: A median latency beyond this multiple of the unloaded one means requests queue for the CPU.
+SATURATED = 1.5
+
 
 @dataclass(frozen=True)
 class Row:
@@ -85,39 +91,64 @@ def recommend(rows: Sequence[Row]) -> tuple[int | None, str]:
 
 
 def _explain(chosen: Row, best: Row, known: Sequence[Row]) -> str:
-    """_explain writes the one-sentence Little's-law reason for choosing `chosen`."""
-    share = chosen.throughput_rps / best.throughput_rps
+    """_explain writes the one-sentence Little's-law reason for choosing `chosen`.
+
+    It ends with what the numbers say beyond the choice: that the requests in flight
+    exceed the window (the queue is in front of the application, out of the window's
+    reach); that the chosen window is saturated, with the window Little's law puts at the
+    knee (best throughput x unloaded latency, the smallest median measured); that the sweep
+    stopped before throughput did; or what a larger window costs.
+    """
     if chosen is best:
         reach = f"gives the best throughput measured, {_rps(chosen.throughput_rps)}"
     else:
         reach = (
-            f"reaches {share:.0%} of the best throughput measured "
-            f"({_rps(chosen.throughput_rps)} of {_rps(best.throughput_rps)} at window "
+            f"reaches {chosen.throughput_rps / best.throughput_rps:.0%} of the best throughput "
+            f"measured ({_rps(chosen.throughput_rps)} of {_rps(best.throughput_rps)} at window "
             f"{_window_text(best.window)})"
         )
-    if chosen.p50_ms is None:
-        little = ""
-    else:
+    text = f"Window {_window_text(chosen.window)} {reach}"
+    if chosen.p50_ms is not None:
         in_flight = chosen.throughput_rps * chosen.p50_ms / 1000.0
-        little = (
+        text += (
             f"; by Little's law that is {_rps(chosen.throughput_rps)} x {chosen.p50_ms:.1f} ms "
             f"(median latency) = {in_flight:.1f} requests in flight"
         )
+        # The median understates the mean, so exceeding the window by half is no accident.
+        if chosen.window is not None and in_flight > QUEUED_OUTSIDE * chosen.window:
+            return text + (
+                f", more than the window of {chosen.window} admits, so most of that latency is "
+                "spent queued before the application (in sockets and the event loop), where no "
+                "window can limit it."
+            )
+    unloaded_ms = min((r.p50_ms for r in known if r.p50_ms is not None), default=None)
     largest = known[-1] if known else None
     if (
+        chosen.p50_ms is not None
+        and unloaded_ms is not None
+        and chosen.p50_ms > SATURATED * unloaded_ms
+    ):
+        knee = best.throughput_rps * unloaded_ms / 1000.0
+        text += (
+            f", but its median latency is {chosen.p50_ms / unloaded_ms:.1f}x the unloaded "
+            f"{unloaded_ms:.1f} ms, so the process is saturated and a window near "
+            f"{_rps(best.throughput_rps)} x {unloaded_ms:.1f} ms = {knee:.0f} would give up "
+            "little throughput for much lower latency"
+        )
+    elif largest is chosen and len(known) > 1:
+        text += "; it is the largest window measured, so try larger ones too"
+    elif (
         largest is not None
         and largest is not chosen
         and largest.p99_ms is not None
         and chosen.p99_ms is not None
         and largest.p99_ms > chosen.p99_ms
     ):
-        tail = (
+        text += (
             f", and a larger window only adds queueing (p99 {chosen.p99_ms:.1f} ms here vs "
             f"{largest.p99_ms:.1f} ms at window {_window_text(largest.window)})"
         )
-    else:
-        tail = ""
-    return f"Window {_window_text(chosen.window)} {reach}{little}{tail}."
+    return text + "."
 
 
 def _rps(value: float) -> str:
@@ -133,3 +164,33 @@ def _reject_pct(row: Row) -> str:
 def _window_text(window: int | None) -> str:
     """_window_text names a window size, or "unknown" when the target did not report one."""
     return "unknown" if window is None else str(window)
+
+
+def next_probe(rows: Sequence[Row]) -> int | None:
+    """next_probe is the window worth measuring next to sharpen the recommendation, or None.
+
+    A sweep in powers of two can't see a knee that lies between two of its windows: the
+    recommended window W may be far above the window where throughput stopped growing. The
+    probe lies strictly between W and the largest smaller window measured: at the knee Little's
+    law predicts (best throughput x unloaded median latency) when that falls in between, else
+    halfway. None when W is the smallest window measured, no whole window lies in between, or
+    nothing was admitted.
+    """
+    known = sorted({r.window for r in rows if r.window is not None})
+    if len(known) < 2:
+        return None
+    chosen, _ = recommend(rows)
+    if chosen is None:
+        return None
+    below = [w for w in known if w < chosen]
+    if not below or chosen - below[-1] < 2:
+        return None
+    lower = below[-1]
+    best = max((r for r in rows if r.window is not None), key=lambda r: r.throughput_rps)
+    unloaded = min((r.p50_ms for r in rows if r.p50_ms is not None), default=None)
+    if best.throughput_rps > 0 and unloaded is not None:
+        knee = round(best.throughput_rps * unloaded / 1000.0)
+        if lower < knee < chosen and knee not in known:
+            return knee
+    middle = (lower + chosen) // 2
+    return middle if middle not in known else None

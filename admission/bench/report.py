@@ -98,9 +98,9 @@ def write_plot(report: BenchReport, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     windows = [r.window for r in rows]
-    figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7.0, 6.0))
+    figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7.0, 6.5))
     best = max(r.throughput_rps for r in rows)
-    top.plot(windows, [r.throughput_rps for r in rows], marker="o", color="tab:blue")
+    top.plot(windows, [r.throughput_rps for r in rows], marker="o", color="tab:blue", label="2xx")
     top.axhline(
         GOOD_ENOUGH * best,
         color="tab:blue",
@@ -108,9 +108,8 @@ def write_plot(report: BenchReport, path: Path) -> bool:
         alpha=0.6,
         label=f"{GOOD_ENOUGH:.0%} of best",
     )
-    top.legend(loc="lower right")
-    top.set_ylabel("throughput, 2xx (req/s)")
-    # Headroom above the best point keeps it clear of the title.
+    top.set_ylabel("throughput (req/s)")
+    # Headroom above the best point keeps it clear of the legend.
     top.set_ylim(0, best * 1.15 if best > 0 else 1.0)
     top.grid(True, alpha=0.3)
     latency_rows = [r for r in rows if r.p99_ms is not None]
@@ -129,26 +128,25 @@ def write_plot(report: BenchReport, path: Path) -> bool:
         color="tab:gray",
         label="p50",
     )
-    bottom.set_ylabel("latency of admitted requests (ms)")
+    bottom.set_ylabel("latency of 2xx (ms)")
     bottom.set_ylim(0, max((r.p99_ms or 0.0 for r in rows), default=0.0) * 1.15 or 1.0)
     bottom.grid(True, alpha=0.3)
-    bottom.legend(loc="best")
     bottom.set_xscale("log", base=2)
     bottom.set_xticks(windows)
     bottom.set_xticklabels([str(w) for w in windows])
     bottom.set_xlabel("window (max requests in flight per process)")
     if report.recommended_window is not None:
         for axis in (top, bottom):
-            axis.axvline(report.recommended_window, color="tab:green", linestyle=":")
-        top.annotate(
-            f"recommended: {report.recommended_window}",
-            xy=(report.recommended_window, 0),
-            xytext=(4, 6),
-            textcoords="offset points",
-            color="tab:green",
-        )
-    top.set_title(
-        f"admission bench: {report.target} {report.path}, "
+            axis.axvline(
+                report.recommended_window,
+                color="tab:green",
+                linestyle=":",
+                label=f"recommended: {report.recommended_window}",
+            )
+    top.legend(loc="upper left")
+    bottom.legend(loc="upper left")
+    figure.suptitle(
+        f"admission bench: {report.target} {report.path}\n"
         f"{report.concurrency} clients, {report.duration_s:g} s per window"
     )
     figure.tight_layout()

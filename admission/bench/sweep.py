@@ -97,7 +97,9 @@ class LoadPlan:
     """LoadPlan is the load applied to each window: clients, seconds, path and processes.
 
     `warmup_s` of load precedes each measurement and is not counted, so connection setup
-    and first-request costs do not land in the numbers.
+    and first-request costs do not land in the numbers. `retry_after_cap_s` is how long
+    at most a rejected client honours Retry-After before retrying (None: it retries at
+    once); see run_load.
     """
 
     path: str = "/"
@@ -105,6 +107,7 @@ class LoadPlan:
     duration_s: float = 5.0
     processes: int = 1
     warmup_s: float = 0.5
+    retry_after_cap_s: float | None = None
 
 
 def free_port() -> int:
@@ -209,13 +212,13 @@ def _wait_healthy(
         time.sleep(POLL_INTERVAL_S)
 
 
-def _tail(output: IO[bytes], limit: int = 400) -> str:
-    """_tail returns the last `limit` characters of a child's captured output, on one line."""
+def _tail(output: IO[bytes], lines: int = 3) -> str:
+    """_tail returns the last `lines` non-blank lines of a child's captured output, joined
+    on one line; "(no output)" when there were none."""
     output.seek(0)
-    text = output.read().decode("utf-8", "replace").strip()
-    if not text:
-        return "(no output)"
-    return " | ".join(text[-limit:].splitlines())
+    text = output.read().decode("utf-8", "replace")
+    last = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
+    return " | ".join(last) if last else "(no output)"
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -250,8 +253,21 @@ def to_row(window: int | None, result: LoadResult) -> Row:
 def measure(host: str, port: int, plan: LoadPlan) -> LoadResult:
     """measure warms the server up for `plan.warmup_s` (uncounted), then runs the plan's load."""
     if plan.warmup_s > 0:
-        load(host, port, plan.path, plan.concurrency, plan.warmup_s, plan.processes)
-    return load(host, port, plan.path, plan.concurrency, plan.duration_s, plan.processes)
+        _load(host, port, plan, plan.warmup_s)
+    return _load(host, port, plan, plan.duration_s)
+
+
+def _load(host: str, port: int, plan: LoadPlan, duration_s: float) -> LoadResult:
+    """_load runs the plan's load for `duration_s` seconds."""
+    return load(
+        host,
+        port,
+        plan.path,
+        plan.concurrency,
+        duration_s,
+        plan.processes,
+        retry_after_cap_s=plan.retry_after_cap_s,
+    )
 
 
 Progress = Callable[[Row, LoadResult], None]
@@ -273,11 +289,22 @@ def sweep_app(
     for window in windows:
         with served(target, window, launcher) as port:
             result = measure(LOOPBACK, port, plan)
+        _check_answered(result, f"{target} at window {window}")
         row = to_row(window, result)
         rows.append(row)
         if progress is not None:
             progress(row, result)
     return rows
+
+
+def _check_answered(result: LoadResult, what: str) -> None:
+    """_check_answered raises BenchError when a load got no response at all: a row of
+    zeros would read as a measurement when it is a failure."""
+    if result.responses == 0:
+        raise BenchError(
+            f"{what} answered none of the load's requests ({result.errors} failed to connect "
+            "or got no response)"
+        )
 
 
 @dataclass(frozen=True)
@@ -332,9 +359,17 @@ def reported_window(target: UrlTarget) -> int | None:
 
 
 def sweep_url(target: UrlTarget, plan: LoadPlan, progress: Progress | None = None) -> list[Row]:
-    """sweep_url measures a running service once, as configured: a list of exactly one row."""
+    """sweep_url measures a running service once, as configured: a list of exactly one row.
+
+    A service that cannot be reached is a BenchError before any load is sent.
+    """
+    try:
+        http_get(target.host, target.port, "/healthz", timeout_s=2.0)
+    except OSError as exc:
+        raise BenchError(f"cannot reach http://{target.host}:{target.port}: {exc}") from exc
     window = reported_window(target)
     result = measure(target.host, target.port, plan)
+    _check_answered(result, f"http://{target.host}:{target.port}")
     row = to_row(window, result)
     if progress is not None:
         progress(row, result)

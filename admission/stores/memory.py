@@ -68,6 +68,11 @@ class MemoryStore:
         """decide takes `cost` tokens from `key` now, if it can."""
         return self.decide_at(key, self._clock(), cost)
 
+    def decide_now(self, key: str, cost: int = 1) -> Decision:
+        """decide_now is `decide` without the coroutine: callers on the event loop (the
+        middleware) save creating and awaiting one per request."""
+        return self.decide_at(key, self._clock(), cost)
+
     async def check(self) -> None:
         """check always succeeds: memory is always there."""
 

@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 from redis.crc import key_slot
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError
 
 from admission.bucket import Bucket, Decision
@@ -45,10 +46,11 @@ def client_from_uri(uri: str, *, timeout_s: float) -> Any:
     """
     scheme, _, rest = uri.partition("://")
     socket_timeout = max(timeout_s * 4, 0.25)
+    # No `retry_on_timeout`: off is redis-py's default, RedisCluster refuses the argument and the
+    # other clients warn that it is deprecated.
     common: dict[str, Any] = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": socket_timeout,
-        "retry_on_timeout": False,
     }
     if scheme in ("redis", "rediss"):
         return aioredis.Redis.from_url(uri, retry=None, **common)
@@ -195,6 +197,15 @@ class RedisStore:
             )
 
     async def _eval(self, keys: list[bytes], args: list[Any]) -> list[Any]:
+        try:
+            return await self._eval_once(keys, args)
+        except RedisConnectionError:
+            # A pooled connection the server closed (a restart, a failover) fails once; the
+            # retry runs on a new connection, within the same timeout. Should the first attempt
+            # have run after all, its tokens are taken twice: that errs on the strict side.
+            return await self._eval_once(keys, args)
+
+    async def _eval_once(self, keys: list[bytes], args: list[Any]) -> list[Any]:
         try:
             return await self.client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)  # type: ignore[no-any-return]
         except NoScriptError:

@@ -1,0 +1,332 @@
+"""benchmarks/overhead.py: the per-request cost of admission in process, against slowapi.
+
+Every app is driven directly through ASGI with a minimal fake `receive`/`send`, many requests
+in a loop on one event loop: no network and no HTTP client, so what is measured is the
+middleware itself. All variants run in the same process, interleaved round by round, and the
+added costs are paired per round (variant minus its baseline in the same round), so a noisy
+neighbour slows both sides of a difference alike.
+
+Variants:
+  bare            a bare ASGI app answering 200 "ok"
+  admission       the same app under AdmissionMiddleware, memory store, rate 1000000/second,
+                  every request from the same client address (one key, like slowapi's run)
+  admission-keys  the same, but requests come from 65,536 distinct client addresses
+  admission-all   every feature on: rate, window, the four timeouts, a trusted proxy whose
+                  X-Forwarded-For is walked to find the client
+  starlette       a Starlette app with one route answering the same
+  starlette+admission  that Starlette app under AdmissionMiddleware (as in the `admission` row)
+  starlette+slowapi    that Starlette app with slowapi's SlowAPIMiddleware and
+                  Limiter(key_func=get_remote_address, default_limits=["1000000/second"])
+
+Before timing, each limiter is checked to refuse the third request at "2/minute", so the
+figures are those of middleware that really limits every request.
+
+Run: python benchmarks/overhead.py [--requests N] [--rounds R] [--loop asyncio|uvloop]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from admission import AdmissionMiddleware, Settings
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+RATE = "1000000/second"
+# Yield to the event loop every this many requests, as a server does between requests: timers
+# the middleware arms and cancels are then cleaned up as they would be in production.
+YIELD_EVERY = 32
+BODY = b"ok\n"
+START: Message = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"3")],
+}
+END: Message = {"type": "http.response.body", "body": BODY}
+REQUEST: Message = {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def bare_app(scope: Scope, receive: Any, send: Any) -> None:
+    """bare_app is the cheapest complete HTTP response an ASGI app can give."""
+    await send(START)
+    await send(END)
+
+
+async def index(request: Request) -> Response:
+    """index is the one Starlette route: the same response as bare_app."""
+    return PlainTextResponse("ok\n")
+
+
+def starlette_app() -> Starlette:
+    """starlette_app is a Starlette app with one route, `/`."""
+    return Starlette(routes=[Route("/", index)])
+
+
+def slowapi_app(limit: str) -> Starlette:
+    """slowapi_app is starlette_app with slowapi set up as its documentation says for a limit
+    on every route: the limiter on app.state, its 429 handler, and SlowAPIMiddleware."""
+    from slowapi import Limiter, _rate_limit_exceeded_handler
+    from slowapi.errors import RateLimitExceeded
+    from slowapi.middleware import SlowAPIMiddleware
+    from slowapi.util import get_remote_address
+
+    app = starlette_app()
+    app.state.limiter = Limiter(key_func=get_remote_address, default_limits=[limit])
+    app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
+    app.add_middleware(SlowAPIMiddleware)
+    return app
+
+
+def all_features(rate: str) -> Settings:
+    """all_features turns every layer on: rate, window, the four timeouts, trusted proxies."""
+    return Settings(
+        rate=rate,
+        window=1000,
+        read_timeout=5,
+        write_timeout=3,
+        idle_timeout=60,
+        request_timeout=30,
+        trusted_proxies="127.0.0.0/8",
+    )
+
+
+def make_scope(client: str = "127.0.0.1") -> Scope:
+    """make_scope is a GET / as uvicorn would pass it, through a local proxy that sets
+    X-Forwarded-For (ignored unless the proxy is trusted)."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.4"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "raw_path": b"/",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"127.0.0.1:8000"),
+            (b"user-agent", b"overhead-bench"),
+            (b"accept", b"*/*"),
+            (b"x-forwarded-for", b"203.0.113.7, 127.0.0.2"),
+        ],
+        "client": (client, 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+
+
+class Driver:
+    """Driver calls one app with fresh scopes and counts responses that were not 200."""
+
+    def __init__(self, name: str, app: Any, scopes: list[Scope]) -> None:
+        self.name = name
+        self.app = app
+        self.scopes = scopes
+        self.not_ok = 0
+
+    async def run(self, n: int) -> float:
+        """run makes `n` requests and returns the seconds they took."""
+        app = self.app
+        scopes = self.scopes
+        count = len(scopes)
+
+        async def receive() -> Message:
+            return REQUEST
+
+        async def send(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] != 200:
+                self.not_ok += 1
+
+        sleep = asyncio.sleep
+        perf = time.perf_counter
+        started = perf()
+        for i in range(n):
+            scope = scopes[i % count].copy()
+            scope["state"] = {}
+            await app(scope, receive, send)
+            if i % YIELD_EVERY == 0:
+                await sleep(0)
+        return perf() - started
+
+
+async def refuses_third(app: Any, scope: Scope) -> list[int]:
+    """refuses_third sends three requests and returns their statuses."""
+    statuses: list[int] = []
+
+    async def receive() -> Message:
+        return REQUEST
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    for _ in range(3):
+        await app(scope.copy() | {"state": {}}, receive, send)
+    return statuses
+
+
+async def check_limiters() -> None:
+    """check_limiters makes sure each limiter measured here refuses the third request at
+    2/minute, i.e. that its setup really limits every request."""
+    scope = make_scope()
+    cases = {
+        "admission": AdmissionMiddleware(
+            bare_app, settings=Settings(rate="2/minute"), handle_signals=False
+        ),
+        "admission-all": AdmissionMiddleware(
+            bare_app, settings=all_features("2/minute"), handle_signals=False
+        ),
+        "starlette+slowapi": slowapi_app("2/minute"),
+    }
+    for name, app in cases.items():
+        statuses = await refuses_third(app, scope)
+        if statuses != [200, 200, 429]:
+            raise SystemExit(f"{name} does not limit: statuses {statuses} at 2/minute")
+
+
+def drivers() -> list[Driver]:
+    """drivers builds every variant, each with its own middleware instance and store."""
+    one = [make_scope()]
+    rng = random.Random(7)
+    many = [make_scope(f"10.0.{i >> 8}.{i & 255}") for i in range(65536)]
+    rng.shuffle(many)
+    rate = Settings(rate=RATE)
+    return [
+        Driver("bare", bare_app, one),
+        Driver("admission", AdmissionMiddleware(bare_app, settings=rate, handle_signals=False), one),
+        Driver(
+            "admission-keys",
+            AdmissionMiddleware(bare_app, settings=rate, handle_signals=False),
+            many,
+        ),
+        Driver(
+            "admission-all",
+            AdmissionMiddleware(bare_app, settings=all_features(RATE), handle_signals=False),
+            one,
+        ),
+        Driver("starlette", starlette_app(), one),
+        Driver(
+            "starlette+admission",
+            AdmissionMiddleware(starlette_app(), settings=rate, handle_signals=False),
+            one,
+        ),
+        Driver("starlette+slowapi", slowapi_app(RATE), one),
+    ]
+
+
+# (variant, baseline) pairs whose paired difference is reported as the added cost.
+ADDED = [
+    ("admission", "bare"),
+    ("admission-keys", "bare"),
+    ("admission-all", "bare"),
+    ("starlette+admission", "starlette"),
+    ("starlette+slowapi", "starlette"),
+]
+
+
+async def measure(requests: int, rounds: int) -> dict[str, list[float]]:
+    """measure runs every variant `rounds` times, interleaved in a fresh random order each
+    round, and returns the µs per request of each run."""
+    await check_limiters()
+    ds = drivers()
+    for d in ds:
+        await d.run(max(1000, requests // 5))  # warm up: imports, caches, first-call set-up
+    per: dict[str, list[float]] = {d.name: [] for d in ds}
+    order = list(ds)
+    rng = random.Random(1)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for d in order:
+            gc.collect()
+            per[d.name].append(await d.run(requests) / requests * 1e6)
+    bad = {d.name: d.not_ok for d in ds if d.not_ok}
+    if bad:
+        raise SystemExit(f"some responses were not 200: {bad}")
+    return per
+
+
+def report(per: dict[str, list[float]], loop_name: str, requests: int, rounds: int) -> None:
+    """report prints µs/request per variant and the paired added costs."""
+    print(
+        f"python {platform.python_version()}, loop {loop_name}, {requests} requests x "
+        f"{rounds} rounds per variant, interleaved"
+    )
+    print(f"\n{'variant':<22}{'median µs/req':>14}{'best µs/req':>13}")
+    for name, values in per.items():
+        print(f"{name:<22}{statistics.median(values):>14.2f}{min(values):>13.2f}")
+    added: dict[str, float] = {}
+    print(f"\n{'added cost':<40}{'median µs/req':>14}{'best-of-N':>11}")
+    for name, base in ADDED:
+        diffs = [a - b for a, b in zip(per[name], per[base])]
+        added[name] = statistics.median(diffs)
+        best = min(per[name]) - min(per[base])
+        print(f"{name + ' vs ' + base:<40}{added[name]:>14.2f}{best:>11.2f}")
+    ratios = [
+        s / a
+        for s, a, in zip(
+            (x - y for x, y in zip(per["starlette+slowapi"], per["starlette"])),
+            (x - y for x, y in zip(per["admission"], per["bare"])),
+        )
+        if a > 0
+    ]
+    ratio = statistics.median(ratios) if ratios else float("inf")
+    print(
+        f"\nslowapi added / admission added: {ratio:.1f}x (median of per-round ratios)"
+        f"\ntargets: admission adds <= 8 µs: {'met' if added['admission'] <= 8 else 'MISSED'}"
+        f" ({added['admission']:.2f} µs); >= 10x lighter than slowapi: "
+        f"{'met' if ratio >= 10 else 'MISSED'} ({ratio:.1f}x)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """main parses the options, runs the measurement on the chosen loop, prints the report."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20000, help="requests per run")
+    parser.add_argument("--rounds", type=int, default=9, help="runs per variant")
+    parser.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default=None,
+        help="event loop (default: uvloop when installed, as uvicorn chooses)",
+    )
+    args = parser.parse_args(argv)
+    loop_name = args.loop
+    if loop_name is None:
+        try:
+            import uvloop  # noqa: F401
+
+            loop_name = "uvloop"
+        except ImportError:
+            loop_name = "asyncio"
+    if loop_name == "uvloop":
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    else:
+        loop = asyncio.new_event_loop()
+    try:
+        per = loop.run_until_complete(measure(args.requests, args.rounds))
+    finally:
+        loop.close()
+    report(per, loop_name, args.requests, args.rounds)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

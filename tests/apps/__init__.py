@@ -1,0 +1,1 @@
+"""tests.apps: small applications the drain tests serve in real processes."""

@@ -1,0 +1,164 @@
+"""The `admission config` and `admission serve` commands on good and bad configuration."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from admission.cli import main
+from admission.settings import ACCEPTED
+from tests.support import REPO, free_port
+
+# One bad value per variable (test_settings.py tries several each).
+FIRST_BAD = {
+    "rate": "fast",
+    "burst": "0",
+    "key": "cookie",
+    "trusted_proxies": "not-an-ip",
+    "storage": "memcached://localhost:11211",
+    "storage_timeout": "0",
+    "on_storage_error": "ignore",
+    "window": "0",
+    "window_status": "404",
+    "queue_timeout": "-1",
+    "max_waiters": "-1",
+    "websocket_window": "0",
+    "read_timeout": "0",
+    "write_timeout": "0",
+    "idle_timeout": "0",
+    "request_timeout": "0",
+    "drain_delay": "-1",
+    "drain_timeout": "0",
+    "cleanup_timeout": "0",
+    "exempt": "static",
+    "max_keys": "0",
+    "key_prefix": "has space",
+}
+
+
+def clean_env(**variables: str) -> dict[str, str]:
+    """clean_env is this process's environment without ADMISSION_*, plus `variables`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADMISSION_")}
+    env.update(variables)
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str], timeout_s: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "admission", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def test_every_variable_has_a_bad_value_listed() -> None:
+    assert set(FIRST_BAD) == set(ACCEPTED)
+
+
+@pytest.mark.parametrize("field", sorted(FIRST_BAD))
+def test_config_exits_2_with_one_line_naming_the_bad_variable(
+    field: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("ADMISSION_"):
+            monkeypatch.delenv(name)
+    if field == "burst":
+        monkeypatch.setenv("ADMISSION_RATE", "10/second")
+    variable = "ADMISSION_" + field.upper()
+    monkeypatch.setenv(variable, FIRST_BAD[field])
+    with pytest.raises(SystemExit) as info:
+        main(["config"])
+    assert info.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert len(err.splitlines()) == 1
+    assert variable + "=" in err
+
+
+def test_config_prints_every_variable_with_its_effective_value(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("ADMISSION_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("ADMISSION_RATE", "100/second")
+    monkeypatch.setenv("ADMISSION_WINDOW", "64")
+    assert main(["config"]) == 0
+    lines = {}
+    for line in capsys.readouterr().out.splitlines():
+        name, _, value = line.partition(" ")
+        lines[name] = value.strip()
+    assert set(lines) == {"ADMISSION_" + f.upper() for f in ACCEPTED}
+    assert lines["ADMISSION_RATE"] == "100/second"
+    assert lines["ADMISSION_WINDOW"] == "64"
+    assert lines["ADMISSION_STORAGE"] == "memory://"
+    assert lines["ADMISSION_READ_TIMEOUT"] == "(unset)"
+    assert lines["ADMISSION_TRUSTED_PROXIES"] == ""
+
+
+def test_config_process_redacts_the_redis_password() -> None:
+    env = clean_env(
+        ADMISSION_RATE="10/second", ADMISSION_STORAGE="redis://app:hunter2@db.internal:6379/0"
+    )
+    result = run_cli("config", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+    assert "redis://app:***@db.internal:6379/0" in result.stdout
+
+
+def test_config_process_exits_2_with_one_line_and_no_password_on_a_bad_uri() -> None:
+    env = clean_env(ADMISSION_STORAGE="redis://app:hunter2@db.internal:port/0")
+    result = run_cli("config", env=env)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1
+    assert "ADMISSION_STORAGE" in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+def test_config_process_refuses_an_unknown_admission_variable() -> None:
+    result = run_cli("config", env=clean_env(ADMISSION_RATELIMIT="10/second"))
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1
+    assert "ADMISSION_RATELIMIT" in result.stderr
+
+
+@pytest.mark.process
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("ADMISSION_RATE", "100/fortnight"),
+        ("ADMISSION_STORAGE", "redis+sentinel://127.0.0.1:26379/mymaster/notadb"),
+        ("ADMISSION_WINDOW", "many"),
+    ],
+)
+def test_serve_with_a_bad_value_exits_2_with_one_line_and_no_traceback(
+    variable: str, value: str
+) -> None:
+    port = free_port()
+    result = run_cli(
+        "serve", "--host", "127.0.0.1", "--port", str(port), env=clean_env(**{variable: value})
+    )
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(f"admission: {variable}=")
+    assert "Traceback" not in result.stdout + result.stderr
+    assert "Uvicorn running" not in result.stdout + result.stderr
+
+
+@pytest.mark.process
+def test_serve_with_an_app_that_does_not_load_exits_2_with_one_line() -> None:
+    result = run_cli(
+        "serve", "no_such_module_here:app", "--port", str(free_port()), env=clean_env()
+    )
+    assert result.returncode == 2
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert "no_such_module_here:app" in result.stderr

@@ -1,0 +1,675 @@
+"""Tests of the exchange inside the middleware: the four timeouts, client disconnects, the
+deadline seen by handlers and the request's lifetime, all in process with a scripted client.
+
+Timeouts are tens of milliseconds and the disconnect watch is shortened to 10 ms, so every
+test finishes in well under a second; nothing asserts how fast anything happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+import admission
+from admission import exchange as exchange_module
+from admission.exchange import Exchange, Timeouts
+from admission.middleware import AdmissionMiddleware
+from admission.settings import Settings
+
+Message = dict[str, Any]
+ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+
+# Far beyond any timeout used here: a handler "that would run forever".
+FOREVER_S = 60.0
+# How long a test waits for a request it has cut short to finish, before it fails.
+FINISH_S = 5.0
+
+
+class Client:
+    """Client is one scripted ASGI connection: `receive` hands out `messages` in order and then
+    blocks until `hang_up()`; `send` records what the application sent, and blocks while
+    `stalled` (a client that stopped reading)."""
+
+    def __init__(self, messages: Iterable[Message] = ()) -> None:
+        self.inbox: asyncio.Queue[Message] = asyncio.Queue()
+        for message in messages:
+            self.inbox.put_nowait(message)
+        self.sent: list[Message] = []
+        self.stalled = False
+        self.websocket = False
+
+    async def receive(self) -> Message:
+        return await self.inbox.get()
+
+    async def send(self, message: Message) -> None:
+        if self.stalled and message["type"] == "http.response.body":
+            await asyncio.Event().wait()
+        self.sent.append(message)
+
+    def hang_up(self) -> None:
+        kind = "websocket.disconnect" if self.websocket else "http.disconnect"
+        self.inbox.put_nowait({"type": kind, "code": 1006} if self.websocket else {"type": kind})
+
+    @property
+    def status(self) -> int | None:
+        for message in self.sent:
+            if message["type"] == "http.response.start":
+                return int(message["status"])
+        return None
+
+    @property
+    def headers(self) -> dict[bytes, bytes]:
+        for message in self.sent:
+            if message["type"] == "http.response.start":
+                return {k.lower(): v for k, v in message["headers"]}
+        return {}
+
+    @property
+    def body(self) -> bytes:
+        return b"".join(m.get("body", b"") for m in self.sent if m["type"] == "http.response.body")
+
+    @property
+    def complete(self) -> bool:
+        return any(
+            m["type"] == "http.response.body" and not m.get("more_body", False) for m in self.sent
+        )
+
+
+def http_scope(
+    path: str = "/", method: str = "GET", headers: Iterable[tuple[bytes, bytes]] = ()
+) -> dict[str, Any]:
+    """http_scope is the scope a server builds for one HTTP/1.1 request."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"host", b"test"), *headers],
+        "client": ("127.0.0.1", 40000),
+        "server": ("127.0.0.1", 8000),
+    }
+
+
+def ws_scope(path: str = "/ws") -> dict[str, Any]:
+    """ws_scope is the scope of a websocket handshake (no HTTP-response extension)."""
+    scope = http_scope(path)
+    scope["type"] = "websocket"
+    scope["scheme"] = "ws"
+    del scope["method"]
+    return scope
+
+
+def no_body() -> list[Message]:
+    return [{"type": "http.request", "body": b"", "more_body": False}]
+
+
+def middleware(app: ASGIApp, **settings: Any) -> AdmissionMiddleware:
+    return AdmissionMiddleware(app, settings=Settings(**settings), handle_signals=False)
+
+
+def problem(client: Client) -> dict[str, Any]:
+    assert client.headers[b"content-type"] == b"application/problem+json"
+    doc: dict[str, Any] = json.loads(client.body)
+    return doc
+
+
+@pytest.fixture(autouse=True)
+def quick_disconnect_watch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """quick_disconnect_watch shortens the delay before the disconnect watch starts."""
+    monkeypatch.setattr(exchange_module, "DISCONNECT_WATCH_DELAY_S", 0.01)
+
+
+async def forever(scope: Any, receive: Any, send: Any) -> None:
+    """forever is a handler that never answers on its own."""
+    await asyncio.sleep(FOREVER_S)
+
+
+async def ok(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def read_body_then_answer(scope: Any, receive: Any, send: Any) -> None:
+    """read_body_then_answer echoes the request body once it has all of it."""
+    body = b""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            break
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def stream_then_stall(scope: Any, receive: Any, send: Any) -> None:
+    """stream_then_stall starts a streaming response, sends one chunk, then goes quiet."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"first", "more_body": True})
+    await asyncio.sleep(FOREVER_S)
+
+
+async def finish(call: Awaitable[None]) -> None:
+    """finish waits for a request that should end soon, failing instead of hanging."""
+    await asyncio.wait_for(call, FINISH_S)
+
+
+def assert_nothing_held(mw: AdmissionMiddleware) -> None:
+    assert mw.ledger.in_flight == 0
+    assert mw.window is None or mw.window.used == 0
+    assert mw.websocket_window is None or mw.websocket_window.used == 0
+
+
+# --- the deadline and the handler helpers -------------------------------------------------
+
+
+class ManualClock:
+    """ManualClock answers `time()` with whatever the test set."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+
+async def test_time_left_is_the_deadline_minus_the_loop_clock_and_never_negative() -> None:
+    client = Client()
+    exchange = Exchange(
+        http_scope(),
+        client.receive,
+        client.send,
+        timeouts=Timeouts(request_s=5.0),
+        extra_headers=[],
+        draining=lambda: False,
+    )
+    assert exchange.deadline is not None
+    clock = ManualClock(exchange.deadline - 5.0)
+    exchange._loop = clock  # type: ignore[assignment]
+    assert exchange.time_left() == 5.0
+    clock.now = exchange.deadline - 1.25
+    assert exchange.time_left() == 1.25
+    clock.now = exchange.deadline + 3.0
+    assert exchange.time_left() == 0.0
+
+
+async def test_no_request_timeout_means_no_deadline() -> None:
+    client = Client()
+    exchange = Exchange(
+        http_scope(),
+        client.receive,
+        client.send,
+        timeouts=Timeouts(),
+        extra_headers=[],
+        draining=lambda: False,
+    )
+    assert exchange.deadline is None
+    assert exchange.time_left() is None
+
+
+async def test_handler_sees_its_deadline_through_time_left() -> None:
+    seen: dict[str, Any] = {}
+
+    async def handler(request: Request) -> Response:
+        seen["time_left"] = admission.time_left(request)
+        seen["deadline"] = admission.deadline(request)
+        seen["now"] = asyncio.get_running_loop().time()
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/", handler)])
+    mw = middleware(app, request_timeout=30)
+    client = Client(no_body())
+    await mw(http_scope(), client.receive, client.send)
+    assert client.status == 200
+    assert 0 < seen["time_left"] <= 30
+    # time_left is counted down to the same loop-time deadline admission cancels at.
+    assert seen["deadline"] - seen["now"] == pytest.approx(seen["time_left"], abs=0.5)
+
+
+async def test_handler_without_a_request_timeout_sees_no_deadline() -> None:
+    seen: dict[str, Any] = {}
+
+    async def handler(request: Request) -> Response:
+        seen["time_left"] = admission.time_left(request)
+        seen["deadline"] = admission.deadline(request)
+        return PlainTextResponse("ok")
+
+    mw = middleware(Starlette(routes=[Route("/", handler)]))
+    client = Client(no_body())
+    await mw(http_scope(), client.receive, client.send)
+    assert client.status == 200
+    assert seen == {"time_left": None, "deadline": None}
+
+
+def test_helpers_outside_admission_answer_as_if_nothing_were_set() -> None:
+    scope = http_scope()
+    assert admission.time_left(scope) is None
+    assert admission.deadline(scope) is None
+    assert admission.draining(scope) is False
+    with pytest.raises(RuntimeError, match="AdmissionMiddleware"):
+        admission.request_lifetime(scope)
+
+
+async def test_handler_past_its_deadline_is_cancelled_with_504() -> None:
+    mw = middleware(forever, request_timeout=0.05, window=2)
+    client = Client(no_body())
+    await mw(http_scope(), client.receive, client.send)
+    assert client.status == 504
+    assert problem(client)["reason"] == "deadline"
+    # 504 keeps the connection: the request itself was read whole.
+    assert b"connection" not in client.headers
+    assert mw.stats.rejected["deadline"] == 1
+    assert_nothing_held(mw)
+
+
+async def test_deadline_after_the_response_started_closes_without_a_second_response() -> None:
+    mw = middleware(stream_then_stall, request_timeout=0.05)
+    client = Client(no_body())
+    await mw(http_scope(), client.receive, client.send)
+    assert client.status == 200
+    assert sum(m["type"] == "http.response.start" for m in client.sent) == 1
+    assert not client.complete
+    assert mw.stats.rejected["deadline"] == 1
+    assert_nothing_held(mw)
+
+
+# --- request lifetime ----------------------------------------------------------------------
+
+
+def lifetime_app(spawned: list[asyncio.Task[None]], then: ASGIApp) -> ASGIApp:
+    """lifetime_app ties a never-ending task to the request's lifetime, then runs `then`."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        spawned.append(admission.request_lifetime(scope).spawn(asyncio.sleep(FOREVER_S)))
+        await then(scope, receive, send)
+
+    return app
+
+
+async def test_request_lifetime_task_is_cancelled_when_the_request_ends() -> None:
+    spawned: list[asyncio.Task[None]] = []
+    mw = middleware(lifetime_app(spawned, ok))
+    client = Client(no_body())
+    await mw(http_scope(), client.receive, client.send)
+    assert client.status == 200
+    assert spawned[0].cancelled()
+
+
+async def test_request_lifetime_task_is_cancelled_at_the_deadline() -> None:
+    spawned: list[asyncio.Task[None]] = []
+    mw = middleware(lifetime_app(spawned, forever), request_timeout=0.05)
+    client = Client(no_body())
+    await mw(http_scope(), client.receive, client.send)
+    assert client.status == 504
+    assert spawned[0].cancelled()
+
+
+async def test_request_lifetime_is_closed_before_the_slot_is_given_back() -> None:
+    seen: list[tuple[bool, int]] = []
+    mw = middleware(ok, window=1)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        lifetime = admission.request_lifetime(scope)
+        assert mw.window is not None
+        window = mw.window
+        lifetime.on_close(lambda: seen.append((lifetime.closed, window.used)))
+        await ok(scope, receive, send)
+
+    mw.app = app
+    client = Client(no_body())
+    await mw(http_scope(), client.receive, client.send)
+    assert seen == [(True, 1)]
+    assert_nothing_held(mw)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
+async def test_request_lifetime_child_process_is_stopped_when_the_client_hangs_up() -> None:
+    processes: list[asyncio.subprocess.Process] = []
+    started = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        lifetime = admission.request_lifetime(scope)
+        processes.append(await lifetime.start_process("sleep", "60"))
+        started.set()
+        await asyncio.sleep(FOREVER_S)
+
+    mw = middleware(app, window=1)
+    client = Client(no_body())
+    call = asyncio.create_task(mw(http_scope(), client.receive, client.send))
+    await started.wait()
+    client.hang_up()
+    await finish(call)
+    assert processes[0].returncode is not None
+    assert mw.stats.rejected["disconnect"] == 1
+    assert_nothing_held(mw)
+
+
+# --- disconnects ---------------------------------------------------------------------------
+
+
+async def test_slot_is_released_when_client_disconnects() -> None:
+    running = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        running.set()
+        try:
+            await asyncio.sleep(FOREVER_S)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    mw = middleware(app, window=1)
+    client = Client(no_body())
+    call = asyncio.create_task(mw(http_scope(), client.receive, client.send))
+    await running.wait()
+    assert mw.window is not None and mw.window.used == 1
+    client.hang_up()
+    await finish(call)  # returns normally: a hang-up is not the server's error
+    assert cancelled.is_set()
+    assert client.sent == []  # nobody left to answer
+    assert mw.stats.rejected["disconnect"] == 1
+    assert_nothing_held(mw)
+
+
+async def test_disconnect_watch_does_not_take_a_body_the_handler_has_not_read() -> None:
+    # The handler reads its body only after the watch delay: the watch must wait for it
+    # rather than consume the body message itself.
+    async def late_reader(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(exchange_module.DISCONNECT_WATCH_DELAY_S * 5)
+        await read_body_then_answer(scope, receive, send)
+
+    mw = middleware(late_reader)
+    client = Client([{"type": "http.request", "body": b"payload", "more_body": False}])
+    scope = http_scope("/", "POST", [(b"content-length", b"7")])
+    await mw(scope, client.receive, client.send)
+    assert client.status == 200
+    assert client.body == b"payload"
+
+
+async def test_empty_body_seen_by_the_watch_is_still_delivered_to_the_handler() -> None:
+    # A GET has an empty body message the handler may never ask for; the watch reads past it
+    # to see the hang-up, and a handler that asks for it later still gets it.
+    async def late_body(request: Request) -> Response:
+        await asyncio.sleep(exchange_module.DISCONNECT_WATCH_DELAY_S * 5)
+        return PlainTextResponse(f"body={(await request.body())!r}")
+
+    mw = middleware(Starlette(routes=[Route("/", late_body)]))
+    client = Client(no_body())
+    await finish(mw(http_scope(), client.receive, client.send))
+    assert client.status == 200
+    assert client.body == b"body=b''"
+
+
+async def test_disconnect_after_the_body_was_read_cancels_the_handler() -> None:
+    body_read = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        body_read.set()
+        await asyncio.sleep(FOREVER_S)
+
+    mw = middleware(app, window=1)
+    client = Client([{"type": "http.request", "body": b"x", "more_body": False}])
+    scope = http_scope("/", "POST", [(b"content-length", b"1")])
+    call = asyncio.create_task(mw(scope, client.receive, client.send))
+    await body_read.wait()
+    client.hang_up()
+    await finish(call)
+    assert mw.stats.rejected["disconnect"] == 1
+    assert_nothing_held(mw)
+
+
+# --- request body: read and idle timeouts -------------------------------------------------
+
+
+async def test_body_that_never_completes_gets_408_with_connection_close() -> None:
+    mw = middleware(read_body_then_answer, read_timeout=0.05, window=1)
+    client = Client([{"type": "http.request", "body": b"0123456789", "more_body": True}])
+    scope = http_scope("/echo", "POST", [(b"content-length", b"100")])
+    await mw(scope, client.receive, client.send)
+    assert client.status == 408
+    assert client.headers[b"connection"] == b"close"
+    assert problem(client)["reason"] == "read_timeout"
+    assert mw.stats.rejected["read_timeout"] == 1
+    assert_nothing_held(mw)
+
+
+async def test_body_trickling_within_the_idle_timeout_still_hits_the_read_timeout() -> None:
+    async def trickle(client: Client) -> None:
+        while True:
+            await asyncio.sleep(0.01)
+            client.inbox.put_nowait({"type": "http.request", "body": b".", "more_body": True})
+
+    mw = middleware(read_body_then_answer, read_timeout=0.1, idle_timeout=1.0)
+    client = Client()
+    feeder = asyncio.create_task(trickle(client))
+    try:
+        await mw(
+            http_scope("/", "POST", [(b"transfer-encoding", b"chunked")]),
+            client.receive,
+            client.send,
+        )
+    finally:
+        feeder.cancel()
+    assert client.status == 408
+    assert problem(client)["reason"] == "read_timeout"
+
+
+async def test_body_that_stalls_between_chunks_gets_408_at_the_idle_timeout() -> None:
+    mw = middleware(read_body_then_answer, read_timeout=FOREVER_S, idle_timeout=0.05)
+    client = Client([{"type": "http.request", "body": b"first", "more_body": True}])
+    await mw(
+        http_scope("/", "POST", [(b"transfer-encoding", b"chunked")]), client.receive, client.send
+    )
+    assert client.status == 408
+    assert client.headers[b"connection"] == b"close"
+    assert problem(client)["reason"] == "idle_timeout"
+    assert mw.stats.rejected["idle_timeout"] == 1
+    assert_nothing_held(mw)
+
+
+async def test_complete_body_is_not_limited_by_the_read_timeout_afterwards() -> None:
+    # Once the body is in, a long handler is the deadline's business, not the read timeout's.
+    async def read_then_work(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await asyncio.sleep(0.1)
+        await ok(scope, receive, send)
+
+    mw = middleware(read_then_work, read_timeout=0.02)
+    client = Client([{"type": "http.request", "body": b"x", "more_body": False}])
+    await mw(http_scope("/", "POST", [(b"content-length", b"1")]), client.receive, client.send)
+    assert client.status == 200
+
+
+# --- response: write and idle timeouts ------------------------------------------------------
+
+
+async def test_client_that_stops_reading_is_cut_off_at_the_write_timeout() -> None:
+    async def big_stream(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while True:
+            await send({"type": "http.response.body", "body": b"x" * 1024, "more_body": True})
+
+    mw = middleware(big_stream, write_timeout=0.05, window=1)
+    client = Client(no_body())
+    client.stalled = True
+    await mw(http_scope(), client.receive, client.send)
+    assert client.status == 200
+    assert not client.complete  # nothing more is sent: the server closes the connection
+    assert mw.stats.rejected["write_timeout"] == 1
+    assert_nothing_held(mw)
+
+
+async def test_streaming_response_that_goes_quiet_is_cut_off_at_the_idle_timeout() -> None:
+    mw = middleware(stream_then_stall, idle_timeout=0.05, window=1)
+    client = Client(no_body())
+    await mw(http_scope(), client.receive, client.send)
+    assert client.status == 200
+    assert client.body == b"first"
+    assert not client.complete
+    assert mw.stats.rejected["idle_timeout"] == 1
+    assert_nothing_held(mw)
+
+
+async def test_steady_stream_is_not_cut_by_the_idle_timeout() -> None:
+    async def steady(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for _ in range(5):
+            await send({"type": "http.response.body", "body": b".", "more_body": True})
+            await asyncio.sleep(0.01)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    mw = middleware(steady, idle_timeout=0.5)
+    client = Client(no_body())
+    await mw(http_scope(), client.receive, client.send)
+    assert client.complete
+    assert client.body == b"....."
+
+
+# --- errors and outside cancellation --------------------------------------------------------
+
+
+async def test_handler_exception_propagates_and_gives_the_slot_back() -> None:
+    async def boom(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("boom")
+
+    mw = middleware(boom, window=1, request_timeout=5)
+    client = Client(no_body())
+    with pytest.raises(RuntimeError, match="boom"):
+        await mw(http_scope(), client.receive, client.send)
+    assert_nothing_held(mw)
+
+
+async def test_cancellation_from_outside_propagates_and_gives_the_slot_back() -> None:
+    running = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        running.set()
+        await asyncio.sleep(FOREVER_S)
+
+    mw = middleware(app, window=1)
+    client = Client(no_body())
+    call = asyncio.create_task(mw(http_scope(), client.receive, client.send))
+    await running.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await finish(call)
+    assert client.sent == []
+    assert_nothing_held(mw)
+
+
+async def test_outside_cancellation_racing_a_timeout_still_propagates() -> None:
+    # Admission's own abort and a cancellation by the server land together: admission must
+    # not swallow the server's cancellation by answering 504 and returning.
+    running = asyncio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        running.set()
+        await asyncio.sleep(FOREVER_S)
+
+    mw = middleware(app, window=1, request_timeout=FOREVER_S)
+    client = Client(no_body())
+    call = asyncio.create_task(mw(http_scope(), client.receive, client.send))
+    await running.wait()
+    exchange = mw.ledger.live()[0]
+    exchange.abort("deadline")
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await finish(call)
+    assert_nothing_held(mw)
+
+
+# --- websockets -----------------------------------------------------------------------------
+
+
+async def ws_echo(scope: Any, receive: Any, send: Any) -> None:
+    """ws_echo accepts, then echoes text until the client goes away."""
+    message = await receive()
+    assert message["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        await send({"type": "websocket.send", "text": message.get("text")})
+
+
+def ws_client() -> Client:
+    client = Client([{"type": "websocket.connect"}])
+    client.websocket = True
+    return client
+
+
+async def test_websockets_take_the_websocket_window_not_the_http_one() -> None:
+    mw = middleware(ws_echo, window=1, websocket_window=2)
+    assert mw.window is not None and mw.websocket_window is not None
+    clients = [ws_client() for _ in range(3)]
+    calls = [asyncio.create_task(mw(ws_scope(), c.receive, c.send)) for c in clients]
+    await asyncio.wait(calls, timeout=0.05)
+    assert mw.websocket_window.used == 2
+    assert mw.window.used == 0
+    # The third socket is refused with "try again later"; HTTP still has its slot.
+    refused = [c for c in clients if c.sent and c.sent[0]["type"] == "websocket.close"]
+    assert len(refused) == 1 and refused[0].sent[0]["code"] == 1013
+    http = Client(no_body())
+    mw.app = ok
+    await mw(http_scope(), http.receive, http.send)
+    assert http.status == 200
+    for client in clients:
+        client.hang_up()
+    await asyncio.gather(*calls)
+    assert_nothing_held(mw)
+
+
+async def test_websocket_that_goes_quiet_is_closed_at_the_idle_timeout() -> None:
+    mw = middleware(ws_echo, idle_timeout=0.05, window=1)
+    client = ws_client()
+    await mw(ws_scope(), client.receive, client.send)
+    assert [m["type"] for m in client.sent] == ["websocket.accept", "websocket.close"]
+    assert client.sent[-1]["code"] == 1000
+    assert mw.stats.rejected["idle_timeout"] == 1
+    assert_nothing_held(mw)
+
+
+async def test_websocket_has_no_handler_deadline() -> None:
+    # A socket lives as long as its messages keep coming; ADMISSION_REQUEST_TIMEOUT is for
+    # requests, and the idle timeout is what bounds a socket.
+    mw = middleware(ws_echo, request_timeout=0.02)
+    client = ws_client()
+    call = asyncio.create_task(mw(ws_scope(), client.receive, client.send))
+    for i in range(3):
+        client.inbox.put_nowait({"type": "websocket.receive", "text": str(i)})
+        await asyncio.sleep(0.02)
+    client.hang_up()
+    await finish(call)
+    assert [m.get("text") for m in client.sent if m["type"] == "websocket.send"] == ["0", "1", "2"]
+    assert mw.stats.rejected["deadline"] == 0
+
+
+async def test_disconnect_watch_waits_for_the_body_of_a_starlette_handler() -> None:
+    async def echo(request: Request) -> Response:
+        await asyncio.sleep(exchange_module.DISCONNECT_WATCH_DELAY_S * 5)
+        return JSONResponse({"body": (await request.body()).decode()})
+
+    mw = middleware(Starlette(routes=[Route("/echo", echo, methods=["POST"])]))
+    client = Client([{"type": "http.request", "body": b"hello", "more_body": False}])
+    scope = http_scope("/echo", "POST", [(b"content-length", b"5")])
+    await mw(scope, client.receive, client.send)
+    assert client.status == 200
+    assert json.loads(client.body) == {"body": "hello"}

@@ -1,0 +1,246 @@
+"""Client keys: which bucket a request draws from, and who may not choose it for themselves."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import httpx
+import pytest
+
+from admission import AdmissionMiddleware, Settings
+from admission.keys import MAX_KEY_BYTES, client_address, make_key_func
+
+TRUSTED = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
+
+
+def scope(
+    peer: str | None = "203.0.113.9", headers: list[tuple[str, str]] | None = None
+) -> dict[str, Any]:
+    """scope is an HTTP scope from `peer` with `headers`, names lower-cased as ASGI has them."""
+    return {
+        "type": "http",
+        "path": "/",
+        "client": (peer, 50000) if peer is not None else None,
+        "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers or []],
+    }
+
+
+# --- client_address -----------------------------------------------------------------------
+
+
+def test_peer_address_is_the_client_without_trusted_proxies() -> None:
+    request = scope("198.51.100.7", [("X-Forwarded-For", "1.1.1.1")])
+    assert client_address(request, ()) == "198.51.100.7"
+
+
+def test_spoofed_forwarded_for_from_an_untrusted_peer_is_ignored() -> None:
+    request = scope("198.51.100.7", [("X-Forwarded-For", "1.1.1.1")])
+    assert client_address(request, TRUSTED) == "198.51.100.7"
+
+
+def test_trusted_proxy_forwarded_for_names_the_client() -> None:
+    request = scope("10.0.0.2", [("X-Forwarded-For", "192.0.2.60")])
+    assert client_address(request, TRUSTED) == "192.0.2.60"
+
+
+def test_walk_from_the_right_stops_at_the_first_untrusted_hop() -> None:
+    # The client forged "1.1.1.1"; our proxies 10.0.0.5 and 10.0.0.2 appended what they saw.
+    request = scope("10.0.0.2", [("X-Forwarded-For", "1.1.1.1, 192.0.2.60, 10.0.0.5")])
+    assert client_address(request, TRUSTED) == "192.0.2.60"
+
+
+def test_several_forwarded_for_headers_form_one_chain() -> None:
+    request = scope(
+        "10.0.0.2", [("X-Forwarded-For", "1.1.1.1"), ("X-Forwarded-For", "192.0.2.60, 10.0.0.5")]
+    )
+    assert client_address(request, TRUSTED) == "192.0.2.60"
+
+
+def test_chain_of_only_trusted_proxies_gives_the_leftmost() -> None:
+    request = scope("10.0.0.2", [("X-Forwarded-For", "10.1.1.1, 10.0.0.5")])
+    assert client_address(request, TRUSTED) == "10.1.1.1"
+
+
+def test_trusted_peer_without_forwarding_headers_is_the_client() -> None:
+    assert client_address(scope("10.0.0.2"), TRUSTED) == "10.0.0.2"
+
+
+@pytest.mark.parametrize(
+    ("header", "client"),
+    [
+        ('for="[2001:db8:cafe::17]:4711"', "2001:db8:cafe::17"),
+        ("for=192.0.2.43", "192.0.2.43"),
+        ('for="192.0.2.43:8080";proto=https;by=10.0.0.2', "192.0.2.43"),
+        ("For=192.0.2.43, for=10.0.0.5", "192.0.2.43"),
+        ("for=1.1.1.1, for=192.0.2.43;proto=http, for=10.0.0.5", "192.0.2.43"),
+        ('proto=https;for="[2001:db8::1]"', "2001:db8::1"),
+    ],
+)
+def test_forwarded_header_rfc7239_is_walked_like_x_forwarded_for(header: str, client: str) -> None:
+    assert client_address(scope("10.0.0.2", [("Forwarded", header)]), TRUSTED) == client
+
+
+def test_forwarded_wins_over_x_forwarded_for() -> None:
+    request = scope("10.0.0.2", [("X-Forwarded-For", "1.1.1.1"), ("Forwarded", "for=192.0.2.43")])
+    assert client_address(request, TRUSTED) == "192.0.2.43"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("X-Forwarded-For", "not-an-address"),
+        ("X-Forwarded-For", "192.0.2.60, garbage"),
+        ("X-Forwarded-For", ""),
+        ("X-Forwarded-For", "192.0.2.60,"),
+        ("Forwarded", "for=unknown"),
+        ("Forwarded", "for=_hidden"),
+        ("Forwarded", "proto=https"),
+        ("Forwarded", 'for="[2001:db8::1'),
+        ("Forwarded", "for=192.0.2.43, proto=http"),
+    ],
+)
+def test_malformed_chain_falls_back_to_the_peer_address(name: str, value: str) -> None:
+    assert client_address(scope("10.0.0.2", [(name, value)]), TRUSTED) == "10.0.0.2"
+
+
+def test_malformed_hop_beyond_the_first_untrusted_one_does_not_matter() -> None:
+    request = scope("10.0.0.2", [("X-Forwarded-For", "garbage, 192.0.2.60")])
+    assert client_address(request, TRUSTED) == "192.0.2.60"
+
+
+def test_ipv6_peer_in_a_trusted_network_is_a_trusted_proxy() -> None:
+    request = scope("fd00::2", [("X-Forwarded-For", "2001:db8::9")])
+    assert client_address(request, TRUSTED) == "2001:db8::9"
+
+
+def test_ipv4_mapped_ipv6_peer_is_matched_as_ipv4() -> None:
+    request = scope("::ffff:10.0.0.2", [("X-Forwarded-For", "192.0.2.60")])
+    assert client_address(request, TRUSTED) == "192.0.2.60"
+
+
+def test_request_without_a_peer_is_keyed_unknown() -> None:
+    assert client_address(scope(None, [("X-Forwarded-For", "1.1.1.1")]), TRUSTED) == "unknown"
+
+
+# --- make_key_func ------------------------------------------------------------------------
+
+
+def test_ip_key_uses_the_client_address() -> None:
+    key = make_key_func(Settings(key="ip", trusted_proxies="10.0.0.0/8"))
+    assert key(scope("198.51.100.7")) == "ip:198.51.100.7"
+    assert key(scope("10.0.0.2", [("X-Forwarded-For", "192.0.2.60")])) == "ip:192.0.2.60"
+
+
+def test_global_key_is_one_bucket_for_everyone() -> None:
+    key = make_key_func(Settings(key="global"))
+    assert key(scope("198.51.100.7")) == key(scope("192.0.2.1")) == "global"
+
+
+def test_header_key_uses_the_header_value_whatever_its_case() -> None:
+    key = make_key_func(Settings(key="header:X-API-Key"))
+    assert key(scope("198.51.100.7", [("x-api-key", "alice")])) == "h:alice"
+    assert key(scope("192.0.2.1", [("X-Api-Key", "alice")])) == "h:alice"
+    assert key(scope("192.0.2.1", [("X-API-Key", "bob")])) == "h:bob"
+
+
+def test_request_without_the_header_is_keyed_by_its_address() -> None:
+    key = make_key_func(Settings(key="header:X-API-Key"))
+    first = key(scope("198.51.100.7"))
+    second = key(scope("192.0.2.1", [("X-API-Key", "   ")]))
+    assert first == "ip:198.51.100.7"
+    assert second == "ip:192.0.2.1"
+    assert first != second
+
+
+def test_header_value_cannot_borrow_an_address_bucket() -> None:
+    key = make_key_func(Settings(key="header:X-API-Key"))
+    forged = key(scope("192.0.2.1", [("X-API-Key", "ip:198.51.100.7")]))
+    assert forged != key(scope("198.51.100.7"))
+
+
+def test_huge_header_values_are_hashed_and_stay_distinct() -> None:
+    key = make_key_func(Settings(key="header:X-API-Key"))
+    a = key(scope(headers=[("X-API-Key", "k" * 100_000 + "a")]))
+    b = key(scope(headers=[("X-API-Key", "k" * 100_000 + "b")]))
+    assert a != b
+    assert len(a) <= MAX_KEY_BYTES
+    assert a.startswith("h:sha256:")
+    short = "k" * MAX_KEY_BYTES
+    assert key(scope(headers=[("X-API-Key", short)])) == "h:" + short
+
+
+# --- through the middleware ---------------------------------------------------------------
+
+
+class Counter:
+    """Counter is a tiny ASGI app that counts the requests it gets."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        self.calls += 1
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+
+def middleware(**settings: Any) -> AdmissionMiddleware:
+    return AdmissionMiddleware(
+        Counter(), settings=Settings(rate="1/minute", **settings), handle_signals=False
+    )
+
+
+async def statuses(
+    app: AdmissionMiddleware, peer: str, n: int, headers: dict[str, str] | None = None
+) -> list[int]:
+    transport = httpx.ASGITransport(app=app, client=(peer, 4000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        return [(await client.get("/", headers=headers)).status_code for _ in range(n)]
+
+
+async def test_spoofed_forwarded_for_does_not_escape_the_limit() -> None:
+    app = middleware(trusted_proxies="10.0.0.0/8")
+    got = [
+        (await statuses(app, "198.51.100.7", 1, {"X-Forwarded-For": f"192.0.2.{i}"}))[0]
+        for i in range(5)
+    ]
+    assert got == [200, 429, 429, 429, 429]
+
+
+async def test_clients_behind_a_trusted_proxy_get_a_bucket_each() -> None:
+    app = middleware(trusted_proxies="10.0.0.0/8")
+    alice = await statuses(app, "10.0.0.2", 2, {"X-Forwarded-For": "192.0.2.1"})
+    bob = await statuses(app, "10.0.0.2", 2, {"X-Forwarded-For": "192.0.2.2"})
+    assert alice == [200, 429]
+    assert bob == [200, 429]
+
+
+async def test_forwarded_ipv6_client_behind_a_trusted_proxy_is_limited_alone() -> None:
+    app = middleware(trusted_proxies="10.0.0.0/8")
+    header = {"Forwarded": 'for="[2001:db8:cafe::17]:4711"'}
+    assert await statuses(app, "10.0.0.2", 2, header) == [200, 429]
+    other = {"Forwarded": 'for="[2001:db8:cafe::18]:4711"'}
+    assert await statuses(app, "10.0.0.2", 1, other) == [200]
+
+
+async def test_clients_without_the_key_header_do_not_share_a_bucket() -> None:
+    app = middleware(key="header:X-Client")
+    assert await statuses(app, "192.0.2.1", 2) == [200, 429]
+    assert await statuses(app, "192.0.2.2", 2) == [200, 429]
+    assert await statuses(app, "192.0.2.1", 1, {"X-Client": "alice"}) == [200]
+
+
+async def test_key_header_shared_across_addresses_is_one_bucket() -> None:
+    app = middleware(key="header:X-Client")
+    assert await statuses(app, "192.0.2.1", 1, {"X-Client": "alice"}) == [200]
+    assert await statuses(app, "192.0.2.2", 1, {"X-Client": "alice"}) == [429]
+
+
+async def test_huge_key_header_is_limited_like_any_other() -> None:
+    app = middleware(key="header:X-Client")
+    huge = {"X-Client": "z" * 20_000}
+    assert await statuses(app, "192.0.2.1", 2, huge) == [200, 429]
+    assert app.store is not None
+    assert len(app.store) == 1  # type: ignore[arg-type]

@@ -1,0 +1,347 @@
+"""Rate limiting as an HTTP client sees it, through the middleware in process.
+
+The middleware runs with a memory store on a manual clock, so every `Retry-After` and
+`RateLimit` value is exact.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from admission import AdmissionMiddleware, Settings
+from admission.bucket import Bucket
+from admission.stores.memory import MemoryStore
+
+
+class ManualClock:
+    """ManualClock moves only when the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 500.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class CountingApp:
+    """CountingApp answers 200 with a header of its own and counts the requests it sees;
+    requests to /hold wait until `release` is set."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.paths: list[str] = []
+        self.release = asyncio.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        self.calls += 1
+        self.paths.append(scope["path"])
+        if scope["path"] == "/hold":
+            await self.release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-app", b"yes")]})
+        await send({"type": "http.response.body", "body": b"app"})
+
+
+# --- a small RFC 8941 (Structured Field Values) list parser, enough to validate the fields ---
+
+_KEY = re.compile(r"[a-z*][a-z0-9_\-.*]*")
+_TOKEN = re.compile(r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*")
+_NUMBER = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,3})?")
+
+BareItem = int | float | str | bool
+
+
+def parse_sf_list(text: str) -> list[tuple[BareItem, dict[str, BareItem]]]:
+    """parse_sf_list parses a Structured Field List of items (no inner lists); ValueError if
+    `text` is not one."""
+    pos = 0
+    members: list[tuple[BareItem, dict[str, BareItem]]] = []
+
+    def bare(i: int) -> tuple[BareItem, int]:
+        if i >= len(text):
+            raise ValueError("item expected")
+        c = text[i]
+        if c == '"':
+            out, i = [], i + 1
+            while i < len(text):
+                ch = text[i]
+                if ch == "\\":
+                    if i + 1 >= len(text) or text[i + 1] not in '"\\':
+                        raise ValueError("bad escape")
+                    out.append(text[i + 1])
+                    i += 2
+                elif ch == '"':
+                    return "".join(out), i + 1
+                elif not (0x20 <= ord(ch) <= 0x7E):
+                    raise ValueError("bad string character")
+                else:
+                    out.append(ch)
+                    i += 1
+            raise ValueError("unterminated string")
+        if c == "?":
+            if text[i + 1 : i + 2] in ("0", "1"):
+                return text[i + 1] == "1", i + 2
+            raise ValueError("bad boolean")
+        number = _NUMBER.match(text, i)
+        if number:
+            raw = number.group(0)
+            return (float(raw) if "." in raw else int(raw)), number.end()
+        token = _TOKEN.match(text, i)
+        if token:
+            return token.group(0), token.end()
+        raise ValueError(f"unexpected {c!r}")
+
+    while True:
+        item, pos = bare(pos)
+        params: dict[str, BareItem] = {}
+        while pos < len(text) and text[pos] == ";":
+            pos += 1
+            while pos < len(text) and text[pos] == " ":
+                pos += 1
+            key = _KEY.match(text, pos)
+            if not key:
+                raise ValueError("parameter key expected")
+            pos = key.end()
+            value: BareItem = True
+            if pos < len(text) and text[pos] == "=":
+                value, pos = bare(pos + 1)
+            params[key.group(0)] = value
+        members.append((item, params))
+        while pos < len(text) and text[pos] in " \t":
+            pos += 1
+        if pos == len(text):
+            return members
+        if text[pos] != ",":
+            raise ValueError(f"',' expected at {pos}")
+        pos += 1
+        while pos < len(text) and text[pos] in " \t":
+            pos += 1
+        if pos == len(text):
+            raise ValueError("trailing comma")
+
+
+@pytest.mark.parametrize(
+    "bad", ['"default";q=', "default;;q=1", '"default" q=1', '"a",', '"default";Q=1', "1.2345"]
+)
+def test_structured_field_check_refuses_what_is_not_one(bad: str) -> None:
+    with pytest.raises(ValueError):
+        parse_sf_list(bad)
+
+
+def ratelimit_fields(response: httpx.Response) -> tuple[dict[str, BareItem], dict[str, BareItem]]:
+    """ratelimit_fields are the parameters of the one `RateLimit-Policy` and `RateLimit` items,
+    both named "default", after checking that the fields are valid Structured Fields."""
+    policy = parse_sf_list(response.headers["ratelimit-policy"])
+    limit = parse_sf_list(response.headers["ratelimit"])
+    assert len(policy) == len(limit) == 1
+    assert policy[0][0] == limit[0][0] == "default"
+    return policy[0][1], limit[0][1]
+
+
+# --- fixtures -----------------------------------------------------------------------------
+
+
+class Service:
+    """Service is the middleware around a counting app, with a memory store on a manual clock."""
+
+    def __init__(self, rate: str, **settings: Any) -> None:
+        self.clock = ManualClock()
+        self.app = CountingApp()
+        self.settings = Settings(rate=rate, **settings)
+        bucket = Bucket(self.settings.emission_interval_s, self.settings.capacity)
+        self.middleware = AdmissionMiddleware(
+            self.app,
+            settings=self.settings,
+            store=MemoryStore(bucket, clock=self.clock),
+            handle_signals=False,
+        )
+
+    def client(self, peer: str = "192.0.2.10") -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=self.middleware, client=(peer, 40000))
+        return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+
+# --- 429 responses ------------------------------------------------------------------------
+
+
+async def test_over_limit_request_gets_429_with_retry_after_and_ratelimit_fields() -> None:
+    service = Service("2/minute")
+    async with service.client() as client:
+        assert (await client.get("/")).status_code == 200
+        assert (await client.get("/")).status_code == 200
+        refused = await client.get("/")
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "30"
+    policy, limit = ratelimit_fields(refused)
+    assert policy == {"q": 2, "w": 60}
+    assert limit == {"r": 0, "t": 60}
+
+
+async def test_retry_after_is_whole_seconds_rounded_up_and_at_least_one() -> None:
+    service = Service("2/minute")
+    async with service.client() as client:
+        await client.get("/")
+        await client.get("/")
+        seen = []
+        for advance in (0.0, 0.4, 19.1, 10.4):  # 30, 29.6, 10.5, 0.1 seconds left
+            service.clock.advance(advance)
+            response = await client.get("/")
+            assert response.status_code == 429
+            seen.append(response.headers["retry-after"])
+        assert seen == ["30", "30", "11", "1"]
+        service.clock.advance(0.1)
+        assert (await client.get("/")).status_code == 200
+
+
+async def test_waiting_retry_after_is_enough_to_be_admitted() -> None:
+    service = Service("6/minute", burst=1)
+    async with service.client() as client:
+        assert (await client.get("/")).status_code == 200
+        refused = await client.get("/")
+        service.clock.advance(int(refused.headers["retry-after"]))
+        assert (await client.get("/")).status_code == 200
+
+
+async def test_rejection_body_is_an_rfc9457_problem_document() -> None:
+    service = Service("1/minute")
+    async with service.client() as client:
+        await client.get("/")
+        refused = await client.get("/")
+    assert refused.headers["content-type"] == "application/problem+json"
+    body = json.loads(refused.content)
+    assert body["status"] == 429
+    assert body["title"] == "Too Many Requests"
+    assert isinstance(body["type"], str) and body["type"]
+    assert isinstance(body["detail"], str) and body["detail"]
+    assert body["reason"] == "rate"
+    assert int(refused.headers["content-length"]) == len(refused.content)
+
+
+async def test_rejected_requests_never_reach_the_application() -> None:
+    service = Service("3/minute")
+    async with service.client() as client:
+        statuses = [(await client.get("/")).status_code for _ in range(10)]
+    assert statuses == [200] * 3 + [429] * 7
+    assert service.app.calls == 3
+
+
+# --- admitted responses -------------------------------------------------------------------
+
+
+async def test_admitted_responses_carry_the_ratelimit_fields_counting_down() -> None:
+    service = Service("4/minute")
+    async with service.client() as client:
+        responses = [await client.get("/") for _ in range(4)]
+    fields = [ratelimit_fields(r) for r in responses]
+    assert all(r.status_code == 200 and r.headers["x-app"] == "yes" for r in responses)
+    assert all(p == {"q": 4, "w": 60} for p, _ in fields)
+    assert [limit["r"] for _, limit in fields] == [3, 2, 1, 0]
+    assert [limit["t"] for _, limit in fields] == [15, 30, 45, 60]
+    assert all("retry-after" not in r.headers for r in responses)
+
+
+async def test_policy_states_the_configured_rate_and_remaining_may_exceed_it() -> None:
+    service = Service("10 per 2 seconds", burst=25)
+    async with service.client() as client:
+        response = await client.get("/")
+    policy, limit = ratelimit_fields(response)
+    assert policy == {"q": 10, "w": 2}
+    assert limit["r"] == 24
+    assert limit["t"] == 1  # 0.2 s until full, rounded up
+
+
+async def test_each_client_address_has_its_own_bucket() -> None:
+    service = Service("1/minute")
+    async with service.client("192.0.2.1") as alice, service.client("192.0.2.2") as bob:
+        assert (await alice.get("/")).status_code == 200
+        assert (await alice.get("/")).status_code == 429
+        assert (await bob.get("/")).status_code == 200
+
+
+async def test_global_key_limits_every_client_together() -> None:
+    service = Service("1/minute", key="global")
+    async with service.client("192.0.2.1") as alice, service.client("192.0.2.2") as bob:
+        assert (await alice.get("/")).status_code == 200
+        assert (await bob.get("/")).status_code == 429
+
+
+# --- exempt paths and the middleware's own endpoints --------------------------------------
+
+
+async def test_exempt_paths_pass_untouched_and_take_no_tokens() -> None:
+    service = Service("1/minute", exempt="/static,/docs")
+    async with service.client() as client:
+        for _ in range(5):
+            response = await client.get("/static/app.js")
+            assert response.status_code == 200
+            assert "ratelimit" not in response.headers
+            assert "ratelimit-policy" not in response.headers
+        assert (await client.get("/")).status_code == 200
+        assert (await client.get("/")).status_code == 429
+        assert (await client.get("/docs")).status_code == 200
+    assert service.app.paths == ["/static/app.js"] * 5 + ["/", "/docs"]
+
+
+async def test_own_endpoints_answer_even_when_the_client_is_over_its_limit() -> None:
+    service = Service("1/minute")
+    async with service.client() as client:
+        await client.get("/")
+        assert (await client.get("/")).status_code == 429
+        health = await client.get("/healthz")
+        ready = await client.get("/readyz")
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok"
+    assert ready.status_code == 200
+    assert ready.json()["status"] == "ready"
+    assert ready.json()["in_flight"] == 0
+    assert service.app.calls == 1
+
+
+async def test_readyz_counts_requests_in_flight() -> None:
+    service = Service("10/minute")
+    async with service.client() as client:
+        held = asyncio.create_task(client.get("/hold"))
+        deadline = asyncio.get_running_loop().time() + 5
+        while service.app.paths != ["/hold"]:
+            assert asyncio.get_running_loop().time() < deadline, "the held request never arrived"
+            await asyncio.sleep(0.001)
+        during = (await client.get("/readyz")).json()
+        service.app.release.set()
+        assert (await held).status_code == 200
+        after = (await client.get("/readyz")).json()
+    assert during["in_flight"] == 1
+    assert after["in_flight"] == 0
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+async def test_metrics_count_rate_rejections_and_admissions() -> None:
+    service = Service("2/minute")
+    async with service.client() as client:
+        for _ in range(7):
+            await client.get("/")
+        response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = metric_samples(response.text)
+    assert samples[("admission_rejected_total", (("reason", "rate"),))] == 5
+    assert samples[("admission_rejected_total", (("reason", "window"),))] == 0
+    assert samples[("admission_admitted_total", ())] == 2
+    assert samples[("admission_in_flight", ())] == 0
