@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from admission.lifetime import Lifetime
+
 if TYPE_CHECKING:
     from admission.exchange import Exchange
-    from admission.lifetime import Lifetime
 
 STATE_KEY = "admission"
 
 _service: Lifetime | None = None
+_adopted = False
 
 
 def _exchange(request: Any) -> Exchange | None:
@@ -51,8 +53,6 @@ def request_lifetime(request: Any) -> Lifetime:
     """request_lifetime is a `Lifetime` that ends with the request: tasks it spawns are
     cancelled and child processes it starts are terminated when the request finishes, fails,
     times out, is cancelled or its client hangs up, before the request's slot is given back."""
-    from admission.lifetime import Lifetime
-
     exchange = _exchange(request)
     if exchange is None:
         raise RuntimeError("request_lifetime needs a request admitted by AdmissionMiddleware")
@@ -62,15 +62,25 @@ def request_lifetime(request: Any) -> Lifetime:
 
 
 def service_lifetime() -> Lifetime:
-    """service_lifetime is the `Lifetime` of the service: what it holds is released at the end
-    of the drain (tasks cancelled, children terminated, cleanups run last-registered first).
-    It belongs to the AdmissionMiddleware created last in this process."""
-    if _service is None:
-        raise RuntimeError("service_lifetime needs an AdmissionMiddleware in this process")
+    """service_lifetime is the `Lifetime` of the service: what it holds is released once, at
+    the end of the drain (tasks cancelled, children terminated, cleanups run last-registered
+    first). It may be called before the middleware exists, at import time, to register
+    cleanups: the next AdmissionMiddleware created adopts it. Tasks and child processes need a
+    running event loop, so start those from a lifespan handler or a request."""
+    global _service, _adopted
+    if _service is None or _service.closed:
+        _service = Lifetime("service")
+        _adopted = False
     return _service
 
 
-def set_service_lifetime(lifetime: Lifetime) -> None:
-    """set_service_lifetime makes `lifetime` the one `service_lifetime()` returns."""
-    global _service
-    _service = lifetime
+def adopt_service_lifetime(cleanup_timeout_s: float) -> Lifetime:
+    """adopt_service_lifetime gives a new AdmissionMiddleware its service lifetime: the one
+    `service_lifetime()` handed out before it existed, else a new one."""
+    global _service, _adopted
+    if _service is None or _service.closed or _adopted:
+        _service = Lifetime("service", cleanup_timeout_s=cleanup_timeout_s)
+    else:
+        _service.cleanup_timeout_s = cleanup_timeout_s
+    _adopted = True
+    return _service

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import enum
 import logging
+from collections.abc import Awaitable, Callable
 
 from admission.ledger import Ledger
 from admission.lifetime import Lifetime
@@ -42,10 +43,17 @@ class Drain:
     """
 
     def __init__(
-        self, ledger: Ledger, lifetime: Lifetime, *, delay_s: float, timeout_s: float
+        self,
+        ledger: Ledger,
+        lifetime: Lifetime,
+        *,
+        delay_s: float,
+        timeout_s: float,
+        last: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.ledger = ledger
         self.lifetime = lifetime
+        self.last = last
         self.delay_s = delay_s
         self.timeout_s = timeout_s
         self.phase = Phase.SERVING
@@ -139,7 +147,15 @@ class Drain:
         log.info("drained in %.2fs (%d cancelled)", loop.time() - started, self.cancelled)
 
     async def _close(self) -> None:
-        await self.lifetime.close()
+        try:
+            await self.lifetime.close()
+        finally:
+            if self.last is not None:
+                # The store closes after every cleanup, whenever those were registered.
+                try:
+                    await self.last()
+                except Exception:
+                    log.exception("closing the rate-limit store failed")
         self.phase = Phase.CLOSED
         log.info("closed: resources released")
 

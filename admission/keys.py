@@ -7,6 +7,7 @@ from the right (the hop our proxy added) to the first address that is not a trus
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Callable, Sequence
@@ -97,11 +98,34 @@ def client_address(scope: Scope, trusted: Sequence[Network]) -> str:
         chosen = ip
         if not _trusted(ip, trusted):
             break
-    return str(chosen)
+    return _ip_text(chosen)
+
+
+# Parsing an address with `ipaddress` costs microseconds, and behind a proxy every request
+# parses the same few hops: results are cached. Only short texts are, so that clients writing
+# long junk into X-Forwarded-For can't make the cache big.
+_CACHED_TEXT_MAX = 64
+_CACHE_SIZE = 4096
 
 
 def _parse_ip(text: str) -> IPAddress | None:
     """_parse_ip reads an address, with or without brackets/port; None if it isn't one."""
+    if len(text) <= _CACHED_TEXT_MAX:
+        return _parse_ip_cached(text)
+    return _parse_ip_uncached(text)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _ip_text(ip: IPAddress) -> str:
+    return str(ip)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _parse_ip_cached(text: str) -> IPAddress | None:
+    return _parse_ip_uncached(text)
+
+
+def _parse_ip_uncached(text: str) -> IPAddress | None:
     text = text.strip().strip('"')
     if text.startswith("["):
         end = text.find("]")

@@ -11,11 +11,11 @@ from types import FrameType
 
 from admission import context
 from admission.drain import Drain, Phase
+from admission.errors import ConfigError
 from admission.exchange import Exchange, Timeouts, WatchQueue
 from admission.headers import policy_header, ratelimit_header, retry_after_seconds
 from admission.keys import make_key_func
 from admission.ledger import Ledger
-from admission.lifetime import Lifetime
 from admission.metrics import AdmissionCollector, Stats, render
 from admission.responses import (
     Message,
@@ -70,11 +70,22 @@ class AdmissionMiddleware:
         handle_signals: bool = True,
     ) -> None:
         self.app = app
-        self.settings = s = settings if settings is not None else Settings.from_env()
+        self._config_error: ConfigError | None = None
+        if settings is None:
+            try:
+                settings = Settings.from_env()
+            except ConfigError as exc:
+                if not _loop_running():
+                    raise
+                # Built by Starlette inside the server's first call (the lifespan): raising here
+                # would read as "lifespan unsupported" under uvicorn's default, which then serves
+                # 500s. Fail the start-up through the lifespan protocol instead.
+                self._config_error = exc
+                settings = Settings()
+        self.settings = s = settings
         self.stats = Stats()
         self.ledger = Ledger()
-        self.lifetime = Lifetime("admission", cleanup_timeout_s=s.cleanup_timeout)
-        context.set_service_lifetime(self.lifetime)
+        self.lifetime = context.adopt_service_lifetime(s.cleanup_timeout)
         bucket = bucket_for(s)
         if (
             store is not None
@@ -83,18 +94,19 @@ class AdmissionMiddleware:
         ):
             store = GuardedStore(store, bucket, s.on_storage_error, max_keys=s.max_keys)
         self.store = store if store is not None else open_store(s)
-        if self.store is not None:
-            # Registered first, so it closes last: cleanups registered later may still use it.
-            self.lifetime.on_close(self.store.close)
-            if isinstance(self.store, GuardedStore):
-                self.store._on_error = self._count_storage_error
+        if isinstance(self.store, GuardedStore):
+            self.store._on_error = self._count_storage_error
         rate = s.rate_item
         self._policy = policy_header(rate) if rate is not None else None
         self.window = Window(s.window, max_waiters=s.waiters_cap) if s.window else None
         ws_size = s.websocket_window or s.window
         self.websocket_window = Window(ws_size, max_waiters=0) if ws_size else None
         self.drain_state = Drain(
-            self.ledger, self.lifetime, delay_s=s.drain_delay, timeout_s=s.drain_timeout
+            self.ledger,
+            self.lifetime,
+            delay_s=s.drain_delay,
+            timeout_s=s.drain_timeout,
+            last=self.store.close if self.store is not None else None,
         )
         self.timeouts = Timeouts(s.read_timeout, s.idle_timeout, s.write_timeout, s.request_timeout)
         self._key = make_key_func(s)
@@ -113,6 +125,9 @@ class AdmissionMiddleware:
         self._watch = WatchQueue()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._config_error is not None:
+            await self._refuse_to_start(scope, receive, send)
+            return
         kind = scope["type"]
         if kind == "http" or kind == "websocket":
             await self._admit(scope, receive, send)
@@ -350,6 +365,21 @@ class AdmissionMiddleware:
         assert self._signals is not None
         self._signals.forward(sig, frame)
 
+    async def _refuse_to_start(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """_refuse_to_start answers every call of a middleware whose settings were bad: the
+        lifespan start-up fails with the one-line error (the server exits), and any request
+        that still arrives (a server without lifespan) gets 500."""
+        message = str(self._config_error)
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.startup":
+                pass
+            await send({"type": "lifespan.startup.failed", "message": f"admission: {message}"})
+        elif scope["type"] == "http":
+            log.error("admission: %s", message)
+            await send_problem(send, 500, "configuration", detail=message)
+        elif scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": 1011})
+
     def _count_storage_error(self) -> None:
         self.stats.storage_errors += 1
 
@@ -368,3 +398,11 @@ def _ensure_logging() -> None:
         handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

@@ -61,6 +61,11 @@ class Item:
             self.ledger.leave(self)
 
 
+def phase(drain: Drain) -> Phase:
+    """phase reads the drain's phase afresh (it changes while a test awaits)."""
+    return drain.phase
+
+
 async def settle() -> None:
     """settle lets every ready task run until all of them are blocked again."""
     for _ in range(10):
@@ -173,7 +178,7 @@ class Gate:
         self.entered = asyncio.Event()
         self.open = asyncio.Event()
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
             raise RuntimeError("no lifespan here")
         self.starts += 1
@@ -195,12 +200,12 @@ async def test_drain_without_delay_refuses_at_once_and_waits_for_in_flight_to_fi
     drained = asyncio.ensure_future(drain.until_drained())
     await settle()
 
-    assert drain.phase is Phase.DRAINING
+    assert phase(drain) is Phase.DRAINING
     assert not drain.ready and not drain.accepting and drain.draining()
     assert not drained.done()
     item.finish()
     await asyncio.wait_for(drained, GUARD_S)
-    assert drain.phase is Phase.DRAINED
+    assert phase(drain) is Phase.DRAINED
     assert drain.cancelled == 0
     assert item.reasons == []
     assert not drain.lifetime.closed
@@ -212,7 +217,7 @@ async def test_pre_drain_fails_readiness_but_still_accepts_until_the_delay_ends(
     drain.begin()
     await settle()
 
-    assert drain.phase is Phase.PRE_DRAIN
+    assert phase(drain) is Phase.PRE_DRAIN
     assert not drain.ready
     assert drain.accepting
     assert drain.draining()
@@ -225,14 +230,14 @@ async def test_pre_drain_ends_after_the_delay_then_new_requests_are_refused() ->
     socket = Item(ledger, websocket=True, stubborn=True)
     drain.begin()
     await settle()
-    assert drain.phase is Phase.PRE_DRAIN
+    assert phase(drain) is Phase.PRE_DRAIN
 
     await asyncio.wait_for(socket.aborted.wait(), GUARD_S)
-    assert drain.phase is Phase.DRAINING
+    assert phase(drain) is Phase.DRAINING
     assert not drain.accepting
     socket.finish()
     await asyncio.wait_for(drain.until_drained(), GUARD_S)
-    assert drain.phase is Phase.DRAINED
+    assert phase(drain) is Phase.DRAINED
 
 
 async def test_stragglers_are_cancelled_at_the_drain_timeout_and_counted_in_the_log(
@@ -248,7 +253,7 @@ async def test_stragglers_are_cancelled_at_the_drain_timeout_and_counted_in_the_
     assert drain.cancelled == 2
     assert [i.reasons for i in items] == [["drain_deadline"], ["drain_deadline"]]
     assert ledger.in_flight == 0
-    assert drain.phase is Phase.CLOSED
+    assert phase(drain) is Phase.CLOSED
     assert "cancelled 2 request(s)" in caplog.text
     assert "(2 cancelled)" in caplog.text
 
@@ -264,7 +269,7 @@ async def test_a_straggler_that_ignores_cancellation_does_not_hold_the_drain_for
     await asyncio.wait_for(drain.run(), GUARD_S)
 
     assert item.reasons == ["drain_deadline"]
-    assert drain.phase is Phase.CLOSED
+    assert phase(drain) is Phase.CLOSED
     item.finish()
 
 
@@ -274,12 +279,12 @@ async def test_hurry_ends_the_delay_and_cancels_in_flight_without_waiting_for_ti
     items = [Item(ledger), Item(ledger, websocket=True)]
     drained = asyncio.ensure_future(drain.until_drained())
     await settle()
-    assert drain.phase is Phase.PRE_DRAIN
+    assert phase(drain) is Phase.PRE_DRAIN
 
     drain.hurry()
     await asyncio.wait_for(drained, GUARD_S)
 
-    assert drain.phase is Phase.DRAINED
+    assert phase(drain) is Phase.DRAINED
     assert drain.cancelled == 1
     assert items[0].reasons == ["drain_deadline"]
     # The websocket went at the start of draining, as always, before the stragglers.
@@ -293,12 +298,12 @@ async def test_websockets_are_aborted_when_draining_begins_and_not_during_pre_dr
     request = Item(ledger)
     drain.begin()
     await settle()
-    assert drain.phase is Phase.PRE_DRAIN
+    assert phase(drain) is Phase.PRE_DRAIN
     assert socket.reasons == []
 
     await asyncio.wait_for(socket.aborted.wait(), GUARD_S)
 
-    assert drain.phase is Phase.DRAINING
+    assert phase(drain) is Phase.DRAINING
     assert socket.reasons == ["draining"]
     assert request.reasons == []
     request.finish()
@@ -319,7 +324,7 @@ async def test_concurrent_and_repeated_runs_close_the_lifetime_once() -> None:
     await drain.run()
 
     assert closes == ["closed"]
-    assert drain.phase is Phase.CLOSED
+    assert phase(drain) is Phase.CLOSED
 
 
 # --- Lifetime ----------------------------------------------------------------------------------
@@ -623,3 +628,35 @@ async def test_request_lifetime_ends_its_child_and_task_when_the_request_ends() 
     assert started["task"].cancelled()
     assert middleware.ledger.in_flight == 0
     await asyncio.wait_for(middleware.drain(), GUARD_S)
+
+
+async def _forwarded_state(lifespan_running: bool) -> tuple[bool, list[int]]:
+    """_forwarded_state runs the signal path's drain and reports whether the service lifetime
+    was already closed when the signal was handed on to the server."""
+    middleware = AdmissionMiddleware(Gate(), settings=Settings(), handle_signals=True)
+    middleware._lifespan_running = lifespan_running
+    forwarded: list[int] = []
+    closed_at_forward: list[bool] = []
+
+    def forward(sig: int, frame: object) -> None:
+        forwarded.append(sig)
+        closed_at_forward.append(middleware.lifetime.closed)
+
+    assert middleware._signals is not None
+    middleware._signals.forward = forward  # type: ignore[method-assign]
+    await asyncio.wait_for(middleware._drain_then_forward(signal.SIGTERM, None), GUARD_S)
+    return closed_at_forward[0], forwarded
+
+
+async def test_signal_drain_leaves_the_release_to_the_lifespan_shutdown_after_the_app_s_own() -> (
+    None
+):
+    closed, forwarded = await _forwarded_state(lifespan_running=True)
+    assert forwarded == [signal.SIGTERM]
+    assert not closed
+
+
+async def test_signal_drain_releases_resources_itself_when_the_server_runs_no_lifespan() -> None:
+    closed, forwarded = await _forwarded_state(lifespan_running=False)
+    assert forwarded == [signal.SIGTERM]
+    assert closed

@@ -3,7 +3,7 @@
 Each test starts `admission serve` (or a plain `uvicorn`) on 127.0.0.1, puts requests in flight,
 signals the process and checks what every client saw, what the log says and how the process
 ended. The bounds (1 s from the last response to exit, 2.5 s from SIGTERM to exit past the
-drain timeout) are the contract; the run of the whole file takes about 30 s on 2 cores.
+drain timeout) are the contract; the whole file runs in about 25 s on 2 cores.
 """
 
 from __future__ import annotations
@@ -455,7 +455,8 @@ async def load_connection(port: int, ids: Iterator[int], tally: LoadTally, *, po
         if writer is None:
             try:
                 reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            except ConnectionRefusedError:
+            except (ConnectionRefusedError, ConnectionResetError):
+                # The listener is gone (a reset here is the handshake meeting its close).
                 tally.outcomes["refused new connection"] += 1
                 return
             reused = False

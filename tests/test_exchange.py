@@ -36,8 +36,9 @@ FINISH_S = 5.0
 
 class Client:
     """Client is one scripted ASGI connection: `receive` hands out `messages` in order and then
-    blocks until `hang_up()`; `send` records what the application sent, and blocks while
-    `stalled` (a client that stopped reading)."""
+    blocks until `hang_up()`; `send` records what the application sent, and, while `stalled`
+    (a client that stopped reading), blocks on every part of a streaming body: a short whole
+    response still fits in the server's buffers."""
 
     def __init__(self, messages: Iterable[Message] = ()) -> None:
         self.inbox: asyncio.Queue[Message] = asyncio.Queue()
@@ -51,7 +52,7 @@ class Client:
         return await self.inbox.get()
 
     async def send(self, message: Message) -> None:
-        if self.stalled and message["type"] == "http.response.body":
+        if self.stalled and message["type"] == "http.response.body" and message.get("more_body"):
             await asyncio.Event().wait()
         self.sent.append(message)
 

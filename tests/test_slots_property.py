@@ -46,7 +46,7 @@ TIMEOUTS = {
     "request_timeout": 0.2,
 }
 # A request that has not finished this long after the last one started is stuck: a bug.
-STUCK_S = 5.0
+STUCK_S = 2.0
 FOREVER_S = 60.0
 
 
