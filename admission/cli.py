@@ -34,7 +34,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("admission: --workers must be >= 1", file=sys.stderr)
         return 2
-    return serve(target, host=args.host, port=args.port, workers=args.workers, settings=settings)
+    return serve(
+        target,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        settings=settings,
+        access_log=not args.no_access_log,
+    )
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -58,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument(
+        "--no-access-log", action="store_true", help="turn off uvicorn's per-request access log"
+    )
     serve.set_defaults(func=cmd_serve)
     config = sub.add_parser("config", help="print the effective settings; exit 2 on a bad one")
     config.set_defaults(func=cmd_config)

@@ -78,9 +78,17 @@ def log_config() -> dict[str, Any]:
     return config
 
 
-def serve(target: str, *, host: str, port: int, workers: int, settings: Settings) -> int:
+def serve(
+    target: str,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    settings: Settings,
+    access_log: bool = True,
+) -> int:
     """serve runs `target` under the middleware until a signal drains it; returns the exit
-    status (0 after a clean drain)."""
+    status (0 after a clean drain). `access_log=False` turns off uvicorn's access log."""
     os.environ[TARGET_ENV] = target
     config = uvicorn.Config(
         "admission.serve:make_app",
@@ -89,6 +97,7 @@ def serve(target: str, *, host: str, port: int, workers: int, settings: Settings
         port=port,
         workers=workers,
         log_config=log_config(),
+        access_log=access_log,
         timeout_graceful_shutdown=int(
             settings.drain_delay + settings.drain_timeout + SERVER_GRACE_MARGIN_S
         ),
