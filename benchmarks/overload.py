@@ -190,11 +190,18 @@ def main() -> int:
         if args.window is None:
             knee, sweep = find_knee(port, unloaded, args.sweep_duration)
             lines += sweep
-            how = "measured"
+            capacity = next(line.result.throughput_rps for line in sweep if line.clients == knee)
+            how = f"measured; it serves {capacity:.0f} requests/s"
         else:
             knee, how = args.window, "given"
         clients = max(1, round(args.factor * knee))
-        print(f"knee ({how}): {knee} in flight; offering {clients} clients", flush=True)
+        unloaded_p50 = unloaded.p(50)
+        assert unloaded_p50 is not None
+        print(
+            f"knee ({how}): {knee} in flight; offering {clients} clients, up to "
+            f"{clients / (unloaded_p50 / 1000):.0f} requests/s at the unloaded latency",
+            flush=True,
+        )
         lines.append(
             Line(
                 "overload, no window", clients, None, load(HOST, port, PATH, clients, args.duration)

@@ -170,6 +170,14 @@ async def finish(call: Awaitable[None]) -> None:
     await asyncio.wait_for(call, FINISH_S)
 
 
+async def until(predicate: Callable[[], bool]) -> None:
+    """until lets the loop run until `predicate` holds, failing after FINISH_S."""
+    deadline = asyncio.get_running_loop().time() + FINISH_S
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.001)
+
+
 def assert_nothing_held(mw: AdmissionMiddleware) -> None:
     assert mw.ledger.in_flight == 0
     assert mw.window is None or mw.window.used == 0
@@ -321,20 +329,21 @@ async def test_request_lifetime_task_is_cancelled_at_the_deadline() -> None:
 
 
 async def test_request_lifetime_is_closed_before_the_slot_is_given_back() -> None:
-    seen: list[tuple[bool, int]] = []
+    seen: list[tuple[int, int]] = []
     mw = middleware(ok, window=1)
+    assert mw.window is not None
+    window = mw.window
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         lifetime = admission.request_lifetime(scope)
-        assert mw.window is not None
-        window = mw.window
-        lifetime.on_close(lambda: seen.append((lifetime.closed, window.used)))
+        lifetime.on_close(lambda: seen.append((window.used, mw.ledger.in_flight)))
         await ok(scope, receive, send)
 
     mw.app = app
     client = Client(no_body())
     await mw(http_scope(), client.receive, client.send)
-    assert seen == [(True, 1)]
+    # The cleanup ran while the request still held its slot and was still in flight.
+    assert seen == [(1, 1)]
     assert_nothing_held(mw)
 
 
@@ -622,7 +631,10 @@ async def test_websockets_take_the_websocket_window_not_the_http_one() -> None:
     assert mw.window is not None and mw.websocket_window is not None
     clients = [ws_client() for _ in range(3)]
     calls = [asyncio.create_task(mw(ws_scope(), c.receive, c.send)) for c in clients]
-    await asyncio.wait(calls, timeout=0.05)
+    # The refused socket is the only one that ends on its own.
+    done, _ = await asyncio.wait(calls, return_when=asyncio.FIRST_COMPLETED)
+    assert len(done) == 1
+    await until(lambda: sum(c.sent[:1] == [{"type": "websocket.accept"}] for c in clients) == 2)
     assert mw.websocket_window.used == 2
     assert mw.window.used == 0
     # The third socket is refused with "try again later"; HTTP still has its slot.

@@ -6,7 +6,7 @@ Each example builds a middleware with a random window, queue timeout and waiter 
 drives a random batch of requests at it concurrently (asyncio.gather) against a small ASGI
 app whose behaviour is chosen per request: success, raise, cancel (of the request task, while
 queued or while running), client disconnect, read/idle/write timeout, or the deadline.
-Timeouts are milliseconds; 40 examples run in about 10 s.
+Timeouts are milliseconds; 40 examples run in 3 to 7 s.
 """
 
 from __future__ import annotations
@@ -240,7 +240,8 @@ async def scenario(
     assert not watch.window._waiters
     await asyncio.wait_for(mw.ledger.wait_empty(), 0.5)
     assert watch.most_in_flight <= window
-    assert watch.changes > 0
+    if any(r.started or r.client.sent for r in results):
+        assert watch.changes > 0  # the watch saw the window and the ledger move
     for result in results:
         expected(result, mw.settings.window_status)
     # Every request was admitted once, refused once, or cancelled before it got a slot.
