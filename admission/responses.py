@@ -46,18 +46,7 @@ async def send_problem(
 ) -> None:
     """send_problem sends a whole problem+json response."""
     body = problem_body(status, reason, **extra)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/problem+json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    await send_bytes(send, status, body, b"application/problem+json", headers)
 
 
 async def send_json(
@@ -73,11 +62,14 @@ async def send_bytes(
     body: bytes,
     content_type: bytes,
     headers: Sequence[tuple[bytes, bytes]] = (),
+    *,
+    kind: str = "http.response",
 ) -> None:
-    """send_bytes sends a whole response with `body`."""
+    """send_bytes sends a whole response with `body`; `kind` is the message prefix, which is
+    "websocket.http.response" for a response to a websocket handshake."""
     await send(
         {
-            "type": "http.response.start",
+            "type": kind + ".start",
             "status": status,
             "headers": [
                 (b"content-type", content_type),
@@ -86,7 +78,7 @@ async def send_bytes(
             ],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": kind + ".body", "body": body})
 
 
 async def refuse_websocket(
@@ -98,19 +90,9 @@ async def refuse_websocket(
     message = await receive()
     if message.get("type") != "websocket.connect":
         return
-    if "websocket.http.response" in scope.get("extensions", {}) or {}:
+    if "websocket.http.response" in (scope.get("extensions") or {}):
         body = problem_body(status, reason)
-        await send(
-            {
-                "type": "websocket.http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/problem+json"),
-                    (b"content-length", str(len(body)).encode()),
-                    *headers,
-                ],
-            }
-        )
-        await send({"type": "websocket.http.response.body", "body": body})
+        kind = "websocket.http.response"
+        await send_bytes(send, status, body, b"application/problem+json", headers, kind=kind)
         return
     await send({"type": "websocket.close", "code": WS_CLOSE.get(reason, 1013), "reason": reason})

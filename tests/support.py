@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -44,7 +44,6 @@ class ServerProcess:
     process: subprocess.Popen[bytes]
     port: int
     log_path: Path
-    _log: object = field(repr=False, default=None)
 
     @property
     def url(self) -> str:
@@ -94,35 +93,38 @@ def run_server(
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ADMISSION_")}
     full_env.update(env or {})
     full_env.setdefault("PYTHONUNBUFFERED", "1")
-    log_file = tempfile.NamedTemporaryFile(prefix="admission-server-", suffix=".log", delete=False)
-    process = subprocess.Popen(
-        [a.replace("{port}", str(port)) for a in argv],
-        env=full_env,
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-    )
-    server = ServerProcess(process, port, Path(log_file.name), log_file)
-    try:
-        url = server.url
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"server exited with {process.returncode}:\n{server.log()}")
-            try:
-                if httpx.get(url + ready_path, timeout=0.5).status_code < 500:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"server did not start in {start_timeout_s}s:\n{server.log()}")
-            time.sleep(0.05)
-        yield server
-    finally:
-        server.stop()
-        log_file.close()
-        with contextlib.suppress(OSError):
-            os.unlink(log_file.name)
+    with tempfile.TemporaryDirectory(prefix="admission-server-") as tmp:
+        log_path = Path(tmp) / "server.log"
+        with log_path.open("wb") as log_file:
+            process = subprocess.Popen(
+                [a.replace("{port}", str(port)) for a in argv],
+                env=full_env,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+        server = ServerProcess(process, port, log_path)
+        try:
+            _wait_ready(server, ready_path, start_timeout_s)
+            yield server
+        finally:
+            server.stop()
+
+
+def _wait_ready(server: ServerProcess, ready_path: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if server.process.poll() is not None:
+            code = server.process.returncode
+            raise AssertionError(f"server exited with {code}:\n{server.log()}")
+        try:
+            if httpx.get(server.url + ready_path, timeout=0.5).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"server did not start in {timeout_s}s:\n{server.log()}")
+        time.sleep(0.05)
 
 
 def admission_serve(app: str | None = None, *extra: str) -> list[str]:
@@ -155,8 +157,19 @@ class RedisServer:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed"
         self.process = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir],
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -187,3 +200,16 @@ def own_redis_server() -> Iterator[RedisServer]:
             yield server
         finally:
             server.kill()
+
+
+def pid_alive(pid: int) -> bool:
+    """pid_alive is False once `pid` is gone or a zombie nobody reaped yet (killed all the same)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ from admission.bucket import Decision
 from admission.drain import Drain, Phase
 from admission.ledger import Ledger
 from admission.responses import Message
-from tests.support import wait_until
+from tests.support import pid_alive, wait_until
 
 # A guard against a hang, far above anything these tests take.
 GUARD_S = 10.0
@@ -70,19 +69,6 @@ async def settle() -> None:
     """settle lets every ready task run until all of them are blocked again."""
     for _ in range(10):
         await asyncio.sleep(0)
-
-
-def pid_alive(pid: int) -> bool:
-    """pid_alive is False once `pid` is gone or a zombie nobody reaped yet (killed all the same)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 class CountingStore:

@@ -12,7 +12,6 @@ import asyncio
 import functools
 import itertools
 import json
-import os
 import signal
 import time
 from collections import Counter
@@ -27,6 +26,7 @@ import websockets
 from tests.support import (
     ServerProcess,
     admission_serve,
+    pid_alive,
     plain_uvicorn,
     run_server,
     wait_until,
@@ -42,19 +42,6 @@ IN_FLIGHT = 8
 
 
 # --- helpers -----------------------------------------------------------------------------------
-
-
-def pid_alive(pid: int) -> bool:
-    """pid_alive is False once `pid` is gone or a zombie nobody reaped yet (killed all the same)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def exit_status(server: ServerProcess, timeout_s: float) -> tuple[int, float]:
