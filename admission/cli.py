@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
 from admission.errors import ConfigError
@@ -26,10 +28,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings_or_exit()
     target = args.app or DEMO
+    # As `uvicorn module:app` does: the app's module is looked up in the current directory
+    # first (a console script, unlike `python -m`, doesn't put it on the path).
+    sys.path.insert(0, os.getcwd())
     try:
         import_from_string(target)
     except ImportFromStringError as exc:
         print(f"admission: cannot load the app {target!r}: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        # The module was found but failed while importing: its traceback is the useful part.
+        traceback.print_exc()
+        print(
+            f"admission: cannot load the app {target!r}: importing it raised {exc!r}",
+            file=sys.stderr,
+        )
         return 2
     if args.workers < 1:
         print("admission: --workers must be >= 1", file=sys.stderr)

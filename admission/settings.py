@@ -149,9 +149,9 @@ class Settings:
                     raise _fail("rate", self.rate, ACCEPTED["rate"])
                 set_(self, "rate", rate)
         if self.burst is not None:
-            set_(self, "burst", _whole("burst", self.burst, ACCEPTED["burst"], minimum=1))
             if self.rate is None:
-                raise _fail("burst", self.burst, ACCEPTED["burst"])
+                raise _fail("burst", self.burst, "no burst while ADMISSION_RATE is unset: set both")
+            set_(self, "burst", _whole("burst", self.burst, ACCEPTED["burst"], minimum=1))
         key = str(self.key).strip()
         if key not in ("ip", "global"):
             name = key[len("header:") :].strip() if key.lower().startswith("header:") else ""
@@ -201,12 +201,23 @@ class Settings:
                 inclusive=True,
             ),
         )
-        if self.max_waiters is not None:
-            set_(
-                self,
-                "max_waiters",
-                _whole("max_waiters", self.max_waiters, ACCEPTED["max_waiters"], minimum=0),
+        if self.queue_timeout > 0 and self.window is None:
+            # Without a window nothing ever waits: the setting would silently do nothing.
+            raise _fail(
+                "queue_timeout",
+                self.queue_timeout,
+                "no queue timeout while ADMISSION_WINDOW is unset",
             )
+        if self.max_waiters is not None:
+            raw = self.max_waiters
+            set_(
+                self, "max_waiters", _whole("max_waiters", raw, ACCEPTED["max_waiters"], minimum=0)
+            )
+            if self.window is None or self.queue_timeout <= 0:
+                accepted = (
+                    "no waiter cap unless ADMISSION_WINDOW and ADMISSION_QUEUE_TIMEOUT are set"
+                )
+                raise _fail("max_waiters", raw, accepted)
         for name in ("read_timeout", "write_timeout", "idle_timeout", "request_timeout"):
             value = getattr(self, name)
             if value is not None:
@@ -296,6 +307,12 @@ class Settings:
                 shown = redact_uri(value)
             elif isinstance(value, tuple):
                 shown = ",".join(value)
+            elif f.name == "max_waiters" and value is None and self.waiters_cap:
+                shown = f"{self.waiters_cap} (the window size)"
+            elif f.name == "websocket_window" and value is None and self.window is not None:
+                shown = f"{self.window} (the window size)"
+            elif f.name == "burst" and value is None and self.rate is not None:
+                shown = f"{self.capacity} (the rate's amount)"
             elif value is None:
                 shown = "(unset)"
             else:

@@ -102,7 +102,7 @@ def test_best_window_is_recommended_when_nothing_smaller_comes_close() -> None:
     window, explanation = recommend([row(1, 100), row(2, 200), row(4, 400)])
     assert window == 4
     assert "best throughput" in explanation
-    assert "largest window measured, so try larger ones" in explanation
+    assert "largest window measured, so measure larger ones" in explanation
 
 
 def test_explanation_says_when_requests_queue_outside_the_window() -> None:

@@ -118,15 +118,16 @@ GOOD: dict[str, list[tuple[str, object]]] = {
     "key_prefix": [("admission", "admission"), ("svc:prod", "svc:prod")],
 }
 
-# Variables that only make sense together with a rate.
-NEEDS_RATE = {"burst"}
+# Variables that only make sense together with others: those others, set to good values.
+NEEDS = {
+    "burst": {"ADMISSION_RATE": "10/second"},
+    "queue_timeout": {"ADMISSION_WINDOW": "8"},
+    "max_waiters": {"ADMISSION_WINDOW": "8", "ADMISSION_QUEUE_TIMEOUT": "0.1"},
+}
 
 
 def _env(field: str, raw: str) -> dict[str, str]:
-    env = {"ADMISSION_" + field.upper(): raw}
-    if field in NEEDS_RATE:
-        env["ADMISSION_RATE"] = "10/second"
-    return env
+    return {"ADMISSION_" + field.upper(): raw, **NEEDS.get(field, {})}
 
 
 def test_every_field_has_bad_and_good_values_listed() -> None:
@@ -208,8 +209,10 @@ def test_overrides_win_over_the_environment() -> None:
 )
 def test_bad_python_value_is_refused_like_an_environment_value(field: str, value: object) -> None:
     kwargs: dict[str, object] = {field: value}
-    if field in NEEDS_RATE:
-        kwargs["rate"] = "10/second"
+    needs = {"burst": {"rate": "10/second"}, "queue_timeout": {"window": 8}}
+    kwargs.update(needs.get(field, {}))
+    if field == "max_waiters":
+        kwargs.update(window=8, queue_timeout=0.1)
     with pytest.raises(ConfigError) as info:
         Settings(**kwargs)  # type: ignore[arg-type]
     assert info.value.variable == "ADMISSION_" + field.upper()
@@ -265,3 +268,33 @@ def test_description_lists_every_variable_once() -> None:
     described = dict(Settings(rate="10/second", exempt="/a,/b").describe())
     assert described["ADMISSION_EXEMPT"] == "/a,/b"
     assert described["ADMISSION_WINDOW"] == "(unset)"
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"ADMISSION_BURST": "10"}, "ADMISSION_BURST"),
+        ({"ADMISSION_QUEUE_TIMEOUT": "0.1"}, "ADMISSION_QUEUE_TIMEOUT"),
+        ({"ADMISSION_MAX_WAITERS": "4", "ADMISSION_WINDOW": "8"}, "ADMISSION_MAX_WAITERS"),
+    ],
+)
+def test_a_setting_that_would_do_nothing_alone_is_refused(
+    env: dict[str, str], variable: str
+) -> None:
+    # Accepting it would start a service that silently ignores what its operator asked for.
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert info.value.variable == variable
+    # The line names what is missing, not only the variable that was given.
+    assert str(info.value).count("ADMISSION_") >= 2
+
+
+def test_config_shows_the_effective_defaults_that_follow_other_settings() -> None:
+    rows = dict(
+        Settings.from_env(
+            {"ADMISSION_RATE": "20/second", "ADMISSION_WINDOW": "8", "ADMISSION_QUEUE_TIMEOUT": "1"}
+        ).describe()
+    )
+    assert rows["ADMISSION_BURST"].startswith("20")
+    assert rows["ADMISSION_MAX_WAITERS"].startswith("8")
+    assert rows["ADMISSION_WEBSOCKET_WINDOW"].startswith("8")

@@ -183,9 +183,12 @@ def _check_app_target(target: str) -> None:
         raise UsageError(f"TARGET: {target!r} is neither MODULE:APP nor an http:// URL")
 
 
-def _progress_printer(stream: TextIO, total: int) -> Progress:
-    """_progress_printer returns a callback printing one line per measured window to `stream`."""
+def _progress_printer(stream: TextIO, total: int, label: str = "") -> Progress:
+    """_progress_printer returns a callback printing one line per measured window to `stream`,
+    numbered out of `total`; refinement steps are labelled, since fewer may run than allowed."""
     done = 0
+
+    prefix = label + " " if label else ""
 
     def report(row: Row, result: LoadResult) -> None:
         nonlocal done
@@ -193,7 +196,8 @@ def _progress_printer(stream: TextIO, total: int) -> Progress:
         window = "unknown" if row.window is None else str(row.window)
         p99 = "-" if row.p99_ms is None else f"{row.p99_ms:.1f} ms"
         line = (
-            f"[{done}/{total}] window {window}: {row.throughput_rps:,.0f} req/s, p99 {p99}, "
+            f"[{prefix}{done}/{total}] window {window}: "
+            f"{row.throughput_rps:,.0f} req/s, p99 {p99}, "
             f"{row.rejected_ratio:.1%} rejected"
         )
         if result.errors:
@@ -254,13 +258,13 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             file=err,
             flush=True,
         )
-        progress = _progress_printer(err, len(windows) + max(0, args.refine))
-        rows = sweep_app(target, windows, plan, progress=progress)
+        rows = sweep_app(target, windows, plan, progress=_progress_printer(err, len(windows)))
+        refine = _progress_printer(err, max(0, args.refine), label="refine")
         for _ in range(max(0, args.refine)):
             probe = next_probe(rows)
             if probe is None:
                 break
-            rows += sweep_app(target, [probe], plan, progress=progress)
+            rows += sweep_app(target, [probe], plan, progress=refine)
         rows.sort(key=lambda r: r.window or 0)
         if windows[-1] > plan.concurrency:
             notes.append(

@@ -136,7 +136,10 @@ def _explain(chosen: Row, best: Row, known: Sequence[Row]) -> str:
             "little throughput for much lower latency"
         )
     elif largest is chosen and len(known) > 1:
-        text += "; it is the largest window measured, so try larger ones too"
+        text += (
+            "; it is the largest window measured, so measure larger ones too (with at least as "
+            "many clients, --concurrency, as the largest window: a window never fills otherwise)"
+        )
     elif (
         largest is not None
         and largest is not chosen

@@ -1,0 +1,119 @@
+"""benchmarks/memory_store.py: resident memory of the MemoryStore with one million active keys.
+
+Each measurement runs in a fresh Python process: it imports admission, creates an empty
+MemoryStore, reads its resident set size (/proc/self/statm), then makes one decision for
+each of one million distinct client keys shaped like real ones ("ip:10.x.y.z"), all still
+active (a fixed clock, so no bucket refills and nothing is forgotten), and
+reads the RSS again. The difference is what the store holds: dict slots, key strings and
+TAT floats. The same process then times decisions at 1M keys (existing keys, random order)
+and on an almost empty store, for comparison. Repeated in several processes; medians.
+
+Run: python benchmarks/memory_store.py [--keys 1000000] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+from admission.bucket import Bucket
+from admission.stores.memory import MemoryStore
+
+# A thousand tokens a second, a million in the bucket: a key stays active (its bucket not full
+# again) for a while after each decision, and no decision measured here is ever refused.
+BUCKET = Bucket(interval_s=0.001, capacity=1_000_000)
+NOW = 1_000.0
+
+
+def rss_bytes() -> int:
+    """rss_bytes is this process's resident set size now."""
+    with open("/proc/self/statm") as statm:
+        resident_pages = int(statm.read().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def key(i: int) -> str:
+    """key is the i-th client key, an address in 10.0.0.0/8."""
+    return f"ip:10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+
+
+def time_decisions(store: MemoryStore, keys: list[str], repeats: int = 5) -> float:
+    """time_decisions is the best mean seconds per decision over `repeats` passes on `keys`."""
+    best = float("inf")
+    decide = store.decide_at
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for k in keys:
+            decide(k, NOW)
+        best = min(best, (time.perf_counter() - started) / len(keys))
+    return best
+
+
+def child(n: int) -> dict[str, float]:
+    """child is one measurement in this (fresh) process."""
+    store = MemoryStore(BUCKET, max_keys=max(n, 1), clock=lambda: NOW)
+    before = rss_bytes()
+    for i in range(n):
+        store.decide_at(key(i), NOW)
+    after = rss_bytes()
+    assert len(store) == n, f"the store holds {len(store)} keys, not {n}"
+    rng = random.Random(1)
+    sample = [key(rng.randrange(n)) for _ in range(200_000)]
+    full_s = time_decisions(store, sample)
+    small = MemoryStore(BUCKET, clock=lambda: NOW)
+    few = [key(i) for i in range(100)] * 2000
+    small_s = time_decisions(small, few)
+    return {
+        "keys": n,
+        "rss_delta_bytes": after - before,
+        "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "decide_full_s": full_s,
+        "decide_small_s": small_s,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """main runs the measurement in fresh processes and prints the medians."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keys", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=3, help="fresh processes")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(child(args.keys)))
+        return 0
+    results = []
+    for _ in range(args.runs):
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", "--keys", str(args.keys)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        results.append(json.loads(out.stdout))
+    delta = statistics.median(r["rss_delta_bytes"] for r in results)
+    per_million = delta / args.keys * 1_000_000
+    full = statistics.median(r["decide_full_s"] for r in results)
+    small = statistics.median(r["decide_small_s"] for r in results)
+    print(f"python {sys.version.split()[0]}, {args.runs} fresh processes, {args.keys} keys")
+    print(f"RSS delta per run: {[round(r['rss_delta_bytes'] / 2**20, 1) for r in results]} MiB")
+    print(
+        f"resident memory: {delta / 2**20:.1f} MiB for {args.keys} keys "
+        f"= {per_million / 2**20:.1f} MiB per million keys ({delta / args.keys:.0f} bytes/key)"
+    )
+    print(
+        f"time per decision: {full * 1e6:.2f} µs with {args.keys} keys held, "
+        f"{small * 1e6:.2f} µs with 100 keys held (best of 5 passes, median of runs)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
