@@ -11,18 +11,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 # Tolerance for float rounding at the admission boundary, far below any useful rate.
 _EPSILON_S = 1e-9
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """Decision is the answer for one request.
 
     `allowed`: whether it is admitted. `remaining`: whole tokens left after it.
     `retry_after_s`: seconds until the same request could be admitted (0 when allowed; inf when
     its cost exceeds the capacity). `reset_after_s`: seconds until the bucket is full again.
+    Immutable; a named tuple because one is built per request and that is cheapest.
     """
 
     allowed: bool

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from admission.ledger import Ledger
 from admission.lifetime import Lifetime
 from admission.responses import Message, Receive, Scope, Send
 
@@ -23,8 +23,6 @@ from admission.responses import Message, Receive, Scope, Send
 DISCONNECT_WATCH_DELAY_S = 0.2
 
 _HAS_UNCANCEL = sys.version_info >= (3, 11)
-# uvloop's timers have millisecond resolution: a due this close to now counts as due.
-_TIMER_SLACK_S = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,17 +49,16 @@ class Exchange:
     """
 
     __slots__ = (
+        "_deadline_handle",
         "_extra_headers",
         "_idle_handle",
         "_loop",
         "_read_deadline",
         "_receive",
         "_send",
-        "_timers",
         "_unread",
-        "_watch_entry",
-        "_watch_queue",
         "_watcher",
+        "begun_at",
         "body_done",
         "completed",
         "deadline",
@@ -86,7 +83,6 @@ class Exchange:
         timeouts: Timeouts,
         extra_headers: list[tuple[bytes, bytes]],
         draining: Callable[[], bool],
-        watch: WatchQueue | None = None,
     ) -> None:
         self.scope = scope
         self._receive = receive
@@ -104,13 +100,11 @@ class Exchange:
         self.disconnected = False
         self.body_done: bool | None = None
         self.lifetime: Lifetime | None = None
-        self._timers: list[asyncio.TimerHandle] = []
+        self._deadline_handle: asyncio.TimerHandle | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self._watch_queue = watch
-        self._watch_entry: list[Exchange | None] | None = None
-        self._unread: list[Message] = []
-        now = self._loop.time()
+        self._unread: list[Message] | None = None
+        self.begun_at = now = self._loop.time()
         self.deadline = (
             None if timeouts.request_s is None or self.websocket else now + timeouts.request_s
         )
@@ -123,27 +117,20 @@ class Exchange:
         return max(0.0, self.deadline - self._loop.time())
 
     def begin(self) -> None:
-        """begin arms the deadline and the disconnect watch; call it just before the app."""
+        """begin arms the deadline (and a websocket's idle timer); call it just before the app.
+        The disconnect watch is started later, by `DisconnectWatch`, for requests that last."""
         self.running = True
         if self.deadline is not None:
-            self._timers.append(self._loop.call_at(self.deadline, self.abort, "deadline"))
+            self._deadline_handle = self._loop.call_at(self.deadline, self.abort, "deadline")
         if self.websocket:
             self._touch_idle()
-            return
-        if self._watch_queue is not None:
-            self._watch_entry = self._watch_queue.add(self)
-        if self._watch_entry is None:
-            self._timers.append(self._loop.call_later(DISCONNECT_WATCH_DELAY_S, self._start_watch))
 
     def end(self) -> None:
         """end disarms everything; from here on `abort` does nothing. Synchronous on purpose:
         no timer can fire between the app returning and this call."""
         self.running = False
-        for timer in self._timers:
-            timer.cancel()
-        self._timers.clear()
-        if self._watch_entry is not None:
-            self._watch_entry[0] = None
+        if self._deadline_handle is not None:
+            self._deadline_handle.cancel()
         if self._idle_handle is not None:
             self._idle_handle.cancel()
         if self._watcher is not None:
@@ -246,14 +233,13 @@ class Exchange:
             self._idle_handle.cancel()
         self._idle_handle = self._loop.call_later(self.timeouts.idle_s, self.abort, "idle_timeout")
 
-    def _start_watch(self) -> None:
-        if not self.running or self.completed:
+    def start_watch(self) -> None:
+        """start_watch listens for the client going away, once the application has read the
+        whole body (listening earlier would steal it); until then it does nothing."""
+        if not self.running or self.completed or self._watcher is not None or self.websocket:
             return
-        if not self._body_finished():
-            # The application has not read the whole body: listening now would steal it.
-            self._timers.append(self._loop.call_later(DISCONNECT_WATCH_DELAY_S, self._start_watch))
-            return
-        self._watcher = self._loop.create_task(self._watch())
+        if self._body_finished():
+            self._watcher = self._loop.create_task(self._watch())
 
     def _body_finished(self) -> bool:
         if self.body_done is not None:
@@ -270,6 +256,8 @@ class Exchange:
         while message["type"] == "http.request":
             # The (empty) body of a request the application never read: the server hands it
             # out before any disconnect. Kept for the application's own receive; watch on.
+            if self._unread is None:
+                self._unread = []
             self._unread.append(message)
             message = await self._receive()
         if message["type"] == "http.disconnect":
@@ -278,52 +266,35 @@ class Exchange:
                 self.abort("disconnect")
 
 
-class WatchQueue:
-    """WatchQueue starts the disconnect watch of many exchanges with one event-loop timer.
+class DisconnectWatch:
+    """DisconnectWatch finds the requests that have run DISCONNECT_WATCH_DELAY_S and starts
+    listening for their clients going away.
 
-    Every watch is due DISCONNECT_WATCH_DELAY_S after its exchange begins, so dues arrive in
-    order and a FIFO is a timer queue: arming and cancelling one loop timer per request costs
-    more than the rest of an exchange. An entry is a one-item list the exchange empties when it
-    ends, so a finished request is not kept alive until its due. The queue serves one event
-    loop at a time; `add` returns None for an exchange on another loop that is still open
-    (the exchange then arms its own timer).
+    One ticker serves every request, and only while some are in flight: the ledger already
+    knows them, so a request costs nothing here unless it lasts. A hang-up is noticed between
+    one and one and a half delays after the request began.
     """
 
-    __slots__ = ("_entries", "_loop", "_timer")
+    def __init__(self, ledger: Ledger, delay_s: float | None = None) -> None:
+        self.ledger = ledger
+        # None: the module's DISCONNECT_WATCH_DELAY_S, read at every tick.
+        self.delay_s = delay_s
+        self._task: asyncio.Task[None] | None = None
 
-    def __init__(self) -> None:
-        self._entries: deque[tuple[float, list[Exchange | None]]] = deque()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
+    def poke(self) -> None:
+        """poke starts the ticker if it is not running; call it when a request is admitted."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._tick())
 
-    def add(self, exchange: Exchange) -> list[Exchange | None] | None:
-        """add schedules `exchange`'s watch and returns its entry, or None (see the class)."""
-        loop = exchange._loop
-        if loop is not self._loop:
-            if self._loop is not None and not self._loop.is_closed():
-                return None
-            # The first loop, or a new one after the last closed (its timer died with it).
-            self._loop = loop
-            self._entries.clear()
-            self._timer = None
-        due = loop.time() + DISCONNECT_WATCH_DELAY_S
-        entry: list[Exchange | None] = [exchange]
-        self._entries.append((due, entry))
-        if self._timer is None:
-            self._timer = loop.call_at(due, self._fire)
-        return entry
-
-    def _fire(self) -> None:
-        self._timer = None
-        loop = self._loop
-        assert loop is not None
-        entries = self._entries
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
-            now = loop.time() + _TIMER_SLACK_S
-            while entries and entries[0][0] <= now:
-                exchange = entries.popleft()[1][0]
-                if exchange is not None:
-                    exchange._start_watch()
+            while self.ledger.in_flight:
+                delay = DISCONNECT_WATCH_DELAY_S if self.delay_s is None else self.delay_s
+                await asyncio.sleep(delay / 2)
+                due = loop.time() - delay
+                for item in self.ledger.live():
+                    if isinstance(item, Exchange) and item.begun_at <= due:
+                        item.start_watch()
         finally:
-            if entries and self._timer is None:
-                self._timer = loop.call_at(entries[0][0], self._fire)
+            self._task = None

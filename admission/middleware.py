@@ -14,7 +14,7 @@ from types import FrameType
 from admission import context
 from admission.drain import Drain, Phase
 from admission.errors import ConfigError
-from admission.exchange import Exchange, Timeouts, WatchQueue
+from admission.exchange import DisconnectWatch, Exchange, Timeouts
 from admission.headers import policy_header, ratelimit_header, retry_after_seconds
 from admission.keys import make_key_func
 from admission.ledger import Ledger
@@ -124,7 +124,9 @@ class AdmissionMiddleware:
         self._started = False
         self._lifespan_running = False
         self._drain_task: asyncio.Task[None] | None = None
-        self._watch = WatchQueue()
+        self._watch = DisconnectWatch(self.ledger)
+        # Bound once: a bound method built per request is measurable on the hot path.
+        self._draining = self.drain_state.draining
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self._config_error is not None:
@@ -181,60 +183,56 @@ class AdmissionMiddleware:
                     await self._refuse(scope, receive, send, 429, "rate", headers)
                     return
                 extra = limit_headers
-            await self._run(scope, receive, send, extra)
+            if self.drain_state.phase is not _SERVING and not self.drain_state.accepting:
+                # It waited for a slot or for Redis while the drain began: it must not start.
+                await self._refuse(scope, receive, send, 503, "draining", [RETRY_1, CLOSE])
+                return
+            exchange = Exchange(
+                scope,
+                receive,
+                send,
+                timeouts=self.timeouts,
+                extra_headers=extra,
+                draining=self._draining,
+            )
+            state = scope.get("state")
+            if state is None:
+                scope["state"] = state = {}
+            state[context.STATE_KEY] = exchange
+            self.ledger.enter(exchange)
+            if self._watch._task is None:
+                self._watch.poke()
+            self.stats.admitted += 1
+            started = time.perf_counter()
+            try:
+                exchange.begin()
+                try:
+                    await self.app(scope, exchange.receive, exchange.send)
+                except asyncio.CancelledError:
+                    exchange.end()
+                    if not exchange.owns_cancellation():
+                        raise
+                    await self._aborted(exchange, send)
+                except BaseException:
+                    exchange.end()
+                    raise
+                else:
+                    exchange.end()
+            finally:
+                try:
+                    if exchange.lifetime is not None:
+                        await exchange.lifetime.close()
+                finally:
+                    self.ledger.leave(exchange)
+                    self.stats.observe(time.perf_counter() - started)
+                    # scope -> state -> exchange -> scope is a reference cycle: left in place, every
+                    # request's objects (the server's included) wait for the cyclic garbage
+                    # collector instead of being freed here, which costs more than all the rest.
+                    if state.get(context.STATE_KEY) is exchange:
+                        del state[context.STATE_KEY]
         finally:
             if window is not None:
                 window.give()
-
-    async def _run(
-        self, scope: Scope, receive: Receive, send: Send, extra: list[tuple[bytes, bytes]]
-    ) -> None:
-        if self.drain_state.phase is not _SERVING and not self.drain_state.accepting:
-            # It waited for a slot or for Redis while the drain began: it must not start now.
-            await self._refuse(scope, receive, send, 503, "draining", [RETRY_1, CLOSE])
-            return
-        exchange = Exchange(
-            scope,
-            receive,
-            send,
-            timeouts=self.timeouts,
-            extra_headers=extra,
-            draining=self.drain_state.draining,
-            watch=self._watch,
-        )
-        state = scope.get("state")
-        if state is None:
-            scope["state"] = state = {}
-        state[context.STATE_KEY] = exchange
-        self.ledger.enter(exchange)
-        self.stats.admitted += 1
-        started = time.perf_counter()
-        try:
-            exchange.begin()
-            try:
-                await self.app(scope, exchange.receive, exchange.send)
-            except asyncio.CancelledError:
-                exchange.end()
-                if not exchange.owns_cancellation():
-                    raise
-                await self._aborted(exchange, send)
-            except BaseException:
-                exchange.end()
-                raise
-            else:
-                exchange.end()
-        finally:
-            try:
-                if exchange.lifetime is not None:
-                    await exchange.lifetime.close()
-            finally:
-                self.ledger.leave(exchange)
-                self.stats.observe(time.perf_counter() - started)
-                # scope -> state -> exchange -> scope is a reference cycle: left in place, every
-                # request's objects (the server's included) wait for the cyclic garbage
-                # collector instead of being freed here, which costs more than all the rest.
-                if state.get(context.STATE_KEY) is exchange:
-                    del state[context.STATE_KEY]
 
     async def _aborted(self, exchange: Exchange, send: Send) -> None:
         """_aborted answers for an application the exchange cut short, if anything can still

@@ -181,7 +181,9 @@ async def measure(url: str, duration_s: float, rounds: int, concurrency: list[in
                     f"{rates[name] / rates['naive-direct']:>16.2f}x"
                     + (f"  ({bad} refused or failed)" if bad else "")
                 )
-        print(f"\ndeleted {await delete_prefix(client, prefix)} keys under {prefix}:*")
+        left = await delete_prefix(client, prefix)
+        # Each key expires when its bucket is full again, here a millisecond after its last use.
+        print(f"\n{left} keys were left under {prefix}:* and were deleted")
     finally:
         await delete_prefix(client, prefix)
         await client.aclose()

@@ -227,7 +227,11 @@ async def scenario(
     mw = AdmissionMiddleware(
         app,
         settings=Settings(
-            window=window, queue_timeout=queue_timeout, max_waiters=max_waiters, **TIMEOUTS
+            window=window,
+            queue_timeout=queue_timeout,
+            # A waiter cap only exists with a queue timeout (settings refuse it otherwise).
+            max_waiters=max_waiters if queue_timeout > 0 else None,
+            **TIMEOUTS,
         ),
         handle_signals=False,
     )
