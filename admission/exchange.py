@@ -48,31 +48,18 @@ class Exchange:
     use by `admission.context.request_lifetime` and closed when the request ends.
     """
 
-    __slots__ = (
-        "_deadline_handle",
-        "_extra_headers",
-        "_idle_handle",
-        "_loop",
-        "_read_deadline",
-        "_receive",
-        "_send",
-        "_unread",
-        "_watcher",
-        "begun_at",
-        "body_done",
-        "completed",
-        "deadline",
-        "disconnected",
-        "draining",
-        "lifetime",
-        "reason",
-        "running",
-        "scope",
-        "started",
-        "task",
-        "timeouts",
-        "websocket",
-    )
+    # Class-level defaults: a request sets only what differs, which is most of its cost here.
+    reason: str | None = None
+    running = False
+    started = False
+    completed = False
+    disconnected = False
+    body_done: bool | None = None
+    lifetime: Lifetime | None = None
+    _deadline_handle: asyncio.TimerHandle | None = None
+    _idle_handle: asyncio.TimerHandle | None = None
+    _watcher: asyncio.Task[None] | None = None
+    _unread: list[Message] | None = None
 
     def __init__(
         self,
@@ -91,23 +78,11 @@ class Exchange:
         self._extra_headers = extra_headers
         self.draining = draining
         self.websocket = scope["type"] == "websocket"
-        self._loop = asyncio.get_running_loop()
-        self.task = asyncio.current_task(self._loop)
-        self.reason: str | None = None
-        self.running = False
-        self.started = False
-        self.completed = False
-        self.disconnected = False
-        self.body_done: bool | None = None
-        self.lifetime: Lifetime | None = None
-        self._deadline_handle: asyncio.TimerHandle | None = None
-        self._idle_handle: asyncio.TimerHandle | None = None
-        self._watcher: asyncio.Task[None] | None = None
-        self._unread: list[Message] | None = None
-        self.begun_at = now = self._loop.time()
-        self.deadline = (
-            None if timeouts.request_s is None or self.websocket else now + timeouts.request_s
-        )
+        self._loop = loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task(loop)
+        self.begun_at = now = loop.time()
+        request_s = timeouts.request_s
+        self.deadline = None if request_s is None or self.websocket else now + request_s
         self._read_deadline = None if timeouts.read_s is None else now + timeouts.read_s
 
     def time_left(self) -> float | None:
@@ -188,6 +163,26 @@ class Exchange:
         if idle is not None and idle < left:
             return idle, "idle_timeout"
         return left, "read_timeout"
+
+    async def send_untimed(self, message: Message) -> None:
+        """send_untimed is `send` for a service without write or idle timeouts: it only adds
+        admission's headers and notes when the response is complete."""
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.started = True
+            headers = list(message.get("headers", ()))
+            headers.extend(self._extra_headers)
+            if self.draining():
+                headers.append((b"connection", b"close"))
+            message = {**message, "headers": headers}
+        elif kind == "http.response.body":
+            if not message.get("more_body", False):
+                self.completed = True
+        elif kind == "websocket.accept":
+            self.started = True
+        elif kind == "websocket.close":
+            self.completed = True
+        await self._send(message)
 
     async def send(self, message: Message) -> None:
         """send is the application's `send`: it adds admission's headers to the response,

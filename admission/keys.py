@@ -38,6 +38,9 @@ def make_key_func(settings: Settings) -> KeyFunc:
         return "ip:" + client_address(scope, networks)
 
     if settings.key == "ip":
+        if not networks:
+            # No proxy is trusted: the peer is the client, with nothing to parse.
+            return _peer_key
         return address
     header = settings.key[len("header:") :].lower().encode("latin-1")
 
@@ -50,6 +53,11 @@ def make_key_func(settings: Settings) -> KeyFunc:
         return address(scope)
 
     return by_header
+
+
+def _peer_key(scope: Scope) -> str:
+    client = scope.get("client")
+    return "ip:" + (str(client[0]) if client else "unknown")
 
 
 def bounded(text: str) -> str:

@@ -7,7 +7,6 @@ import contextlib
 import logging
 import socket
 import struct
-import time
 from collections.abc import Awaitable, Callable
 from types import FrameType
 
@@ -38,7 +37,7 @@ log = logging.getLogger("admission")
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-ENDPOINTS = ("/healthz", "/readyz", "/metrics")
+ENDPOINTS = frozenset(("/healthz", "/readyz", "/metrics"))
 CLOSE = (b"connection", b"close")
 RETRY_1 = (b"retry-after", b"1")
 # Compared by identity on the hot path: reading an Enum member costs more than the whole test.
@@ -125,28 +124,24 @@ class AdmissionMiddleware:
         self._lifespan_running = False
         self._drain_task: asyncio.Task[None] | None = None
         self._watch = DisconnectWatch(self.ledger)
+        # Without write and idle timeouts, responses go through the exchange's lean `send`.
+        self._untimed_send = s.write_timeout is None and s.idle_timeout is None
         # Bound once: a bound method built per request is measurable on the hot path.
         self._draining = self.drain_state.draining
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._config_error is not None:
-            await self._refuse_to_start(scope, receive, send)
-            return
+        """__call__ is the order of the layers for http and websocket, outermost first: own
+        endpoints, exempt paths, drain gate, window, rate limit, then the application inside
+        the exchange's timeouts. Lifespan and other scope types go to `_other`. Written as one
+        function on purpose: each coroutine layer costs every request."""
         kind = scope["type"]
-        if kind == "http" or kind == "websocket":
-            await self._admit(scope, receive, send)
-        elif kind == "lifespan":
-            await self._lifespan(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)
-
-    async def _admit(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """_admit is the order of the layers, outermost first: own endpoints, exempt paths,
-        drain gate, window, rate limit, then the application inside the exchange's timeouts."""
+        if (kind != "http" and kind != "websocket") or self._config_error is not None:
+            await self._other(scope, receive, send)
+            return
         if not self._started:
             self._start()
         path = scope["path"]
-        websocket = scope["type"] == "websocket"
+        websocket = kind == "websocket"
         if path in ENDPOINTS and not websocket:
             await self._endpoint(path, send)
             return
@@ -203,11 +198,11 @@ class AdmissionMiddleware:
             if self._watch._task is None:
                 self._watch.poke()
             self.stats.admitted += 1
-            started = time.perf_counter()
             try:
                 exchange.begin()
                 try:
-                    await self.app(scope, exchange.receive, exchange.send)
+                    send_ = exchange.send_untimed if self._untimed_send else exchange.send
+                    await self.app(scope, exchange.receive, send_)
                 except asyncio.CancelledError:
                     exchange.end()
                     if not exchange.owns_cancellation():
@@ -224,7 +219,7 @@ class AdmissionMiddleware:
                         await exchange.lifetime.close()
                 finally:
                     self.ledger.leave(exchange)
-                    self.stats.observe(time.perf_counter() - started)
+                    self.stats.observe(exchange._loop.time() - exchange.begun_at)
                     # scope -> state -> exchange -> scope is a reference cycle: left in place, every
                     # request's objects (the server's included) wait for the cyclic garbage
                     # collector instead of being freed here, which costs more than all the rest.
@@ -233,6 +228,16 @@ class AdmissionMiddleware:
         finally:
             if window is not None:
                 window.give()
+
+    async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """_other handles what is not an admitted request: a refusal to start on bad settings,
+        the lifespan, and scope types admission doesn't know, which pass straight through."""
+        if self._config_error is not None:
+            await self._refuse_to_start(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
     async def _aborted(self, exchange: Exchange, send: Send) -> None:
         """_aborted answers for an application the exchange cut short, if anything can still
