@@ -13,6 +13,8 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
+_new_tuple = tuple.__new__
+
 # Tolerance for float rounding at the admission boundary, far below any useful rate.
 _EPSILON_S = 1e-9
 
@@ -80,7 +82,9 @@ class Bucket:
                 remaining = capacity
             elif remaining < 0:
                 remaining = 0
-            return new_tat, _decision((True, remaining, 0.0, new_tat - now))
+            # Built directly, skipping the named tuple's Python-level __new__: this line runs
+            # once per admitted request.
+            return new_tat, _new_tuple(Decision, (True, remaining, 0.0, new_tat - now))
         retry = new_tat - limit - now
         return tat, Decision(False, self._remaining(base, now), retry, max(0.0, base - now))
 
@@ -88,9 +92,3 @@ class Bucket:
         # Whole tokens only, so headers never promise a token that is not there yet.
         tokens = (self.fill_time_s - (tat - now)) / self.interval_s
         return max(0, min(self.capacity, math.floor(tokens + _EPSILON_S)))
-
-
-def _decision(fields: tuple[bool, int, float, float]) -> Decision:
-    # The admitted path runs once per request: building the tuple directly skips the named
-    # tuple's Python-level __new__.
-    return tuple.__new__(Decision, fields)

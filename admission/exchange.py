@@ -66,7 +66,6 @@ class Exchange:
         scope: Scope,
         receive: Receive,
         send: Send,
-        *,
         timeouts: Timeouts,
         extra_headers: list[tuple[bytes, bytes]],
         draining: Callable[[], bool],

@@ -182,14 +182,8 @@ class AdmissionMiddleware:
                 # It waited for a slot or for Redis while the drain began: it must not start.
                 await self._refuse(scope, receive, send, 503, "draining", [RETRY_1, CLOSE])
                 return
-            exchange = Exchange(
-                scope,
-                receive,
-                send,
-                timeouts=self.timeouts,
-                extra_headers=extra,
-                draining=self._draining,
-            )
+            # Positional: keyword arguments to a constructor cost a third of a microsecond.
+            exchange = Exchange(scope, receive, send, self.timeouts, extra, self._draining)
             state = scope.get("state")
             if state is None:
                 scope["state"] = state = {}
