@@ -169,11 +169,13 @@ class Exchange:
         kind = message["type"]
         if kind == "http.response.start":
             self.started = True
-            headers = list(message.get("headers", ()))
-            headers.extend(self._extra_headers)
-            if self.draining():
-                headers.append((b"connection", b"close"))
-            message = {**message, "headers": headers}
+            draining = self.draining()
+            if self._extra_headers or draining:
+                headers = list(message.get("headers", ()))
+                headers.extend(self._extra_headers)
+                if draining:
+                    headers.append((b"connection", b"close"))
+                message = {**message, "headers": headers}
         elif kind == "http.response.body":
             if not message.get("more_body", False):
                 self.completed = True

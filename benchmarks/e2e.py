@@ -6,8 +6,12 @@ run in the same environment; the script checks that every process loaded the sam
 no access log:
 
   bare          python -m uvicorn admission.demo:app --loop auto --http auto --no-access-log
-  admission     ADMISSION_RATE=1000000/second python -m admission serve --no-access-log
-                (the same demo app under AdmissionMiddleware, default settings otherwise)
+  admission     python -m admission serve --no-access-log
+                (the same demo app under AdmissionMiddleware with default settings: the
+                ledger, metrics, drain gate and disconnect watch, no limit configured)
+  admission+rate  ADMISSION_RATE=1000000/second python -m admission serve --no-access-log
+                (rate limiting on: a memory-store decision and two RateLimit fields per
+                response)
   headers-only  (with --calibrate) the demo under a middleware that only adds the two
                 RateLimit fields admission adds: what the contract's headers cost alone
 
@@ -224,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "admission": (
             [python, "-m", "admission", "serve", *listen, "--workers", "1", "--no-access-log"],
+            base_env(),
+        ),
+        "admission+rate": (
+            [python, "-m", "admission", "serve", *listen, "--workers", "1", "--no-access-log"],
             base_env() | {"ADMISSION_RATE": RATE},
         ),
     }
@@ -272,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     ratios = [a.rps / b.rps for a, b in zip(runs["admission"], runs["bare"], strict=True)]
     median_ratio = statistics.median(ratios)
+    rate_ratios = [a.rps / b.rps for a, b in zip(runs["admission+rate"], runs["bare"], strict=True)]
     cpu = {n: statistics.median(r.cpu_us for r in rs) for n, rs in runs.items()}
     print("\n(in brackets: the share of one core the server used during the run)")
     for name, rs in runs.items():
@@ -286,8 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         f"median throughput ratio admission/bare: {median_ratio:.3f} "
         f"(rounds: min {min(ratios):.3f}, max {max(ratios):.3f}); "
         f"target >= 0.95: {'met' if median_ratio >= 0.95 else 'MISSED'}"
+        f"\nmedian throughput ratio admission+rate/bare: {statistics.median(rate_ratios):.3f} "
+        f"(rounds: min {min(rate_ratios):.3f}, max {max(rate_ratios):.3f})"
         f"\nCPU capacity ratio (bare CPU/request over admission CPU/request, the throughput "
-        f"ratio of a saturated core): {cpu['bare'] / cpu['admission']:.3f}"
+        f"ratio of a saturated core): {cpu['bare'] / cpu['admission']:.3f}, with rate limiting "
+        f"{cpu['bare'] / cpu['admission+rate']:.3f}"
     )
     return 0
 
