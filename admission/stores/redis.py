@@ -12,10 +12,12 @@ import asyncio
 import hashlib
 import logging
 import math
+import sys
 import urllib.parse
 from collections import defaultdict
+from collections.abc import Coroutine
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -35,6 +37,8 @@ SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
 MAX_BATCH = 256
 
 _Pending = tuple[bytes, int, "asyncio.Future[Decision]"]
+T = TypeVar("T")
+_HAS_TIMEOUT = sys.version_info >= (3, 11)
 
 
 def client_from_uri(uri: str, *, timeout_s: float) -> Any:
@@ -113,6 +117,8 @@ class RedisStore:
         self._args = (repr(bucket.interval_s * 1e6), str(bucket.capacity))
         self._queue: list[_Pending] = []
         self._sender: asyncio.Task[None] | None = None
+        # True while a caller makes its own round trip (see `decide`).
+        self._direct = False
         self._closed = False
 
     @classmethod
@@ -140,6 +146,14 @@ class RedisStore:
         """decide takes `cost` tokens from `key` in Redis, within `timeout_s` or StorageError."""
         if self._closed:
             raise StorageError("the Redis store is closed")
+        if self._sender is None and not self._direct:
+            # Nothing in flight: this caller makes the round trip itself, with no hop through a
+            # sender task. What arrives meanwhile goes in one batch, sent at once alongside.
+            self._direct = True
+            try:
+                return await self._decide_direct(self.redis_key(key), cost)
+            finally:
+                self._direct = False
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Decision] = loop.create_future()
         self._queue.append((self.redis_key(key), cost, future))
@@ -150,6 +164,15 @@ class RedisStore:
             return await future
         finally:
             timer.cancel()
+
+    async def _decide_direct(self, key: bytes, cost: int) -> Decision:
+        try:
+            reply = await _bounded(self._eval([key], [*self._args, cost]), self.timeout_s)
+        except asyncio.TimeoutError as exc:
+            raise StorageTimeout(f"Redis did not answer within {self.timeout_s}s") from exc
+        except (RedisError, OSError) as exc:
+            raise StorageError(f"Redis call failed: {exc}") from exc
+        return _parse(reply, 0)
 
     async def _send_all(self) -> None:
         # One sender at a time: whatever queued up during a round trip goes in the next one.
@@ -176,7 +199,7 @@ class RedisStore:
         keys = [item[0] for item in batch]
         args = [*self._args, *(item[1] for item in batch)]
         try:
-            reply = await asyncio.wait_for(self._eval(keys, args), self.timeout_s)
+            reply = await _bounded(self._eval(keys, args), self.timeout_s)
         except asyncio.TimeoutError as exc:
             _fail_all(batch, StorageTimeout(f"Redis did not answer within {self.timeout_s}s"), exc)
             return
@@ -186,15 +209,7 @@ class RedisStore:
         for i, (_, _, future) in enumerate(batch):
             if future.done():
                 continue
-            allowed, remaining, retry_us, reset_us = (int(v) for v in reply[4 * i : 4 * i + 4])
-            future.set_result(
-                Decision(
-                    allowed=bool(allowed),
-                    remaining=remaining,
-                    retry_after_s=math.inf if retry_us < 0 else retry_us / 1e6,
-                    reset_after_s=reset_us / 1e6,
-                )
-            )
+            future.set_result(_parse(reply, i))
 
     async def _eval(self, keys: list[bytes], args: list[Any]) -> list[Any]:
         try:
@@ -232,6 +247,26 @@ class RedisStore:
         self._queue = []
         close = getattr(self.client, "aclose", None) or self.client.close
         await close()
+
+
+def _parse(reply: list[Any], i: int) -> Decision:
+    """_parse reads the i-th decision of a script reply: four integers, times in µs."""
+    allowed, remaining, retry_us, reset_us = (int(v) for v in reply[4 * i : 4 * i + 4])
+    return Decision(
+        allowed=bool(allowed),
+        remaining=remaining,
+        retry_after_s=math.inf if retry_us < 0 else retry_us / 1e6,
+        reset_after_s=reset_us / 1e6,
+    )
+
+
+async def _bounded(awaitable: Coroutine[Any, Any, T], timeout_s: float) -> T:
+    """_bounded awaits `awaitable` for at most `timeout_s` (asyncio.TimeoutError after)."""
+    if _HAS_TIMEOUT:
+        # A deadline on the running task: no extra task per call, unlike wait_for before 3.12.
+        async with asyncio.timeout(timeout_s):  # type: ignore[attr-defined,unused-ignore]
+            return await awaitable
+    return await asyncio.wait_for(awaitable, timeout_s)
 
 
 def _expire(future: asyncio.Future[Decision], timeout_s: float) -> None:
