@@ -52,7 +52,16 @@ class SignalChain:
     def forward(self, sig: int, frame: FrameType | None) -> None:
         """forward passes `sig` to the handler that was there before ours."""
         previous = self._previous.get(sig, signal.SIG_DFL)
-        if callable(previous):
+        server: Any = getattr(previous, "__self__", None)
+        if getattr(previous, "__name__", "") == "handle_exit" and hasattr(server, "should_exit"):
+            # uvicorn's Server (also under gunicorn's uvicorn workers): shut it down as its own
+            # handler would, but without recording the signal, which uvicorn raises again at
+            # exit. The drain has handled it: a clean drain exits 0, as under admission serve.
+            if server.should_exit and sig == signal.SIGINT:
+                server.force_exit = True
+            else:
+                server.should_exit = True
+        elif callable(previous):
             previous(sig, frame)
         elif previous == signal.SIG_DFL:
             signal.signal(sig, signal.SIG_DFL)

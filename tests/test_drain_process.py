@@ -244,7 +244,9 @@ async def test_sigterm_drains_the_middleware_under_plain_uvicorn(starts_file: Pa
         log = server.log()
 
     # uvicorn re-raises the signal once it has shut down: killed by SIGTERM, after the drain.
-    assert status == -signal.SIGTERM, log
+    # A clean drain exits 0 under plain uvicorn too: admission handled the signal, so uvicorn
+    # is asked to shut down without raising it again at exit.
+    assert status == 0, log
     assert exited - last < 1.0, f"exit {exited - last:.2f}s after the last response"
     assert "drain started: 8 in flight" in log
     assert "(0 cancelled)" in log
