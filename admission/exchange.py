@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from admission.ledger import Ledger
@@ -67,7 +67,7 @@ class Exchange:
         receive: Receive,
         send: Send,
         timeouts: Timeouts,
-        extra_headers: list[tuple[bytes, bytes]],
+        extra_headers: Sequence[tuple[bytes, bytes]],
         draining: Callable[[], bool],
     ) -> None:
         self.scope = scope

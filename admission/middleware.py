@@ -7,7 +7,7 @@ import contextlib
 import logging
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from types import FrameType
 
 from admission import context
@@ -124,6 +124,8 @@ class AdmissionMiddleware:
         self._lifespan_running = False
         self._drain_task: asyncio.Task[None] | None = None
         self._watch = DisconnectWatch(self.ledger)
+        # Without a deadline and an idle timeout, beginning an exchange arms nothing.
+        self._plain_begin = s.request_timeout is None and s.idle_timeout is None
         # Without write and idle timeouts, responses go through the exchange's lean `send`.
         self._untimed_send = s.write_timeout is None and s.idle_timeout is None
         # Bound once: a bound method built per request is measurable on the hot path.
@@ -161,12 +163,12 @@ class AdmissionMiddleware:
             await self._refuse(scope, receive, send, self.settings.window_status, "window", headers)
             return
         try:
-            extra: list[tuple[bytes, bytes]] = []
+            extra: Sequence[tuple[bytes, bytes]] = ()
             if self.store is not None:
                 store = self.store
                 if type(store) is MemoryStore:
                     # Synchronous: saves a coroutine per request (subclasses keep `decide`).
-                    decision = store.decide_now(self._key(scope))
+                    decision = store.decide_at(self._key(scope), store.clock())
                 else:
                     decision = await store.decide(self._key(scope))
                 assert self._policy is not None
@@ -193,7 +195,10 @@ class AdmissionMiddleware:
                 self._watch.poke()
             self.stats.admitted += 1
             try:
-                exchange.begin()
+                if self._plain_begin:
+                    exchange.running = True
+                else:
+                    exchange.begin()
                 try:
                     send_ = exchange.send_untimed if self._untimed_send else exchange.send
                     await self.app(scope, exchange.receive, send_)

@@ -34,7 +34,7 @@ class MemoryStore:
     ) -> None:
         self.bucket = bucket
         self.max_keys = max_keys
-        self._clock = clock
+        self.clock = clock
         self._generation_s = bucket.fill_time_s
         self._current: dict[str, float] = {}
         self._previous: dict[str, float] = {}
@@ -65,13 +65,9 @@ class MemoryStore:
         return decision
 
     async def decide(self, key: str, cost: int = 1) -> Decision:
-        """decide takes `cost` tokens from `key` now, if it can."""
-        return self.decide_at(key, self._clock(), cost)
-
-    def decide_now(self, key: str, cost: int = 1) -> Decision:
-        """decide_now is `decide` without the coroutine: callers on the event loop (the
-        middleware) save creating and awaiting one per request."""
-        return self.decide_at(key, self._clock(), cost)
+        """decide takes `cost` tokens from `key` now, if it can. (The middleware calls
+        `decide_at(key, store.clock())` directly: no coroutine per request.)"""
+        return self.decide_at(key, self.clock(), cost)
 
     async def check(self) -> None:
         """check always succeeds: memory is always there."""
