@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from admission.ledger import Ledger
@@ -48,18 +48,33 @@ class Exchange:
     use by `admission.context.request_lifetime` and closed when the request ends.
     """
 
-    # Class-level defaults: a request sets only what differs, which is most of its cost here.
-    reason: str | None = None
-    running = False
-    started = False
-    completed = False
-    disconnected = False
-    body_done: bool | None = None
-    lifetime: Lifetime | None = None
-    _deadline_handle: asyncio.TimerHandle | None = None
-    _idle_handle: asyncio.TimerHandle | None = None
-    _watcher: asyncio.Task[None] | None = None
-    _unread: list[Message] | None = None
+    # Slots, every one set in __init__: later writes (started, completed, running) then cost a
+    # store into a fixed slot, not a change to the shape of an instance dict.
+    __slots__ = (
+        "_deadline_handle",
+        "_extra_headers",
+        "_idle_handle",
+        "_loop",
+        "_read_deadline",
+        "_receive",
+        "_send",
+        "_unread",
+        "_watcher",
+        "begun_at",
+        "body_done",
+        "completed",
+        "deadline",
+        "disconnected",
+        "draining",
+        "lifetime",
+        "reason",
+        "running",
+        "scope",
+        "started",
+        "task",
+        "timeouts",
+        "websocket",
+    )
 
     def __init__(
         self,
@@ -83,6 +98,17 @@ class Exchange:
         request_s = timeouts.request_s
         self.deadline = None if request_s is None or self.websocket else now + request_s
         self._read_deadline = None if timeouts.read_s is None else now + timeouts.read_s
+        self.reason: str | None = None
+        self.running = False
+        self.started = False
+        self.completed = False
+        self.disconnected = False
+        self.body_done: bool | None = None
+        self.lifetime: Lifetime | None = None
+        self._deadline_handle: asyncio.TimerHandle | None = None
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._unread: list[Message] | None = None
 
     def time_left(self) -> float | None:
         """time_left is the seconds until the handler's deadline (never negative), or None."""
@@ -163,9 +189,11 @@ class Exchange:
             return idle, "idle_timeout"
         return left, "read_timeout"
 
-    async def send_untimed(self, message: Message) -> None:
+    def send_untimed(self, message: Message) -> Awaitable[None]:
         """send_untimed is `send` for a service without write or idle timeouts: it only adds
-        admission's headers and notes when the response is complete."""
+        admission's headers and notes when the response is complete. A plain function that
+        returns the server's own `send(...)` to be awaited: no coroutine frame of its own for
+        every message (what it does needs no await)."""
         kind = message["type"]
         if kind == "http.response.start":
             self.started = True
@@ -183,7 +211,7 @@ class Exchange:
             self.started = True
         elif kind == "websocket.close":
             self.completed = True
-        await self._send(message)
+        return self._send(message)
 
     async def send(self, message: Message) -> None:
         """send is the application's `send`: it adds admission's headers to the response,
