@@ -199,6 +199,8 @@ class Exchange:
             self.started = True
             draining = self.draining()
             if self._extra_headers or draining:
+                # Connection: close while draining: keep-alive clients reconnect, and so reach
+                # an instance that is not draining.
                 headers = list(message.get("headers", ()))
                 headers.extend(self._extra_headers)
                 if draining:
@@ -217,30 +219,17 @@ class Exchange:
         """send is the application's `send`: it adds admission's headers to the response,
         bounds each send by the write timeout and times the gaps of a streaming response."""
         kind = message["type"]
-        if kind == "http.response.start":
-            self.started = True
-            headers = list(message.get("headers", ()))
-            headers.extend(self._extra_headers)
-            if self.draining():
-                # Keep-alive clients reconnect, and so reach an instance that is not draining.
-                headers.append((b"connection", b"close"))
-            message = {**message, "headers": headers}
-        elif kind == "http.response.body":
-            if self._idle_handle is not None:
-                self._idle_handle.cancel()
-                self._idle_handle = None
-            if not message.get("more_body", False):
-                self.completed = True
-        elif kind == "websocket.accept":
-            self.started = True
-        elif kind == "websocket.close":
-            self.completed = True
+        if kind == "http.response.body" and self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+        # The flags and headers are send_untimed's; it hands back the server's send to await.
+        sending = self.send_untimed(message)
         if self.timeouts.write_s is None:
-            await self._send(message)
+            await sending
         else:
             timer = self._loop.call_later(self.timeouts.write_s, self.abort, "write_timeout")
             try:
-                await self._send(message)
+                await sending
             finally:
                 timer.cancel()
         if self.websocket:
