@@ -33,6 +33,11 @@ class Phase(str, enum.Enum):
     CLOSED = "closed"
 
 
+# Read on every request: a module global is cheaper than an Enum member lookup.
+_SERVING = Phase.SERVING
+_PRE_DRAIN = Phase.PRE_DRAIN
+
+
 class Drain:
     """Drain moves the service from serving to closed, once, however often it is started.
 
@@ -65,16 +70,17 @@ class Drain:
     @property
     def accepting(self) -> bool:
         """accepting is True while new requests are served (serving and pre-drain)."""
-        return self.phase is Phase.SERVING or self.phase is Phase.PRE_DRAIN
+        phase = self.phase
+        return phase is _SERVING or phase is _PRE_DRAIN
 
     @property
     def ready(self) -> bool:
         """ready is what readiness reports: True only before the drain starts."""
-        return self.phase is Phase.SERVING
+        return self.phase is _SERVING
 
     def draining(self) -> bool:
         """draining is True from the first moment of the drain."""
-        return self.phase is not Phase.SERVING
+        return self.phase is not _SERVING
 
     def begin(self, *, delay_s: float | None = None) -> asyncio.Task[None]:
         """begin starts the drain (with `delay_s` instead of the configured delay, if given)

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from types import FrameType
 
 from admission import context
-from admission.drain import Drain, Phase
+from admission.drain import Drain
 from admission.errors import ConfigError
 from admission.exchange import DisconnectWatch, Exchange, Timeouts
 from admission.headers import policy_header, ratelimit_header, retry_after_seconds
@@ -40,8 +40,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ENDPOINTS = frozenset(("/healthz", "/readyz", "/metrics"))
 CLOSE = (b"connection", b"close")
 RETRY_1 = (b"retry-after", b"1")
-# Compared by identity on the hot path: reading an Enum member costs more than the whole test.
-_SERVING = Phase.SERVING
 # Status for requests cut short by admission, when nothing was sent yet.
 ABORT_STATUS = {
     "read_timeout": 408,
@@ -124,8 +122,6 @@ class AdmissionMiddleware:
         self._lifespan_running = False
         self._drain_task: asyncio.Task[None] | None = None
         self._watch = DisconnectWatch(self.ledger)
-        # Without a deadline and an idle timeout, beginning an exchange arms nothing.
-        self._plain_begin = s.request_timeout is None and s.idle_timeout is None
         # Without write and idle timeouts, responses go through the exchange's lean `send`.
         self._untimed_send = s.write_timeout is None and s.idle_timeout is None
         # Bound once: a bound method built per request is measurable on the hot path.
@@ -150,7 +146,7 @@ class AdmissionMiddleware:
         if self._exempt and path.startswith(self._exempt):
             await self.app(scope, receive, send)
             return
-        if self.drain_state.phase is not _SERVING and not self.drain_state.accepting:
+        if not self.drain_state.accepting:
             await self._refuse(scope, receive, send, 503, "draining", [RETRY_1, CLOSE])
             return
         window = self.websocket_window if websocket else self.window
@@ -180,7 +176,7 @@ class AdmissionMiddleware:
                     await self._refuse(scope, receive, send, 429, "rate", headers)
                     return
                 extra = limit_headers
-            if self.drain_state.phase is not _SERVING and not self.drain_state.accepting:
+            if not self.drain_state.accepting:
                 # It waited for a slot or for Redis while the drain began: it must not start.
                 await self._refuse(scope, receive, send, 503, "draining", [RETRY_1, CLOSE])
                 return
@@ -191,14 +187,10 @@ class AdmissionMiddleware:
                 scope["state"] = state = {}
             state[context.STATE_KEY] = exchange
             self.ledger.enter(exchange)
-            if self._watch._task is None:
-                self._watch.poke()
+            self._watch.poke()
             self.stats.admitted += 1
             try:
-                if self._plain_begin:
-                    exchange.running = True
-                else:
-                    exchange.begin()
+                exchange.begin()
                 try:
                     send_ = exchange.send_untimed if self._untimed_send else exchange.send
                     await self.app(scope, exchange.receive, send_)
