@@ -288,10 +288,8 @@ class DisconnectWatch:
     one and one and a half delays after the request began.
     """
 
-    def __init__(self, ledger: Ledger, delay_s: float | None = None) -> None:
+    def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        # None: the module's DISCONNECT_WATCH_DELAY_S, read at every tick.
-        self.delay_s = delay_s
         self._task: asyncio.Task[None] | None = None
 
     def poke(self) -> None:
@@ -303,7 +301,8 @@ class DisconnectWatch:
         loop = asyncio.get_running_loop()
         try:
             while self.ledger.in_flight:
-                delay = DISCONNECT_WATCH_DELAY_S if self.delay_s is None else self.delay_s
+                # Read at every tick, so that tests can shorten it.
+                delay = DISCONNECT_WATCH_DELAY_S
                 await asyncio.sleep(delay / 2)
                 due = loop.time() - delay
                 for item in self.ledger.live():
