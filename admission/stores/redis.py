@@ -166,13 +166,16 @@ class RedisStore:
             timer.cancel()
 
     async def _decide_direct(self, key: bytes, cost: int) -> Decision:
+        return _parse(await self._call([key], [*self._args, cost]), 0)
+
+    async def _call(self, keys: list[bytes], args: list[Any]) -> list[Any]:
+        """_call runs the script once within `timeout_s`; failures come out as StorageError."""
         try:
-            reply = await _bounded(self._eval([key], [*self._args, cost]), self.timeout_s)
+            return await _bounded(self._eval(keys, args), self.timeout_s)
         except asyncio.TimeoutError as exc:
             raise StorageTimeout(f"Redis did not answer within {self.timeout_s}s") from exc
         except (RedisError, OSError) as exc:
             raise StorageError(f"Redis call failed: {exc}") from exc
-        return _parse(reply, 0)
 
     async def _send_all(self) -> None:
         # One sender at a time: whatever queued up during a round trip goes in the next one.
@@ -199,12 +202,9 @@ class RedisStore:
         keys = [item[0] for item in batch]
         args = [*self._args, *(item[1] for item in batch)]
         try:
-            reply = await _bounded(self._eval(keys, args), self.timeout_s)
-        except asyncio.TimeoutError as exc:
-            _fail_all(batch, StorageTimeout(f"Redis did not answer within {self.timeout_s}s"), exc)
-            return
-        except (RedisError, OSError) as exc:
-            _fail_all(batch, StorageError(f"Redis call failed: {exc}"), exc)
+            reply = await self._call(keys, args)
+        except StorageError as exc:
+            _fail_all(batch, exc)
             return
         for i, (_, _, future) in enumerate(batch):
             if future.done():
@@ -274,8 +274,7 @@ def _expire(future: asyncio.Future[Decision], timeout_s: float) -> None:
         future.set_exception(StorageTimeout(f"Redis did not answer within {timeout_s}s"))
 
 
-def _fail_all(batch: list[_Pending], error: StorageError, cause: BaseException) -> None:
-    error.__cause__ = cause
+def _fail_all(batch: list[_Pending], error: StorageError) -> None:
     for _, _, future in batch:
         if not future.done():
             future.set_exception(error)
