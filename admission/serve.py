@@ -6,7 +6,6 @@ import asyncio
 import copy
 import inspect
 import os
-import signal
 import socket
 from types import FrameType
 from typing import Any
@@ -18,6 +17,7 @@ from uvicorn.supervisors import Multiprocess
 
 from admission.middleware import AdmissionMiddleware
 from admission.settings import Settings
+from admission.signals import ask_server_to_exit
 
 DEMO = "admission.demo:app"
 # Carries the target to worker processes, which import the app factory by name.
@@ -47,15 +47,13 @@ def has_admission(app: Any) -> bool:
 
 
 class GracefulServer(uvicorn.Server):
-    """GracefulServer is uvicorn's server, except that a signal it is handed after admission's
-    drain ends it with status 0: the drain already handled the signal, so it is not raised
-    again at exit."""
+    """GracefulServer is uvicorn's server, except that a signal reaching its own handler (one
+    that arrives before admission's drain handler is installed, say) ends it with status 0
+    instead of being raised again at exit, as after a drain; and it answers the connections
+    accepted at the last instant before it stops (see `shutdown`)."""
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.should_exit and sig == signal.SIGINT:
-            self.force_exit = True
-        else:
-            self.should_exit = True
+        ask_server_to_exit(self, sig)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         """shutdown stops listening, waits FRESH_CONNECTION_GRACE_S, then runs uvicorn's.
@@ -105,8 +103,7 @@ def serve(
     server = GracefulServer(config)
     if workers > 1:
         sock = config.bind_socket()
-        # Workers run uvicorn's own Server: under it, a drained worker exits by re-raising the
-        # signal, which the supervisor expects; the supervisor itself exits 0.
+        # Workers run uvicorn's own Server; admission's drain asks it to exit (see signals.py).
         supervisor: Any = Multiprocess
         if "target" in inspect.signature(Multiprocess.__init__).parameters:
             supervisor(config, target=server.run, sockets=[sock]).run()

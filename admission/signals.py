@@ -54,15 +54,22 @@ class SignalChain:
         previous = self._previous.get(sig, signal.SIG_DFL)
         server: Any = getattr(previous, "__self__", None)
         if getattr(previous, "__name__", "") == "handle_exit" and hasattr(server, "should_exit"):
-            # uvicorn's Server (also under gunicorn's uvicorn workers): shut it down as its own
-            # handler would, but without recording the signal, which uvicorn raises again at
-            # exit. The drain has handled it: a clean drain exits 0, as under admission serve.
-            if server.should_exit and sig == signal.SIGINT:
-                server.force_exit = True
-            else:
-                server.should_exit = True
+            # uvicorn's Server (also under gunicorn's uvicorn workers): its own handler would
+            # record the signal and raise it again at exit. The drain has handled it: a clean
+            # drain exits 0, as under admission serve.
+            ask_server_to_exit(server, sig)
         elif callable(previous):
             previous(sig, frame)
         elif previous == signal.SIG_DFL:
             signal.signal(sig, signal.SIG_DFL)
             signal.raise_signal(sig)
+
+
+def ask_server_to_exit(server: Any, sig: int) -> None:
+    """ask_server_to_exit does what uvicorn's `Server.handle_exit` does, except record the
+    signal to raise it again at exit: the first signal asks for a graceful shutdown, a second
+    SIGINT forces it."""
+    if server.should_exit and sig == signal.SIGINT:
+        server.force_exit = True
+    else:
+        server.should_exit = True
