@@ -33,9 +33,8 @@ class Phase(str, enum.Enum):
     CLOSED = "closed"
 
 
-# Read on every request: a module global is cheaper than an Enum member lookup.
-_SERVING = Phase.SERVING
-_PRE_DRAIN = Phase.PRE_DRAIN
+# The phases in which new requests are still served.
+_ACCEPTING = frozenset((Phase.SERVING, Phase.PRE_DRAIN))
 
 
 class Drain:
@@ -45,7 +44,15 @@ class Drain:
     still in flight now (a second Ctrl+C); `until_drained()` waits for `drained`; `run()` waits
     for `closed`. A delay of 0 skips the pre-drain phase; the timeout bounds the wait for
     in-flight requests, after which they are cancelled and their number logged.
+
+    `accepting` (new requests are served: serving or pre-drain) and `begun` (the drain has
+    started) are plain attributes kept in step with `phase`: every request reads them, and an
+    attribute costs less than a property or a method call.
     """
+
+    accepting: bool
+    begun: bool
+    _phase: Phase
 
     def __init__(
         self,
@@ -68,19 +75,24 @@ class Drain:
         self._close_task: asyncio.Task[None] | None = None
 
     @property
-    def accepting(self) -> bool:
-        """accepting is True while new requests are served (serving and pre-drain)."""
-        phase = self.phase
-        return phase is _SERVING or phase is _PRE_DRAIN
+    def phase(self) -> Phase:
+        """phase is where the drain is."""
+        return self._phase
+
+    @phase.setter
+    def phase(self, phase: Phase) -> None:
+        self._phase = phase
+        self.accepting = phase in _ACCEPTING
+        self.begun = phase is not Phase.SERVING
 
     @property
     def ready(self) -> bool:
         """ready is what readiness reports: True only before the drain starts."""
-        return self.phase is _SERVING
+        return not self.begun
 
     def draining(self) -> bool:
         """draining is True from the first moment of the drain."""
-        return self.phase is not _SERVING
+        return self.begun
 
     def begin(self, *, delay_s: float | None = None) -> asyncio.Task[None]:
         """begin starts the drain (with `delay_s` instead of the configured delay, if given)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+from time import perf_counter
+from typing import Protocol
 
 from admission.ledger import Ledger
 from admission.lifetime import Lifetime
@@ -31,7 +33,7 @@ class Timeouts:
 
     `read_s`: the whole request body. `idle_s`: the gap between two body chunks, in either
     direction, or two websocket messages. `write_s`: one `send` of the response. `request_s`:
-    the handler's deadline.
+    the handler's deadline. `enabled` says whether any of them is set.
     """
 
     read_s: float | None = None
@@ -39,19 +41,36 @@ class Timeouts:
     write_s: float | None = None
     request_s: float | None = None
 
+    # Computed once: every request reads it to skip all timer work when none is set.
+    enabled: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        limits = (self.read_s, self.idle_s, self.write_s, self.request_s)
+        object.__setattr__(self, "enabled", any(limit is not None for limit in limits))
+
+
+class DrainFlag(Protocol):
+    """DrainFlag is what an exchange reads of the drain: whether it has begun."""
+
+    begun: bool
+
 
 class Exchange:
     """Exchange is the per-request state: nothing about a request lives on the middleware.
 
-    `deadline` is the loop time at which the handler is cancelled (None: no deadline);
-    `draining()` says whether the service has begun to drain. `lifetime` is created on first
-    use by `admission.context.request_lifetime` and closed when the request ends.
+    `begin()` arms the timers, `end()` disarms everything. `loop` and `task` are the running
+    loop and the request's task, which an abort cancels. `begun_at` is the
+    `time.perf_counter()` reading at admission. `deadline` is the loop time at which the
+    handler is cancelled (None: no deadline); `draining()` says whether the service has begun
+    to drain. `lifetime` is created on first use by `admission.context.request_lifetime` and
+    closed when the request ends.
     """
 
     # Slots, every one set in __init__: later writes (started, completed, running) then cost a
     # store into a fixed slot, not a change to the shape of an instance dict.
     __slots__ = (
         "_deadline_handle",
+        "_drain",
         "_extra_headers",
         "_idle_handle",
         "_loop",
@@ -65,7 +84,6 @@ class Exchange:
         "completed",
         "deadline",
         "disconnected",
-        "draining",
         "lifetime",
         "reason",
         "running",
@@ -83,23 +101,22 @@ class Exchange:
         send: Send,
         timeouts: Timeouts,
         extra_headers: Sequence[tuple[bytes, bytes]],
-        draining: Callable[[], bool],
+        drain: DrainFlag,
+        loop: asyncio.AbstractEventLoop,
+        task: asyncio.Task[object] | None,
     ) -> None:
         self.scope = scope
         self._receive = receive
         self._send = send
         self.timeouts = timeouts
         self._extra_headers = extra_headers
-        self.draining = draining
-        self.websocket = scope["type"] == "websocket"
-        self._loop = loop = asyncio.get_running_loop()
-        self.task = asyncio.current_task(loop)
-        self.begun_at = now = loop.time()
-        request_s = timeouts.request_s
-        self.deadline = None if request_s is None or self.websocket else now + request_s
-        self._read_deadline = None if timeouts.read_s is None else now + timeouts.read_s
+        self._drain = drain
+        self._loop = loop
+        self.task = task
+        self.begun_at = perf_counter()
+        self.websocket = websocket = scope["type"] == "websocket"
         self.reason: str | None = None
-        self.running = False
+        self.running = True
         self.started = False
         self.completed = False
         self.disconnected = False
@@ -109,21 +126,34 @@ class Exchange:
         self._idle_handle: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._unread: list[Message] | None = None
+        self.deadline: float | None = None
+        self._read_deadline: float | None = None
+        if timeouts.enabled:
+            now = loop.time()
+            if timeouts.request_s is not None and not websocket:
+                self.deadline = now + timeouts.request_s
+            if timeouts.read_s is not None:
+                self._read_deadline = now + timeouts.read_s
+
+    def begin(self) -> None:
+        """begin arms the deadline (and a websocket's idle timer); call it just before the app,
+        where `end()` is sure to follow. Nothing to do, so no need to call it, when no timeout
+        is set. The disconnect watch is started later, by `DisconnectWatch`, for requests that
+        last."""
+        if self.deadline is not None:
+            self._deadline_handle = self._loop.call_at(self.deadline, self.abort, "deadline")
+        if self.websocket:
+            self._touch_idle()
+
+    def draining(self) -> bool:
+        """draining is True once the service has begun to drain."""
+        return self._drain.begun
 
     def time_left(self) -> float | None:
         """time_left is the seconds until the handler's deadline (never negative), or None."""
         if self.deadline is None:
             return None
         return max(0.0, self.deadline - self._loop.time())
-
-    def begin(self) -> None:
-        """begin arms the deadline (and a websocket's idle timer); call it just before the app.
-        The disconnect watch is started later, by `DisconnectWatch`, for requests that last."""
-        self.running = True
-        if self.deadline is not None:
-            self._deadline_handle = self._loop.call_at(self.deadline, self.abort, "deadline")
-        if self.websocket:
-            self._touch_idle()
 
     def end(self) -> None:
         """end disarms everything; from here on `abort` does nothing. Synchronous on purpose:
@@ -197,7 +227,7 @@ class Exchange:
         kind = message["type"]
         if kind == "http.response.start":
             self.started = True
-            draining = self.draining()
+            draining = self._drain.begun
             if self._extra_headers or draining:
                 # Connection: close while draining: keep-alive clients reconnect, and so reach
                 # an instance that is not draining.
@@ -252,7 +282,7 @@ class Exchange:
         if not self.running or self.completed or self._watcher is not None or self.websocket:
             return
         if self._body_finished():
-            self._watcher = self._loop.create_task(self._watch())
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
 
     def _body_finished(self) -> bool:
         if self.body_done is not None:
@@ -283,30 +313,30 @@ class DisconnectWatch:
     """DisconnectWatch finds the requests that have run DISCONNECT_WATCH_DELAY_S and starts
     listening for their clients going away.
 
-    One ticker serves every request, and only while some are in flight: the ledger already
-    knows them, so a request costs nothing here unless it lasts. A hang-up is noticed between
-    one and one and a half delays after the request began.
+    One timer serves every request, and only while some are in flight: the ledger already
+    knows them, so a request costs nothing here unless it lasts. A timer, not a task: a
+    service answering one short request at a time would otherwise start (and finish) a task
+    per request, which costs more than everything else admission does. A hang-up is noticed
+    between one and one and a half delays after the request began.
     """
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def poke(self) -> None:
-        """poke starts the ticker if it is not running; call it when a request is admitted."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._tick())
+        """poke arms the timer if it is not armed; call it when a request is admitted."""
+        if self._timer is None:
+            # Read at every arming, so that tests can shorten it.
+            delay = DISCONNECT_WATCH_DELAY_S
+            self._timer = asyncio.get_running_loop().call_later(delay / 2, self._tick, delay)
 
-    async def _tick(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while self.ledger.in_flight:
-                # Read at every tick, so that tests can shorten it.
-                delay = DISCONNECT_WATCH_DELAY_S
-                await asyncio.sleep(delay / 2)
-                due = loop.time() - delay
-                for item in self.ledger.live():
-                    if isinstance(item, Exchange) and item.begun_at <= due:
-                        item.start_watch()
-        finally:
-            self._task = None
+    def _tick(self, delay: float) -> None:
+        self._timer = None
+        if not self.ledger.in_flight:
+            return
+        due = perf_counter() - delay
+        for item in self.ledger.live():
+            if isinstance(item, Exchange) and item.begun_at <= due:
+                item.start_watch()
+        self.poke()

@@ -7,7 +7,9 @@ import contextlib
 import logging
 import socket
 import struct
+from asyncio import current_task
 from collections.abc import Awaitable, Callable, Sequence
+from time import perf_counter
 from types import FrameType
 
 from admission import context
@@ -124,8 +126,10 @@ class AdmissionMiddleware:
         self._watch = DisconnectWatch(self.ledger)
         # Without write and idle timeouts, responses go through the exchange's lean `send`.
         self._untimed_send = s.write_timeout is None and s.idle_timeout is None
-        # Bound once: a bound method built per request is measurable on the hot path.
-        self._draining = self.drain_state.draining
+        self._timed = self.timeouts.enabled
+        # The loop requests last ran on: finding the running loop afresh costs more than the
+        # rest of an admission (see `_loop_and_task`).
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """__call__ is the order of the layers for http and websocket, outermost first: own
@@ -146,7 +150,8 @@ class AdmissionMiddleware:
         if self._exempt and path.startswith(self._exempt):
             await self.app(scope, receive, send)
             return
-        if not self.drain_state.accepting:
+        drain = self.drain_state
+        if not drain.accepting:
             await self._refuse(scope, receive, send, 503, "draining", [RETRY_1, CLOSE])
             return
         window = self.websocket_window if websocket else self.window
@@ -176,12 +181,15 @@ class AdmissionMiddleware:
                     await self._refuse(scope, receive, send, 429, "rate", headers)
                     return
                 extra = limit_headers
-            if not self.drain_state.accepting:
+            if not drain.accepting:
                 # It waited for a slot or for Redis while the drain began: it must not start.
                 await self._refuse(scope, receive, send, 503, "draining", [RETRY_1, CLOSE])
                 return
+            loop = self._loop
+            if loop is None or (task := current_task(loop)) is None:
+                loop, task = self._loop_and_task()
             # Positional: keyword arguments to a constructor cost a third of a microsecond.
-            exchange = Exchange(scope, receive, send, self.timeouts, extra, self._draining)
+            exchange = Exchange(scope, receive, send, self.timeouts, extra, drain, loop, task)
             state = scope.get("state")
             if state is None:
                 scope["state"] = state = {}
@@ -190,27 +198,27 @@ class AdmissionMiddleware:
             self._watch.poke()
             self.stats.admitted += 1
             try:
-                exchange.begin()
-                try:
-                    send_ = exchange.send_untimed if self._untimed_send else exchange.send
-                    await self.app(scope, exchange.receive, send_)
-                except asyncio.CancelledError:
-                    exchange.end()
-                    if not exchange.owns_cancellation():
-                        raise
-                    await self._aborted(exchange, send)
-                except BaseException:
-                    exchange.end()
+                if self._timed:
+                    exchange.begin()
+                send_ = exchange.send_untimed if self._untimed_send else exchange.send
+                await self.app(scope, exchange.receive, send_)
+            except asyncio.CancelledError:
+                exchange.end()
+                if not exchange.owns_cancellation():
                     raise
-                else:
-                    exchange.end()
+                await self._aborted(exchange, send)
+            except BaseException:
+                exchange.end()
+                raise
+            else:
+                exchange.end()
             finally:
                 try:
                     if exchange.lifetime is not None:
                         await exchange.lifetime.close()
                 finally:
                     self.ledger.leave(exchange)
-                    self.stats.observe(exchange._loop.time() - exchange.begun_at)
+                    self.stats.observe(perf_counter() - exchange.begun_at)
                     # scope -> state -> exchange -> scope is a reference cycle: left in place, every
                     # request's objects (the server's included) wait for the cyclic garbage
                     # collector instead of being freed here, which costs more than all the rest.
@@ -219,6 +227,14 @@ class AdmissionMiddleware:
         finally:
             if window is not None:
                 window.give()
+
+    def _loop_and_task(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Task[object] | None]:
+        """_loop_and_task finds the running loop and the current task the slow way, and keeps
+        the loop for the next request. The fast way, the task the kept loop is running now, is
+        only None when the loop changed (a new loop has no current task on the old one): one
+        middleware serves one event loop at a time, as its asyncio primitives require."""
+        self._loop = loop = asyncio.get_running_loop()
+        return loop, current_task(loop)
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
         """_other handles what is not an admitted request: a refusal to start on bad settings,

@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable, Iterable
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -205,7 +206,9 @@ async def test_time_left_is_the_deadline_minus_the_loop_clock_and_never_negative
         client.send,
         timeouts=Timeouts(request_s=5.0),
         extra_headers=[],
-        draining=lambda: False,
+        drain=SimpleNamespace(begun=False),
+        loop=asyncio.get_running_loop(),
+        task=asyncio.current_task(),
     )
     assert exchange.deadline is not None
     clock = ManualClock(exchange.deadline - 5.0)
@@ -225,7 +228,9 @@ async def test_no_request_timeout_means_no_deadline() -> None:
         client.send,
         timeouts=Timeouts(),
         extra_headers=[],
-        draining=lambda: False,
+        drain=SimpleNamespace(begun=False),
+        loop=asyncio.get_running_loop(),
+        task=asyncio.current_task(),
     )
     assert exchange.deadline is None
     assert exchange.time_left() is None
