@@ -322,21 +322,22 @@ class DisconnectWatch:
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        self._timer: asyncio.TimerHandle | None = None
+        #: The armed timer, None while disarmed: `if watch.timer is None: watch.arm()` is what
+        #: a request admitted costs here.
+        self.timer: asyncio.TimerHandle | None = None
 
-    def poke(self) -> None:
-        """poke arms the timer if it is not armed; call it when a request is admitted."""
-        if self._timer is None:
-            # Read at every arming, so that tests can shorten it.
-            delay = DISCONNECT_WATCH_DELAY_S
-            self._timer = asyncio.get_running_loop().call_later(delay / 2, self._tick, delay)
+    def arm(self) -> None:
+        """arm starts the timer (it disarms itself once nothing is in flight)."""
+        # Read at every arming, so that tests can shorten it.
+        delay = DISCONNECT_WATCH_DELAY_S
+        self.timer = asyncio.get_running_loop().call_later(delay / 2, self._tick, delay)
 
     def _tick(self, delay: float) -> None:
-        self._timer = None
+        self.timer = None
         if not self.ledger.in_flight:
             return
         due = perf_counter() - delay
         for item in self.ledger.live():
             if isinstance(item, Exchange) and item.begun_at <= due:
                 item.start_watch()
-        self.poke()
+        self.arm()

@@ -195,7 +195,8 @@ class AdmissionMiddleware:
                 scope["state"] = state = {}
             state[context.STATE_KEY] = exchange
             self.ledger.enter(exchange)
-            self._watch.poke()
+            if self._watch.timer is None:
+                self._watch.arm()
             self.stats.admitted += 1
             try:
                 if self._timed:

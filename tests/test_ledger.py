@@ -48,13 +48,14 @@ def test_websockets_are_counted_among_the_in_flight_and_apart() -> None:
     assert ledger.websockets == 1
 
 
-def test_entering_twice_is_refused() -> None:
+def test_entering_twice_counts_once_so_leaving_once_empties_the_ledger() -> None:
     ledger = Ledger()
     item = Item()
     ledger.enter(item)
-    with pytest.raises(RuntimeError, match="twice"):
-        ledger.enter(item)
+    ledger.enter(item)
     assert ledger.in_flight == 1
+    ledger.leave(item)
+    assert ledger.in_flight == 0
 
 
 def test_leaving_without_entering_is_refused() -> None:
