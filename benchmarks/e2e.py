@@ -12,13 +12,18 @@ no access log:
   admission+rate  ADMISSION_RATE=1000000/second python -m admission serve --no-access-log
                 (rate limiting on: a memory-store decision and two RateLimit fields per
                 response)
+  send-only     (with --calibrate) the demo under a middleware that passes every response
+                message through its own `send` and changes nothing: the least any middleware
+                that sees the response adds
   headers-only  (with --calibrate) the demo under a middleware that only adds the two
                 RateLimit fields admission adds: what the contract's headers cost alone
 
 The load comes from admission's own closed-loop generator (admission.bench.loadgen) in this
 process, separate from the servers: N keep-alive connections each sending its next GET as
 soon as the previous response arrived. Runs alternate (bare, admission, admission, bare, ...)
-so that a noisy neighbour hits all alike; each run is preceded by a short warm-up. Reported:
+so that a noisy neighbour hits all alike; each run is preceded by a short warm-up. With two
+or more CPUs the servers are pinned to the last one and the load generator to the others,
+so that neither migrates onto the other's core mid-run. Reported:
 the median over rounds of the admission/bare throughput ratio in the same round, and each
 server's CPU time per request (from /proc/<pid>/stat), which does not depend on whether the
 server or the load generator was the bottleneck in a run.
@@ -92,9 +97,17 @@ def _answers(url: str) -> bool:
 
 
 @contextlib.contextmanager
-def server(name: str, argv: list[str], env: dict[str, str]) -> Iterator[Server]:
-    """server starts `argv` with `{port}` filled in, waits until `/` answers 200, yields it,
-    and stops it with SIGTERM (SIGKILL if it lingers)."""
+def server(
+    name: str,
+    argv: list[str],
+    env: dict[str, str],
+    *,
+    start_timeout_s: float = 30,
+    stop_timeout_s: float = 15,
+    cpus: set[int] | None = None,
+) -> Iterator[Server]:
+    """server starts `argv` with `{port}` filled in (on `cpus` only, if given), waits until
+    `/` answers 200, yields it, and stops it with SIGTERM (SIGKILL if it lingers)."""
     port = free_port()
     with tempfile.NamedTemporaryFile(prefix=f"e2e-{name}-", suffix=".log") as log:
         process = subprocess.Popen(
@@ -104,8 +117,10 @@ def server(name: str, argv: list[str], env: dict[str, str]) -> Iterator[Server]:
             stderr=subprocess.STDOUT,
         )
         srv = Server(name, process, port, Path(log.name))
+        if cpus:
+            os.sched_setaffinity(process.pid, cpus)
         try:
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + start_timeout_s
             while not _answers(f"http://{HOST}:{port}/"):
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"{name} server did not start:\n{srv.log_path.read_text()}")
@@ -115,7 +130,7 @@ def server(name: str, argv: list[str], env: dict[str, str]) -> Iterator[Server]:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 try:
-                    process.wait(timeout=15)
+                    process.wait(timeout=stop_timeout_s)
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
@@ -169,6 +184,32 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+class SendOnly:
+    """SendOnly wraps an ASGI app and passes every response message through its own `send`,
+    changing nothing: the least any middleware that sees the response (to know whether it
+    started or finished, or to add a header) adds to a request."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        def send_(message: Any) -> Any:
+            return send(message)
+
+        await self.app(scope, receive, send_)
+
+
+def send_only() -> Any:
+    """send_only is the demo app under SendOnly (an app factory for uvicorn)."""
+    from admission.demo import app
+
+    return SendOnly(app)
+
+
 class HeadersOnly:
     """HeadersOnly wraps an ASGI app and adds admission's two RateLimit fields to every
     response, and nothing else: run with --calibrate, it shows what the headers the contract
@@ -204,6 +245,38 @@ def headers_only() -> Any:
     return HeadersOnly(app)
 
 
+def server_commands(*, calibrate: bool) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """server_commands maps each server variant to its command line (with `{port}` to fill
+    in) and environment; with `calibrate`, the two calibration middlewares too."""
+    python = sys.executable
+    uvicorn_opts = ("--workers", "1", "--loop", "auto", "--http", "auto", "--no-access-log")
+    listen = ("--host", HOST, "--port", "{port}")
+    serve = [python, "-m", "admission", "serve", *listen, "--workers", "1", "--no-access-log"]
+    commands: dict[str, tuple[list[str], dict[str, str]]] = {
+        "bare": (
+            [python, "-m", "uvicorn", "admission.demo:app", *listen, *uvicorn_opts],
+            base_env(),
+        ),
+        "admission": (serve, base_env()),
+        "admission+rate": (serve, base_env() | {"ADMISSION_RATE": RATE}),
+    }
+    if calibrate:
+        here = str(Path(__file__).resolve().parent)
+        for name, factory in (("send-only", "e2e:send_only"), ("headers-only", "e2e:headers_only")):
+            app = (factory, "--factory", "--app-dir", here)
+            commands[name] = ([python, "-m", "uvicorn", *app, *listen, *uvicorn_opts], base_env())
+    return commands
+
+
+def split_cpus() -> tuple[set[int], set[int]] | None:
+    """split_cpus gives the servers the last CPU this process may use and the load generator
+    the others, so that neither migrates onto the other's core mid-run; None with one CPU."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        return None
+    return {allowed[-1]}, set(allowed[:-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     """main runs the alternating measurement and prints the runs and the median ratio."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -214,44 +287,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--calibrate",
         action="store_true",
-        help="also run the demo under a middleware that only adds the RateLimit headers",
+        help="also run the demo under two calibration middlewares: one that only passes the "
+        "response through its own send, one that only adds the RateLimit headers",
     )
     args = parser.parse_args(argv)
 
-    python = sys.executable
-    uvicorn_opts = ("--workers", "1", "--loop", "auto", "--http", "auto", "--no-access-log")
-    listen = ("--host", HOST, "--port", "{port}")
-    commands: dict[str, tuple[list[str], dict[str, str]]] = {
-        "bare": (
-            [python, "-m", "uvicorn", "admission.demo:app", *listen, *uvicorn_opts],
-            base_env(),
-        ),
-        "admission": (
-            [python, "-m", "admission", "serve", *listen, "--workers", "1", "--no-access-log"],
-            base_env(),
-        ),
-        "admission+rate": (
-            [python, "-m", "admission", "serve", *listen, "--workers", "1", "--no-access-log"],
-            base_env() | {"ADMISSION_RATE": RATE},
-        ),
-    }
-    if args.calibrate:
-        here = str(Path(__file__).resolve().parent)
-        factory = ("e2e:headers_only", "--factory", "--app-dir", here)
-        commands["headers-only"] = (
-            [python, "-m", "uvicorn", *factory, *listen, *uvicorn_opts],
-            base_env(),
-        )
+    commands = server_commands(calibrate=args.calibrate)
+    cpus = split_cpus()
+    server_cpus = None
+    if cpus is not None:
+        server_cpus, load_cpus = cpus
+        os.sched_setaffinity(0, load_cpus)
     print(
         f"{os.cpu_count()} CPUs; {args.pairs} rounds of {args.duration:g} s runs "
         f"(+{args.warmup:g} s warm-up each), {args.concurrency} connections, "
         "1 load process (this one)"
+        + (f"; servers on CPU {sorted(server_cpus)}, load on the rest" if server_cpus else "")
     )
     for name, (cmd, env) in commands.items():
         extra = f"ADMISSION_RATE={RATE} " if "ADMISSION_RATE" in env else ""
         print(f"{name + ':':<14}{extra}python " + " ".join(cmd[1:]))
     with contextlib.ExitStack() as stack:
-        servers = {n: stack.enter_context(server(n, *c)) for n, c in commands.items()}
+        servers = {
+            n: stack.enter_context(server(n, *c, cpus=server_cpus)) for n, c in commands.items()
+        }
         loaded = {n: s.implementations() for n, s in servers.items()}
         print("loaded: " + "; ".join(f"{n} {impl or '?'}" for n, impl in loaded.items()))
         if len({tuple(impl) for impl in loaded.values()}) != 1:
@@ -301,6 +360,13 @@ def main(argv: list[str] | None = None) -> int:
         f"ratio of a saturated core): {cpu['bare'] / cpu['admission']:.3f}, with rate limiting "
         f"{cpu['bare'] / cpu['admission+rate']:.3f}"
     )
+    for name in ("send-only", "headers-only"):
+        if name in runs:
+            ratios = [a.rps / b.rps for a, b in zip(runs[name], runs["bare"], strict=True)]
+            print(
+                f"median throughput ratio {name}/bare: {statistics.median(ratios):.3f} "
+                f"(rounds: min {min(ratios):.3f}, max {max(ratios):.3f})"
+            )
     return 0
 
 

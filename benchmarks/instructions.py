@@ -1,0 +1,108 @@
+"""benchmarks/instructions.py: what a request costs each server, in instructions, not seconds.
+
+The same servers as benchmarks/e2e.py (bare uvicorn + the demo, `admission serve`, with rate
+limiting, and with --calibrate the two calibration middlewares), each run under valgrind's
+callgrind, which counts the instructions the server process executes. Each server is started
+twice and sent a fixed number of `GET /` requests on keep-alive connections (N1, then N2);
+the difference of the two totals, divided by N2 - N1, is the cost of one request with
+start-up and shutdown taken out. Instruction counts do not move with what else the machine is
+doing, so unlike the throughput of benchmarks/e2e.py they compare across runs and machines;
+bare / variant is the throughput ratio of a server whose core is saturated and whose every
+instruction costs the same (in practice admission's run a little dearer: see
+docs/performance.md).
+
+Needs valgrind (`apt install valgrind`). Takes a few minutes: everything runs about 50 times
+slower under callgrind.
+
+Run: python benchmarks/instructions.py [--requests 1000,5000] [--connections 8] [--calibrate]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from e2e import HOST, server, server_commands
+
+REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+
+
+async def _client(port: int, requests: int) -> None:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        for _ in range(requests):
+            writer.write(REQUEST)
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise SystemExit(f"unexpected response: {head[:80]!r}")
+            length = 0
+            for line in head.split(b"\r\n"):
+                name, _, value = line.partition(b":")
+                if name.lower() == b"content-length":
+                    length = int(value)
+            await reader.readexactly(length)
+    finally:
+        writer.close()
+
+
+async def send_requests(port: int, requests: int, connections: int) -> None:
+    """send_requests sends exactly `requests` GETs of `/`, spread over `connections`."""
+    shares = [requests // connections + (i < requests % connections) for i in range(connections)]
+    await asyncio.gather(*(_client(port, share) for share in shares))
+
+
+def count(name: str, argv: list[str], env: dict[str, str], requests: int, connections: int) -> int:
+    """count runs one server under callgrind, sends it `requests` requests, stops it and
+    returns the instructions it executed in all."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv]
+        # Pinned hash seed: string hashing then follows the same path in every run.
+        with server(
+            name, grind, env | {"PYTHONHASHSEED": "0"}, start_timeout_s=300, stop_timeout_s=300
+        ) as srv:
+            asyncio.run(send_requests(srv.port, requests, connections))
+        for line in out.read_text().splitlines():
+            if line.startswith("summary:") or line.startswith("totals:"):
+                return int(line.split()[1])
+    raise SystemExit(f"{name}: callgrind wrote no total")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """main counts every server's instructions per request and prints them side by side."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--requests", default="1000,5000", help="the two request counts N1,N2 (default 1000,5000)"
+    )
+    parser.add_argument("--connections", type=int, default=8, help="keep-alive connections")
+    parser.add_argument("--calibrate", action="store_true", help="also the calibration servers")
+    args = parser.parse_args(argv)
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt install valgrind)")
+    low, high = (int(n) for n in args.requests.split(","))
+    if not 0 < low < high:
+        raise SystemExit("--requests needs two counts N1 < N2")
+
+    commands = server_commands(calibrate=args.calibrate)
+    print(
+        f"instructions per request: (total at {high} requests - total at {low}) / {high - low}, "
+        f"{args.connections} keep-alive connections, each server under callgrind"
+    )
+    per: dict[str, float] = {}
+    for name, (cmd, env) in commands.items():
+        totals = [count(name, cmd, env, n, args.connections) for n in (low, high)]
+        per[name] = (totals[1] - totals[0]) / (high - low)
+        print(f"  {name:<15}{per[name]:>10,.0f}", flush=True)
+    bare = per["bare"]
+    print(f"\n{'server':<15}{'instr/request':>15}{'added':>10}{'bare/server':>13}")
+    for name, value in per.items():
+        print(f"{name:<15}{value:>15,.0f}{value - bare:>+10,.0f}{bare / value:>13.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
