@@ -234,7 +234,11 @@ class AdmissionMiddleware:
         the loop for the next request. The fast way, the task the kept loop is running now, is
         only None when the loop changed (a new loop has no current task on the old one): one
         middleware serves one event loop at a time, as its asyncio primitives require."""
-        self._loop = loop = asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            # A timer of the old loop will never fire: the watch must be armed on this one.
+            self._watch.timer = None
+            self._loop = loop
         return loop, current_task(loop)
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -184,65 +184,50 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-class SendOnly:
-    """SendOnly wraps an ASGI app and passes every response message through its own `send`,
-    changing nothing: the least any middleware that sees the response (to know whether it
-    started or finished, or to add a header) adds to a request."""
+class Calibration:
+    """Calibration wraps an ASGI app, passes every response message through its own `send`
+    and adds `headers` to the response start, and does nothing else. With no headers it is
+    the least any middleware that sees the response (to know whether it started or finished,
+    or to add a header) adds to a request; with admission's two RateLimit fields, it shows
+    what the headers the contract requires cost by themselves in the server."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, headers: list[tuple[bytes, bytes]]) -> None:
         self.app = app
+        self.headers = headers
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        extra = self.headers
 
         def send_(message: Any) -> Any:
+            if extra and message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), *extra]}
             return send(message)
 
         await self.app(scope, receive, send_)
 
 
 def send_only() -> Any:
-    """send_only is the demo app under SendOnly (an app factory for uvicorn)."""
+    """send_only is the demo app under a Calibration that adds nothing (a uvicorn factory)."""
     from admission.demo import app
 
-    return SendOnly(app)
+    return Calibration(app, [])
 
 
-class HeadersOnly:
-    """HeadersOnly wraps an ASGI app and adds admission's two RateLimit fields to every
-    response, and nothing else: run with --calibrate, it shows what the headers the contract
-    requires cost by themselves in the server, apart from admission's own work."""
+def headers_only() -> Any:
+    """headers_only is the demo app under a Calibration that adds the two RateLimit fields
+    (an app factory for uvicorn)."""
+    from admission.demo import app
 
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-
-        async def send_(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                headers = [*message.get("headers", ()), *CALIBRATION_HEADERS]
-                message = {**message, "headers": headers}
-            await send(message)
-
-        await self.app(scope, receive, send_)
+    return Calibration(app, CALIBRATION_HEADERS)
 
 
 CALIBRATION_HEADERS = [
     (b"ratelimit-policy", b'"default";q=1000000;w=1'),
     (b"ratelimit", b'"default";r=999999;t=1'),
 ]
-
-
-def headers_only() -> Any:
-    """headers_only is the demo app under HeadersOnly (an app factory for uvicorn)."""
-    from admission.demo import app
-
-    return HeadersOnly(app)
 
 
 def server_commands(*, calibrate: bool) -> dict[str, tuple[list[str], dict[str, str]]]:

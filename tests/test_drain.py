@@ -197,6 +197,29 @@ async def test_drain_without_delay_refuses_at_once_and_waits_for_in_flight_to_fi
     assert not drain.lifetime.closed
 
 
+@pytest.mark.parametrize(
+    ("to", "accepting", "begun"),
+    [
+        (Phase.SERVING, True, False),
+        (Phase.PRE_DRAIN, True, True),
+        (Phase.DRAINING, False, True),
+        (Phase.DRAINED, False, True),
+        (Phase.CLOSED, False, True),
+    ],
+)
+def test_the_flags_every_request_reads_follow_the_phase(
+    to: Phase, accepting: bool, begun: bool
+) -> None:
+    drain = Drain(Ledger(), Lifetime("test"), delay_s=0, timeout_s=1)
+    drain.phase = to
+    assert (drain.accepting, drain.begun, drain.draining(), drain.ready) == (
+        accepting,
+        begun,
+        begun,
+        not begun,
+    )
+
+
 async def test_pre_drain_fails_readiness_but_still_accepts_until_the_delay_ends() -> None:
     ledger = Ledger()
     drain = Drain(ledger, Lifetime("test"), delay_s=3600, timeout_s=3600)

@@ -402,6 +402,48 @@ async def test_slot_is_released_when_client_disconnects() -> None:
     assert_nothing_held(mw)
 
 
+async def test_disconnect_watch_is_one_timer_that_disarms_once_nothing_is_in_flight() -> None:
+    # No task per request: a service answering one short request at a time would otherwise
+    # start (and finish) a watcher task for each.
+    async def ok(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    mw = middleware(ok)
+    tasks_before = len(asyncio.all_tasks())
+    for _ in range(3):
+        client = Client(no_body())
+        await mw(http_scope(), client.receive, client.send)
+        assert client.status == 200
+    assert isinstance(mw._watch.timer, asyncio.TimerHandle)
+    assert len(asyncio.all_tasks()) == tasks_before
+    await until(lambda: mw._watch.timer is None)
+
+
+def test_a_middleware_moved_to_a_new_event_loop_times_out_and_watches_on_that_loop() -> None:
+    # Admission keeps the event loop between requests. Each test client (or restarted server)
+    # brings a new one: the deadline must be armed on it, the request's own task cancelled,
+    # and the disconnect watch, whose timer died with the old loop, armed again.
+    mw = middleware(forever, request_timeout=0.3)
+
+    async def one_loop() -> None:
+        timed_out = Client(no_body())
+        await finish(mw(http_scope(), timed_out.receive, timed_out.send))
+        assert timed_out.status == 504
+        gone = Client(no_body())
+        call = asyncio.create_task(mw(http_scope(), gone.receive, gone.send))
+        await until(lambda: mw.ledger.in_flight == 1)
+        gone.hang_up()
+        await finish(call)
+        assert gone.sent == []
+        assert_nothing_held(mw)
+
+    for rounds in (1, 2):
+        asyncio.run(one_loop())
+        assert mw.stats.rejected["deadline"] == rounds
+        assert mw.stats.rejected["disconnect"] == rounds
+
+
 async def test_disconnect_watch_does_not_take_a_body_the_handler_has_not_read() -> None:
     # The handler reads its body only after the watch delay: the watch must wait for it
     # rather than consume the body message itself.
