@@ -11,7 +11,7 @@ import pytest
 from admission.bench.command import UsageError, add_arguments, parse_windows, run
 from admission.bench.loadgen import LoadResult
 from admission.bench.recommend import Row, percentile, recommend
-from admission.bench.report import BenchReport, format_table, write_json
+from admission.bench.report import BenchReport, format_table, tick_labels, write_json
 from admission.bench.sweep import to_row
 
 
@@ -250,3 +250,11 @@ def test_bad_arguments_exit_2_with_one_line_before_serving_anything(
 def test_bad_windows_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(parse(["--windows", "4,eight"])) == 2
     assert "'eight' is not a positive integer" in capsys.readouterr().err
+
+
+def test_plot_labels_leave_out_those_that_would_overlap_but_never_the_recommended_window() -> None:
+    windows = [1, 2, 4, 8, 16, 32, 57, 58, 59, 60, 64]
+    labels = tick_labels(windows, 60)
+    assert labels == ["1", "2", "4", "8", "16", "32", "", "", "", "60", ""]
+    # Spread-out windows all keep their labels.
+    assert tick_labels([1, 2, 4, 8], None) == ["1", "2", "4", "8"]

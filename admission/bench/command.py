@@ -85,11 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--refine",
         type=int,
-        default=2,
+        default=4,
         metavar="K",
         help=(
             "after the sweep, measure up to K more windows between the recommended one and the "
-            "next smaller one, to find the knee a coarse sweep steps over (default: 2; 0: off)"
+            "next smaller one, to find the knee a coarse sweep steps over (default: 4; 0: off)"
         ),
     )
     parser.add_argument(

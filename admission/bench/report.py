@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,22 @@ def write_json(report: BenchReport, path: Path) -> None:
     path.write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
 
 
+#: Octaves (on the plot's log-2 axis) between two labelled ticks: closer labels would overlap.
+MIN_LABEL_GAP_OCTAVES = 0.25
+
+
+def tick_labels(windows: list[int], recommended: int | None) -> list[str]:
+    """tick_labels labels the window ticks of the plot, leaving out a label that would overlap
+    one already placed: the recommended window's first, then the others from the smallest.
+    Refinement clusters windows (57, 58, 59, 60, 64); every one keeps its tick."""
+    placed: list[int] = []
+    order = sorted(windows, key=lambda w: (w != recommended, w))
+    for window in order:
+        if all(abs(math.log2(window / other)) >= MIN_LABEL_GAP_OCTAVES for other in placed):
+            placed.append(window)
+    return [str(w) if w in placed else "" for w in windows]
+
+
 def write_plot(report: BenchReport, path: Path) -> bool:
     """write_plot draws throughput and p99 latency against window size into a PNG at `path`.
 
@@ -133,7 +150,7 @@ def write_plot(report: BenchReport, path: Path) -> bool:
     bottom.grid(True, alpha=0.3)
     bottom.set_xscale("log", base=2)
     bottom.set_xticks(windows)
-    bottom.set_xticklabels([str(w) for w in windows])
+    bottom.set_xticklabels(tick_labels([r.window or 0 for r in rows], report.recommended_window))
     bottom.set_xlabel("window (max requests in flight per process)")
     if report.recommended_window is not None:
         for axis in (top, bottom):
