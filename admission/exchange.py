@@ -337,7 +337,9 @@ class DisconnectWatch:
         if not self.ledger.in_flight:
             return
         due = perf_counter() - delay
+        loop = asyncio.get_running_loop()
         for item in self.ledger.live():
-            if isinstance(item, Exchange) and item.begun_at <= due:
+            # Only this loop's requests: another loop's (another thread's) are not ours to touch.
+            if isinstance(item, Exchange) and item.begun_at <= due and item._loop is loop:
                 item.start_watch()
         self.arm()

@@ -9,6 +9,7 @@ import socket
 import struct
 from asyncio import current_task
 from collections.abc import Awaitable, Callable, Sequence
+from threading import get_ident
 from time import perf_counter
 from types import FrameType
 
@@ -127,9 +128,10 @@ class AdmissionMiddleware:
         # Without write and idle timeouts, responses go through the exchange's lean `send`.
         self._untimed_send = s.write_timeout is None and s.idle_timeout is None
         self._timed = self.timeouts.enabled
-        # The loop requests last ran on: finding the running loop afresh costs more than the
-        # rest of an admission (see `_loop_and_task`).
+        # The loop requests last ran on, and its thread: finding the running loop afresh costs
+        # more than the rest of an admission (see `_loop_and_task`).
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """__call__ is the order of the layers for http and websocket, outermost first: own
@@ -186,7 +188,11 @@ class AdmissionMiddleware:
                 await self._refuse(scope, receive, send, 503, "draining", [RETRY_1, CLOSE])
                 return
             loop = self._loop
-            if loop is None or (task := current_task(loop)) is None:
+            if (
+                loop is None
+                or self._loop_thread != get_ident()
+                or (task := current_task(loop)) is None
+            ):
                 loop, task = self._loop_and_task()
             # Positional: keyword arguments to a constructor cost a third of a microsecond.
             exchange = Exchange(scope, receive, send, self.timeouts, extra, drain, loop, task)
@@ -231,14 +237,16 @@ class AdmissionMiddleware:
 
     def _loop_and_task(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Task[object] | None]:
         """_loop_and_task finds the running loop and the current task the slow way, and keeps
-        the loop for the next request. The fast way, the task the kept loop is running now, is
-        only None when the loop changed (a new loop has no current task on the old one): one
-        middleware serves one event loop at a time, as its asyncio primitives require."""
+        the loop and its thread for the next request. The fast way, the task the kept loop is
+        running now, asked from the kept loop's thread, is only None when the loop changed: a
+        new loop has no current task on the old one. (From another thread the kept loop may be
+        busy with a task of its own, which must never be taken for this request's.)"""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
-            # A timer of the old loop will never fire: the watch must be armed on this one.
+            # The watch's timer is on the old loop, which may never run again: arm it here.
             self._watch.timer = None
             self._loop = loop
+        self._loop_thread = get_ident()
         return loop, current_task(loop)
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:

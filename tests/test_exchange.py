@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import threading
 from collections.abc import Awaitable, Callable, Iterable
 from types import SimpleNamespace
 from typing import Any
@@ -218,6 +219,14 @@ async def test_time_left_is_the_deadline_minus_the_loop_clock_and_never_negative
     assert exchange.time_left() == 1.25
     clock.now = exchange.deadline + 3.0
     assert exchange.time_left() == 0.0
+
+
+@pytest.mark.parametrize("field", ["read_s", "idle_s", "write_s", "request_s"])
+def test_any_one_timeout_enables_the_timer_work(field: str) -> None:
+    # With none set, the middleware skips `begin()`: a websocket with only an idle timeout
+    # would then never be timed out for idleness.
+    assert Timeouts(**{field: 1.0}).enabled
+    assert not Timeouts().enabled
 
 
 async def test_no_request_timeout_means_no_deadline() -> None:
@@ -442,6 +451,44 @@ def test_a_middleware_moved_to_a_new_event_loop_times_out_and_watches_on_that_lo
         asyncio.run(one_loop())
         assert mw.stats.rejected["deadline"] == rounds
         assert mw.stats.rejected["disconnect"] == rounds
+
+
+def test_a_request_never_takes_the_task_another_threads_loop_is_running() -> None:
+    # Two loops in two threads, one middleware (two test clients open at once, say). While
+    # thread A's loop is inside a task step, a request on thread B must get its own task and
+    # loop: its deadline must fire on B and cancel B's handler, never A's task.
+    mw = middleware(forever, request_timeout=0.1)
+    a_admitted = threading.Event()
+    b_done = threading.Event()
+    outcome: dict[str, str] = {}
+
+    async def thread_a_main() -> None:
+        first = Client(no_body())
+        await finish(mw(http_scope(), first.receive, first.send))  # the middleware keeps loop A
+
+        async def busy_until_b_is_done() -> None:
+            a_admitted.set()
+            # Blocks loop A inside this task's step, on purpose, for longer than B may take.
+            b_done.wait(FINISH_S * 2)
+            try:
+                await asyncio.sleep(0)
+                outcome["a"] = "finished"
+            except asyncio.CancelledError:
+                outcome["a"] = "cancelled"
+
+        await asyncio.create_task(busy_until_b_is_done())
+
+    thread_a = threading.Thread(target=asyncio.run, args=(thread_a_main(),))
+    thread_a.start()
+    try:
+        assert a_admitted.wait(FINISH_S)
+        b = Client(no_body())
+        asyncio.run(finish(mw(http_scope(), b.receive, b.send)))
+        assert b.status == 504
+    finally:
+        b_done.set()
+        thread_a.join(FINISH_S)
+    assert outcome == {"a": "finished"}
 
 
 async def test_disconnect_watch_does_not_take_a_body_the_handler_has_not_read() -> None:
