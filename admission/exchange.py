@@ -282,7 +282,7 @@ class Exchange:
         if not self.running or self.completed or self._watcher is not None or self.websocket:
             return
         if self._body_finished():
-            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+            self._watcher = self._loop.create_task(self._watch())
 
     def _body_finished(self) -> bool:
         if self.body_done is not None:
@@ -331,6 +331,11 @@ class DisconnectWatch:
         # Read at every arming, so that tests can shorten it.
         delay = DISCONNECT_WATCH_DELAY_S
         self.timer = asyncio.get_running_loop().call_later(delay / 2, self._tick, delay)
+
+    def moved(self) -> None:
+        """moved tells the watch that requests now run on another loop: a timer armed on the
+        old one may never fire, so the next request arms a new one."""
+        self.timer = None
 
     def _tick(self, delay: float) -> None:
         self.timer = None

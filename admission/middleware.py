@@ -127,7 +127,6 @@ class AdmissionMiddleware:
         self._watch = DisconnectWatch(self.ledger)
         # Without write and idle timeouts, responses go through the exchange's lean `send`.
         self._untimed_send = s.write_timeout is None and s.idle_timeout is None
-        self._timed = self.timeouts.enabled
         # The loop requests last ran on, and its thread: finding the running loop afresh costs
         # more than the rest of an admission (see `_loop_and_task`).
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -205,7 +204,7 @@ class AdmissionMiddleware:
                 self._watch.arm()
             self.stats.admitted += 1
             try:
-                if self._timed:
+                if self.timeouts.enabled:
                     exchange.begin()
                 send_ = exchange.send_untimed if self._untimed_send else exchange.send
                 await self.app(scope, exchange.receive, send_)
@@ -243,8 +242,7 @@ class AdmissionMiddleware:
         busy with a task of its own, which must never be taken for this request's.)"""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
-            # The watch's timer is on the old loop, which may never run again: arm it here.
-            self._watch.timer = None
+            self._watch.moved()
             self._loop = loop
         self._loop_thread = get_ident()
         return loop, current_task(loop)
