@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+from admission.bench.sweep import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 SERVERS = {
@@ -60,13 +61,6 @@ class Run:
     @property
     def after_last_s(self) -> float:
         return self.exit_s - self.last_response_s
-
-
-def free_port() -> int:
-    """free_port is a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def in_flight(probe: httpx.AsyncClient) -> int:

@@ -41,8 +41,6 @@ import argparse
 import contextlib
 import math
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from admission.bench.loadgen import LoadResult, load
+from admission.bench.sweep import free_port, stop
 
 HOST = "127.0.0.1"
 RATE = "1000000/second"
@@ -62,13 +61,6 @@ RATE = "1000000/second"
 TARGET_RATIO = 0.95
 # Shared objects whose presence in a server's memory map shows which loop/parser it runs.
 IMPLEMENTATIONS = ("uvloop", "httptools")
-
-
-def free_port() -> int:
-    """free_port is a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -134,13 +126,7 @@ def server(
                 time.sleep(0.1)
             yield srv
         finally:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=stop_timeout_s)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+            stop(process, stop_timeout_s)
 
 
 def base_env() -> dict[str, str]:

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 from admission.bench.loadgen import LoadResult, load
 from admission.bench.recommend import percentile
-from admission.bench.sweep import free_port
+from admission.bench.sweep import free_port, stop
 
 HOST = "127.0.0.1"
 PATH = "/slow?ms=20"
@@ -111,12 +111,7 @@ def admission_serve(window: int | None) -> Iterator[int]:
             load(HOST, port, PATH, 8, WARMUP_S)
             yield port
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process, 15)
 
 
 def _healthy(port: int) -> bool:

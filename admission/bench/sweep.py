@@ -180,7 +180,7 @@ def served(
             _wait_healthy(process, port, launcher, start_timeout_s, output)
             yield port
         finally:
-            _stop(process)
+            stop(process)
 
 
 def _wait_healthy(
@@ -221,13 +221,13 @@ def _tail(output: IO[bytes], lines: int = 3) -> str:
     return " | ".join(last) if last else "(no output)"
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """_stop sends SIGTERM and waits a bounded time for exit, then kills."""
+def stop(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
+    """stop sends SIGTERM and waits up to `timeout_s` for the process to exit, then kills it."""
     if process.poll() is not None:
         return
     process.send_signal(signal.SIGTERM)
     try:
-        process.wait(timeout=STOP_TIMEOUT_S)
+        process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
