@@ -171,11 +171,19 @@ def run_once(srv: Server, concurrency: int, duration_s: float, warmup_s: float) 
     return Run(result, cpu)
 
 
-def median_interval(values: list[float]) -> tuple[float, float]:
+# Fewer values than this: even their whole range holds the median with less than 95 %
+# confidence (1 - 2 * 0.5**n), so no interval can be given.
+MIN_ROUNDS_FOR_INTERVAL = 6
+
+
+def median_interval(values: list[float]) -> tuple[float, float] | None:
     """median_interval is a distribution-free interval holding the true median with about
-    95 % confidence: the order statistics n/2 -+ 0.98 sqrt(n) of `values`."""
+    95 % confidence: the order statistics n/2 -+ 0.98 sqrt(n) of `values`. None for fewer
+    than MIN_ROUNDS_FOR_INTERVAL values."""
     ordered = sorted(values)
     n = len(ordered)
+    if n < MIN_ROUNDS_FOR_INTERVAL:
+        return None
     k = max(0, n // 2 - math.ceil(0.98 * math.sqrt(n)))
     return ordered[k], ordered[n - 1 - k]
 
@@ -337,17 +345,24 @@ def main(argv: list[str] | None = None) -> int:
             f"latency p50 {percentile(lat, 0.5) * 1e3:.2f} ms, "
             f"p99 {percentile(lat, 0.99) * 1e3:.2f} ms"
         )
-    low, high = median_interval(ratios)
-    if low >= TARGET_RATIO:
-        verdict = "met"
-    elif high < TARGET_RATIO:
-        verdict = "MISSED"
+    interval = median_interval(ratios)
+    if interval is None:
+        spread = (
+            f"too few rounds for an interval of the median (--pairs {MIN_ROUNDS_FOR_INTERVAL}+)"
+        )
+        verdict = "not resolved by this run"
     else:
-        verdict = "not resolved by this run (the machine's noise spans it)"
+        low, high = interval
+        spread = f"~95 % interval of the median {low:.3f}-{high:.3f}"
+        if low >= TARGET_RATIO:
+            verdict = "met"
+        elif high < TARGET_RATIO:
+            verdict = "MISSED"
+        else:
+            verdict = "not resolved by this run (the machine's noise spans it)"
     print(
         f"median throughput ratio admission/bare: {median_ratio:.3f} "
-        f"(rounds: min {min(ratios):.3f}, max {max(ratios):.3f}; "
-        f"~95 % interval of the median {low:.3f}-{high:.3f}); "
+        f"(rounds: min {min(ratios):.3f}, max {max(ratios):.3f}; {spread}); "
         f"target >= {TARGET_RATIO}: {verdict}"
         f"\nmedian throughput ratio admission+rate/bare: {statistics.median(rate_ratios):.3f} "
         f"(rounds: min {min(rate_ratios):.3f}, max {max(rate_ratios):.3f})"
