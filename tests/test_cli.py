@@ -162,3 +162,14 @@ def test_serve_with_an_app_that_does_not_load_exits_2_with_one_line() -> None:
     assert result.returncode == 2
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert "no_such_module_here:app" in result.stderr
+
+
+def test_config_reports_every_bad_variable_at_once_one_line_each() -> None:
+    env = clean_env(ADMISSION_WINDOW="0", ADMISSION_DRAIN_DELAY="1e308", ADMISSION_WINDOE="8")
+    result = run_cli("config", env=env)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 3, result.stderr
+    assert all(line.startswith("admission: ADMISSION_") for line in lines)
+    assert "did you mean ADMISSION_WINDOW?" in result.stderr
