@@ -143,7 +143,8 @@ class Choice(Parser):
 
     def __init__(self, *options: str | int) -> None:
         self.options = options
-        self.accepted = " or ".join(f"'{o}'" if isinstance(o, str) else str(o) for o in options)
+        shown = [f"'{o}'" if isinstance(o, str) else str(o) for o in options]
+        self.accepted = ", ".join(shown[:-1]) + " or " + shown[-1] if len(shown) > 1 else shown[0]
 
     def __call__(self, raw: object) -> Any:
         for option in self.options:
@@ -284,8 +285,8 @@ class Prefixes(Parser):
 class KeyPrefix(Parser):
     """KeyPrefix is the Redis key prefix."""
 
-    accepted = "1 to 64 printable ASCII characters without spaces or braces, such as 'admission'"
-    _PREFIX = re.compile(r"[!-z|~]{1,64}")
+    accepted = "1 to 64 letters, digits or '.', '_', ':', '-', such as 'admission' or 'svc:prod'"
+    _PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 
     def __call__(self, raw: object) -> str:
         if not isinstance(raw, str) or not self._PREFIX.fullmatch(raw):
@@ -573,6 +574,18 @@ def specs() -> dict[str, Spec]:
 _SPECS: dict[str, Spec] = {f.name: f.metadata["spec"] for f in dataclasses.fields(Settings)}
 ACCEPTED: dict[str, str] = {name: spec.parse.accepted for name, spec in _SPECS.items()}
 """ACCEPTED is each field's accepted form, as the messages state it."""
+
+
+def accepted_markdown() -> str:
+    """accepted_markdown is the table of every variable, its default and its accepted values
+    (with their ranges), as docs/configuration.md shows it between its `accepted` markers."""
+    rows = ["| variable | default | accepted |", "|---|---|---|"]
+    for f in dataclasses.fields(Settings):
+        spec: Spec = f.metadata["spec"]
+        default = spec.show(f.default) if f.default not in (None, ()) else "unset"
+        accepted = spec.parse.accepted.replace("|", "\\|")
+        rows.append(f"| `{_env_name(f.name)}` | `{default}` | {accepted} |")
+    return "\n".join(rows)
 
 
 @dataclasses.dataclass(frozen=True)

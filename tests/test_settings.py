@@ -542,3 +542,14 @@ def test_adding_a_setting_is_one_entry() -> None:
         assert specs()[f.name] is spec
         # The default is a value its own parser accepts.
         assert spec.parse(f.default) == f.default or f.default in ((), None)
+
+
+def test_the_documented_ranges_are_the_ones_enforced() -> None:
+    from admission.settings import accepted_markdown
+    from tests.support import REPO
+
+    text = (REPO / "docs" / "configuration.md").read_text()
+    start = text.index("\n", text.index("<!-- accepted:start")) + 1
+    end = text.index("<!-- accepted:end -->")
+    # Regenerate with the command in the marker when a setting is added or changed.
+    assert text[start:end].strip() == accepted_markdown()
