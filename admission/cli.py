@@ -16,7 +16,8 @@ def _settings_or_exit() -> Settings:
     try:
         return Settings.from_env()
     except ConfigError as exc:
-        print(f"admission: {exc}", file=sys.stderr)
+        for line in exc.lines:
+            print(f"admission: {line}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

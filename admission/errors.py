@@ -1,6 +1,47 @@
-"""admission.errors: the one exception tree of the library."""
+"""admission.errors: the one exception tree of the library, and how a bad value is quoted."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import NamedTuple
+
+# Longest part of a value shown in a message: a 400-digit number is named, not printed.
+QUOTE_LIMIT = 60
+
+
+def as_text(value: object) -> str:
+    """as_text is `str(value)`, except for an integer too large to print (Python refuses
+    more than a few thousand digits), which is described by its size instead."""
+    if isinstance(value, int) and value.bit_length() > 10_000:
+        return f"<a whole number of {value.bit_length()} bits>"
+    return value if isinstance(value, str) else str(value)
+
+
+def quote(value: object) -> str:
+    """quote is how every message shows a value: in single quotes, control and non-ASCII
+    characters escaped (a Unicode digit such as '٣' shows as '\\u0663', so it is not mistaken
+    for an ASCII one), cut after `QUOTE_LIMIT` characters with the full length said."""
+    text = as_text(value)
+    cut = ""
+    if len(text) > QUOTE_LIMIT:
+        cut = f"… ({len(text)} characters)"
+        text = text[:QUOTE_LIMIT]
+    escaped = text.encode("unicode_escape").decode("ascii").replace("'", "\\'")
+    return f"'{escaped}'{cut}"
+
+
+class Problem(NamedTuple):
+    """Problem is one bad variable: its name, its value as shown (already redacted), and the
+    reason it is refused."""
+
+    variable: str
+    shown: str
+    reason: str
+
+    @property
+    def line(self) -> str:
+        """line is the problem as the one line start-up prints."""
+        return f"{self.variable}={quote(self.shown)} is invalid: {self.reason}"
 
 
 class AdmissionError(Exception):
@@ -8,14 +49,42 @@ class AdmissionError(Exception):
 
 
 class ConfigError(AdmissionError, ValueError):
-    """ConfigError is a bad setting: its message is one line naming the variable, the value and
-    the accepted form, so that start-up can print it and stop."""
+    """ConfigError is one or more bad settings: its message has one line per bad variable,
+    naming the variable, the value (secrets redacted) and why it is refused, so that start-up
+    can print it and stop. `variable`, `value` and `accepted` describe the first problem;
+    `problems` lists them all.
 
-    def __init__(self, variable: str, value: object, accepted: str) -> None:
+    `ConfigError(variable, value, accepted)` is one value that is not of the accepted form;
+    `reason=` replaces "expected <accepted>" with a reason of its own.
+    """
+
+    def __init__(
+        self, variable: str, value: object, accepted: str = "", *, reason: str | None = None
+    ) -> None:
+        self.problems: tuple[Problem, ...] = (Problem(variable, as_text(value), reason or ""),)
+        if reason is None:
+            self.problems = (self.problems[0]._replace(reason=f"expected {accepted}"),)
         self.variable = variable
-        self.value = value
+        self.value = self.problems[0].shown
         self.accepted = accepted
-        super().__init__(f"{variable}={value!r} is invalid: expected {accepted}")
+        super().__init__(self.problems[0].line)
+
+    @classmethod
+    def of(cls, problems: Iterable[Problem]) -> ConfigError:
+        """ConfigError.of gathers several problems into one error, in the order given."""
+        gathered = tuple(problems)
+        if not gathered:
+            raise ValueError("ConfigError.of needs at least one problem")
+        first = gathered[0]
+        error = cls(first.variable, first.shown, reason=first.reason)
+        error.problems = gathered
+        error.args = ("\n".join(p.line for p in gathered),)
+        return error
+
+    @property
+    def lines(self) -> list[str]:
+        """lines is one line per bad variable."""
+        return [p.line for p in self.problems]
 
 
 class StorageError(AdmissionError):

@@ -1,8 +1,15 @@
-"""admission.settings: the frozen, validated configuration and its `ADMISSION_*` variables."""
+"""admission.settings: the frozen, validated configuration and its `ADMISSION_*` variables.
+
+Every setting is one entry in the body of `Settings`: its name, type and default, and a
+`setting(...)` spec holding the parser (which also states the accepted form and its range)
+and, for secrets, the redaction. Adding a setting is adding one such entry (and, when it only
+makes sense together with another, one `Rule`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import math
 import os
@@ -13,7 +20,7 @@ from typing import Any, Literal
 
 import limits
 
-from admission.errors import ConfigError
+from admission.errors import ConfigError, Problem, as_text, quote
 
 ENV_PREFIX = "ADMISSION_"
 STORAGE_SCHEMES = (
@@ -24,10 +31,6 @@ STORAGE_SCHEMES = (
     "redis+cluster",
     "redis+sentinel",
 )
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-# One rate only: `limits` would also take "1/second;5/minute" (keeping only the first) and
-# "10 per 0 seconds" (as per 1 second), both silently not what was written.
-_ONE_RATE = re.compile(r"^\s*[0-9]+\s*(?:/|\s*per\s*)\s*([0-9]+)?\s*[a-z]+\s*$", re.IGNORECASE)
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -36,310 +39,676 @@ def _env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
 
 
-def _fail(field: str, value: object, accepted: str) -> ConfigError:
-    return ConfigError(_env_name(field), value, accepted)
+class Invalid(ValueError):
+    """Invalid is a parser's refusal; `reason` says what is wrong beyond "not the accepted
+    form" (for example "the amount must be at least 1"), or is empty."""
+
+    def __init__(self, reason: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
-def _number(field: str, raw: object, accepted: str, *, minimum: float, inclusive: bool) -> float:
-    """_number turns `raw` into a finite float of at least `minimum`, or fails naming `field`."""
-    if isinstance(raw, bool):
-        raise _fail(field, raw, accepted)
-    try:
-        value = float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        raise _fail(field, raw, accepted) from None
-    if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
-        raise _fail(field, raw, accepted)
-    return value
+# --- parsers: each turns a value from the environment (a string) or from code into the
+# field's final type, or raises Invalid; `accepted` states the form and its range.
 
 
-def _whole(field: str, raw: object, accepted: str, *, minimum: int) -> int:
-    """_whole turns `raw` into an int of at least `minimum`, or fails naming `field`."""
-    if isinstance(raw, bool | float):
-        raise _fail(field, raw, accepted)
-    try:
-        value = int(str(raw).strip()) if not isinstance(raw, int) else raw
-    except ValueError:
-        raise _fail(field, raw, accepted) from None
-    if value < minimum:
-        raise _fail(field, raw, accepted)
-    return value
+class Parser:
+    """Parser is one field's parsing and its accepted form, stated once."""
+
+    accepted: str = ""
+
+    def __call__(self, raw: object) -> Any:
+        raise NotImplementedError
 
 
-def _split(raw: str | Iterable[str]) -> tuple[str, ...]:
-    items = raw.split(",") if isinstance(raw, str) else list(raw)
-    return tuple(item.strip() for item in items if item.strip())
+def _is_unset(raw: object) -> bool:
+    return raw is None or (isinstance(raw, str) and raw.strip() == "")
 
 
-ACCEPTED: dict[str, str] = {
-    "rate": "a rate in limits notation such as '100/second', '6000/minute' or '10 per 2 seconds'",
-    "burst": "a whole number of tokens >= 1, set together with ADMISSION_RATE",
-    "key": "'ip', 'global' or 'header:<Header-Name>'",
-    "trusted_proxies": "comma-separated IP addresses or CIDRs such as '10.0.0.0/8,::1'",
-    "storage": "'memory://' or a Redis URI: redis://, rediss://, redis+unix://, "
-    "redis+cluster://host:port[,host:port], redis+sentinel://host:port[,host:port]/service",
-    "storage_timeout": "a number of seconds > 0 such as '0.05'",
-    "on_storage_error": "'local', 'allow' or 'deny'",
-    "window": "a whole number of requests >= 1, or empty for no window",
-    "window_status": "429 or 503",
-    "queue_timeout": "a number of seconds >= 0 (0: reject at once when the window is full)",
-    "max_waiters": "a whole number >= 0 of requests that may wait for a slot at once",
-    "websocket_window": "a whole number of websocket connections >= 1, or empty for the same as "
-    "ADMISSION_WINDOW",
-    "read_timeout": "a number of seconds > 0, or empty for none",
-    "write_timeout": "a number of seconds > 0, or empty for none",
-    "idle_timeout": "a number of seconds > 0, or empty for none",
-    "request_timeout": "a number of seconds > 0, or empty for none",
-    "drain_delay": "a number of seconds >= 0",
-    "drain_timeout": "a number of seconds > 0",
-    "cleanup_timeout": "a number of seconds > 0",
-    "exempt": "comma-separated path prefixes, each starting with '/', such as '/static,/docs'",
-    "max_keys": "a whole number of keys >= 1",
-    "key_prefix": "a non-empty string without spaces or braces, such as 'admission'",
-}
+def _fmt(number: float) -> str:
+    # As the number would be written in the variable: 1000000 and 0.001, never 1e+06.
+    return str(int(number)) if float(number).is_integer() else repr(float(number))
+
+
+# Plain decimal ASCII only: no sign, exponent, underscore, Unicode digit, nan or inf, and few
+# enough digits that nothing absurd is even converted.
+_DECIMAL = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
+_WHOLE = re.compile(r"[0-9]{1,12}")
+
+
+class Seconds(Parser):
+    """Seconds is a duration from `low` to `high` seconds; `zero` (when not None) says what 0
+    means, and allows it; `unset` (when not None) says what no value means, and allows it."""
+
+    def __init__(
+        self, low: float, high: float, *, zero: str | None = None, unset: str | None = None
+    ) -> None:
+        self.low, self.high, self.zero, self.unset = low, high, zero, unset
+        self.accepted = f"a number of seconds from {_fmt(low)} to {_fmt(high)}"
+        if zero is not None:
+            self.accepted += f", or 0 {zero}"
+        if unset is not None:
+            self.accepted += f", or empty {unset}"
+
+    def __call__(self, raw: object) -> float | None:
+        if self.unset is not None and _is_unset(raw):
+            return None
+        if isinstance(raw, str):
+            if not _DECIMAL.fullmatch(raw.strip()):
+                raise Invalid()
+            value = float(raw.strip())
+        elif isinstance(raw, int) and not isinstance(raw, bool):
+            if raw != 0 and not self.low <= raw <= self.high:
+                raise Invalid("out of range")  # before float(), which overflows past 1e308
+            value = float(raw)
+        elif isinstance(raw, float):
+            value = raw
+        else:
+            raise Invalid()
+        if value == 0 and self.zero is not None:
+            return 0.0
+        if not (math.isfinite(value) and self.low <= value <= self.high):
+            raise Invalid("out of range")
+        return value
+
+
+class Whole(Parser):
+    """Whole is a whole number from `low` to `high` of `unit`; `unset` (when not None) says
+    what no value means, and allows it."""
+
+    def __init__(self, low: int, high: int, unit: str, *, unset: str | None = None) -> None:
+        self.low, self.high, self.unset = low, high, unset
+        self.accepted = f"a whole number of {unit} from {low} to {_fmt(high)}"
+        if unset is not None:
+            self.accepted += f", or empty {unset}"
+
+    def __call__(self, raw: object) -> int | None:
+        if self.unset is not None and _is_unset(raw):
+            return None
+        if isinstance(raw, str):
+            if not _WHOLE.fullmatch(raw.strip()):
+                raise Invalid()
+            value = int(raw.strip())
+        elif isinstance(raw, int) and not isinstance(raw, bool):
+            value = raw
+        else:
+            raise Invalid()
+        if not self.low <= value <= self.high:
+            raise Invalid("out of range")
+        return value
+
+
+class Choice(Parser):
+    """Choice is one of a few exact words or numbers."""
+
+    def __init__(self, *options: str | int) -> None:
+        self.options = options
+        shown = [f"'{o}'" if isinstance(o, str) else str(o) for o in options]
+        self.accepted = ", ".join(shown[:-1]) + " or " + shown[-1] if len(shown) > 1 else shown[0]
+
+    def __call__(self, raw: object) -> Any:
+        for option in self.options:
+            if isinstance(option, int):
+                if isinstance(raw, str) and raw.strip() == str(option):
+                    return option
+                if type(raw) is int and raw == option:
+                    return option
+            elif isinstance(raw, str) and raw.strip() == option:
+                return option
+        raise Invalid()
+
+
+# One rate only: `limits` would also take "1/second;5/minute" (keeping only the first) and
+# "10 per 0 seconds" (as per 1 second), both silently not what was written.
+_ONE_RATE = re.compile(
+    r"\s*([0-9]{1,12})\s*(?:/|\s*per\s*)\s*([0-9]{1,12})?\s*[a-z]+\s*", re.I | re.ASCII
+)
+MAX_RATE_AMOUNT = 1_000_000_000
+MAX_RATE_PERIOD_S = 366 * 86400
+
+
+class Rate(Parser):
+    """Rate is a token refill rate in limits notation, kept as written (stripped)."""
+
+    accepted = (
+        "a rate in limits notation such as '100/second', '6000/minute' or '10 per 2 seconds', "
+        f"of 1 to {_fmt(MAX_RATE_AMOUNT)} per period, a period of at most a year, "
+        "or empty for no rate limit"
+    )
+
+    def __call__(self, raw: object) -> str | None:
+        if _is_unset(raw):
+            return None
+        if not isinstance(raw, str):
+            raise Invalid()
+        rate = raw.strip()
+        one = _ONE_RATE.fullmatch(rate)
+        if one is None:
+            raise Invalid()
+        if int(one.group(1)) < 1:
+            raise Invalid("the amount must be at least 1")
+        if one.group(2) is not None and int(one.group(2)) == 0:
+            raise Invalid("the period must be at least 1")
+        try:
+            item = limits.parse(rate)
+        except ValueError:
+            raise Invalid() from None
+        if item.amount > MAX_RATE_AMOUNT:
+            raise Invalid(f"the amount must be at most {_fmt(MAX_RATE_AMOUNT)}")
+        if item.get_expiry() > MAX_RATE_PERIOD_S:
+            raise Invalid("the period must be at most a year")
+        return rate
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,100}")
+
+
+class Key(Parser):
+    """Key is what identifies a client."""
+
+    accepted = "'ip', 'global' or 'header:<Header-Name>'"
+
+    def __call__(self, raw: object) -> str:
+        if not isinstance(raw, str):
+            raise Invalid()
+        key = raw.strip()
+        if key in ("ip", "global"):
+            return key
+        name = key[len("header:") :].strip() if key.lower().startswith("header:") else ""
+        if not _HEADER_NAME.fullmatch(name):
+            raise Invalid()
+        return "header:" + name
+
+
+MAX_LIST_ITEMS = 256
+
+
+def _items(raw: object) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        items: list[object] = list(raw.split(","))
+    elif isinstance(raw, tuple | list):
+        items = list(raw)
+    else:
+        raise Invalid()
+    if not all(isinstance(item, str) for item in items):
+        raise Invalid()
+    found = tuple(str(item).strip() for item in items if str(item).strip())
+    if len(found) > MAX_LIST_ITEMS:
+        raise Invalid(f"more than {MAX_LIST_ITEMS} entries")
+    return found
+
+
+class Networks(Parser):
+    """Networks is a list of IP addresses or CIDRs, none of which is everything."""
+
+    accepted = (
+        "comma-separated IP addresses or CIDRs such as '10.0.0.0/8,::1', at most "
+        f"{MAX_LIST_ITEMS}, none of them '/0', or empty to trust none"
+    )
+
+    def __call__(self, raw: object) -> tuple[str, ...]:
+        proxies = _items(raw)
+        for proxy in proxies:
+            try:
+                network = ipaddress.ip_network(proxy, strict=True)
+            except ValueError:
+                raise Invalid() from None
+            if network.prefixlen == 0:
+                raise Invalid(
+                    f"{proxy} trusts every address, so any client could choose its own key"
+                )
+        return proxies
+
+
+class Prefixes(Parser):
+    """Prefixes is a list of URL path prefixes, none of which is every path."""
+
+    accepted = (
+        "comma-separated path prefixes, each starting with '/' such as '/static,/docs', "
+        f"at most {MAX_LIST_ITEMS}, not '/' alone, or empty for none"
+    )
+    _PATH = re.compile(r"/[!-~]{1,1023}")
+
+    def __call__(self, raw: object) -> tuple[str, ...]:
+        prefixes = _items(raw)
+        for prefix in prefixes:
+            if prefix == "/":
+                raise Invalid(
+                    "'/' exempts every path, which turns off the rate limit, the window "
+                    "and the drain"
+                )
+            if not self._PATH.fullmatch(prefix):
+                raise Invalid()
+        return prefixes
+
+
+class KeyPrefix(Parser):
+    """KeyPrefix is the Redis key prefix."""
+
+    accepted = "1 to 64 letters, digits or '.', '_', ':', '-', such as 'admission' or 'svc:prod'"
+    _PREFIX = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+    def __call__(self, raw: object) -> str:
+        if not isinstance(raw, str) or not self._PREFIX.fullmatch(raw):
+            raise Invalid()
+        return raw
+
+
+MAX_URI_LENGTH = 4096
+_PRINTABLE = re.compile(r"[!-~]+")
+
+
+class Storage(Parser):
+    """Storage is 'memory://' or a Redis URI that redis-py would accept."""
+
+    accepted = (
+        "'memory://' or a Redis URI: redis://, rediss://, redis+unix://, "
+        "redis+cluster://host:port[,host:port], redis+sentinel://host:port[,host:port]/service"
+    )
+
+    def __call__(self, raw: object) -> str:
+        if not isinstance(raw, str) or len(raw) > MAX_URI_LENGTH:
+            raise Invalid()
+        if not _PRINTABLE.fullmatch(raw.strip()):
+            raise Invalid("only printable ASCII: percent-encode other characters")
+        return _check_storage(raw.strip())
 
 
 @dataclasses.dataclass(frozen=True)
+class Spec:
+    """Spec is how one setting is read, checked and shown: `parse` (with its accepted form),
+    `meaning` (one line for the docs and help), `redact` (how a value is shown when it may
+    hold a secret), and `fallback` (how an unset value that follows another setting is shown
+    by `admission config`)."""
+
+    parse: Parser
+    meaning: str
+    redact: Callable[[str], str] | None = None
+    fallback: Callable[[Settings], str | None] | None = None
+
+    def show(self, value: object) -> str:
+        """show is `value` as any output may print it: secrets redacted."""
+        if isinstance(value, tuple):
+            text = ",".join(as_text(v) for v in value)
+        else:
+            text = "" if value is None else as_text(value)
+        return self.redact(text) if self.redact is not None else text
+
+
+def setting(
+    default: Any,
+    parse: Parser,
+    meaning: str,
+    *,
+    redact: Callable[[str], str] | None = None,
+    fallback: Callable[[Settings], str | None] | None = None,
+) -> Any:
+    """setting is one entry of the table: a dataclass field whose metadata is its `Spec`."""
+    return dataclasses.field(
+        default=default, metadata={"spec": Spec(parse, meaning, redact, fallback)}
+    )
+
+
+def _burst_fallback(s: Settings) -> str | None:
+    return f"{s.capacity} (the rate's amount)" if s.rate is not None else None
+
+
+def _waiters_fallback(s: Settings) -> str | None:
+    return f"{s.waiters_cap} (the window size)" if s.waiters_cap else None
+
+
+def _ws_fallback(s: Settings) -> str | None:
+    return f"{s.window} (the window size)" if s.window is not None else None
+
+
+_TIMEOUT_LIMIT_S = 86400.0
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
 class Settings:
     """Settings is the whole configuration, frozen and validated at construction.
 
     Every field has an `ADMISSION_<FIELD>` environment variable; `Settings.from_env()` reads them.
     Durations are seconds. `None` means "off" for `rate`, `window` and the four timeouts.
-    A bad value raises `ConfigError` naming the variable, the value and the accepted form.
+    Bad values raise one `ConfigError` with a line per bad variable, secrets redacted.
+    Values given in code are parsed like the environment's (a string or the field's type).
     """
 
-    rate: str | None = None
-    burst: int | None = None
-    key: str = "ip"
-    trusted_proxies: tuple[str, ...] | str = ()
-    storage: str = "memory://"
-    storage_timeout: float = 0.05
-    on_storage_error: Literal["local", "allow", "deny"] = "local"
-    window: int | None = None
-    window_status: int = 429
-    queue_timeout: float = 0.0
-    max_waiters: int | None = None
-    websocket_window: int | None = None
-    read_timeout: float | None = None
-    write_timeout: float | None = None
-    idle_timeout: float | None = None
-    request_timeout: float | None = None
-    drain_delay: float = 0.0
-    drain_timeout: float = 30.0
-    cleanup_timeout: float = 5.0
-    exempt: tuple[str, ...] | str = ()
-    max_keys: int = 1_000_000
-    key_prefix: str = "admission"
+    rate: str | None = setting(None, Rate(), "token refill rate per client key")
+    burst: int | None = setting(
+        None,
+        Whole(1, MAX_RATE_AMOUNT, "tokens", unset="for the rate's amount"),
+        "bucket capacity in tokens",
+        fallback=_burst_fallback,
+    )
+    key: str = setting("ip", Key(), "what identifies a client")
+    trusted_proxies: tuple[str, ...] | str = setting(
+        (), Networks(), "proxies whose X-Forwarded-For/Forwarded is believed"
+    )
+    storage: str = setting(
+        "memory://", Storage(), "where the buckets live", redact=lambda v: redact_uri(v)
+    )
+    storage_timeout: float = setting(0.05, Seconds(0.001, 60), "seconds one store call may take")
+    on_storage_error: Literal["local", "allow", "deny"] = setting(
+        "local", Choice("local", "allow", "deny"), "what a store failure means for a request"
+    )
+    window: int | None = setting(
+        None,
+        Whole(1, 1_000_000, "requests", unset="for no window"),
+        "max requests in flight per process",
+    )
+    window_status: int = setting(429, Choice(429, 503), "status when the window is full")
+    queue_timeout: float = setting(
+        0.0,
+        Seconds(0.001, 3600, zero="to refuse at once when the window is full"),
+        "seconds a request may wait for a free slot",
+    )
+    max_waiters: int | None = setting(
+        None,
+        Whole(0, 1_000_000, "requests", unset="for the window size"),
+        "requests that may wait for a slot at once",
+        fallback=_waiters_fallback,
+    )
+    websocket_window: int | None = setting(
+        None,
+        Whole(1, 1_000_000, "websocket connections", unset="for the same as ADMISSION_WINDOW"),
+        "max websocket connections open per process",
+        fallback=_ws_fallback,
+    )
+    read_timeout: float | None = setting(
+        None, Seconds(0.001, _TIMEOUT_LIMIT_S, unset="for none"), "seconds to read the body"
+    )
+    write_timeout: float | None = setting(
+        None, Seconds(0.001, _TIMEOUT_LIMIT_S, unset="for none"), "seconds one send may block"
+    )
+    idle_timeout: float | None = setting(
+        None,
+        Seconds(0.001, _TIMEOUT_LIMIT_S, unset="for none"),
+        "max seconds between two body chunks or messages",
+    )
+    request_timeout: float | None = setting(
+        None, Seconds(0.001, _TIMEOUT_LIMIT_S, unset="for none"), "handler deadline in seconds"
+    )
+    drain_delay: float = setting(
+        0.0,
+        Seconds(0.001, 3600, zero="for no delay"),
+        "seconds of failing readiness while still serving",
+    )
+    drain_timeout: float = setting(
+        30.0, Seconds(0.001, 3600), "seconds to wait for in-flight requests to finish"
+    )
+    cleanup_timeout: float = setting(
+        5.0, Seconds(0.001, 600), "seconds the release of resources may take"
+    )
+    exempt: tuple[str, ...] | str = setting((), Prefixes(), "path prefixes never limited")
+    max_keys: int = setting(
+        1_000_000, Whole(1, 100_000_000, "keys"), "client keys the memory store remembers"
+    )
+    key_prefix: str = setting("admission", KeyPrefix(), "prefix of the Redis keys")
 
     def __post_init__(self) -> None:
-        set_ = object.__setattr__
-        if self.rate is not None:
-            rate = str(self.rate).strip()
-            if not rate:
-                set_(self, "rate", None)
-            else:
-                one = _ONE_RATE.match(rate)
-                if one is None or (one.group(1) is not None and int(one.group(1)) == 0):
-                    raise _fail("rate", self.rate, ACCEPTED["rate"])
-                try:
-                    item = limits.parse(rate)
-                except ValueError:
-                    raise _fail("rate", self.rate, ACCEPTED["rate"]) from None
-                if item.amount < 1:
-                    raise _fail("rate", self.rate, ACCEPTED["rate"])
-                set_(self, "rate", rate)
-        if self.burst is not None:
-            if self.rate is None:
-                raise _fail("burst", self.burst, "no burst while ADMISSION_RATE is unset: set both")
-            set_(self, "burst", _whole("burst", self.burst, ACCEPTED["burst"], minimum=1))
-        key = str(self.key).strip()
-        if key not in ("ip", "global"):
-            name = key[len("header:") :].strip() if key.lower().startswith("header:") else ""
-            if not _HEADER_NAME.match(name):
-                raise _fail("key", self.key, ACCEPTED["key"])
-            key = "header:" + name
-        set_(self, "key", key)
-        proxies = _split(self.trusted_proxies)
-        for proxy in proxies:
+        problems: list[Problem] = []
+        failed: set[str] = set()
+        for field, spec in specs().items():
+            raw = getattr(self, field)
             try:
-                ipaddress.ip_network(proxy, strict=True)
-            except ValueError:
-                raise _fail(
-                    "trusted_proxies", self.trusted_proxies, ACCEPTED["trusted_proxies"]
-                ) from None
-        set_(self, "trusted_proxies", proxies)
-        set_(self, "storage", _check_storage(str(self.storage).strip()))
-        set_(
-            self,
-            "storage_timeout",
-            _number(
-                "storage_timeout",
-                self.storage_timeout,
-                ACCEPTED["storage_timeout"],
-                minimum=0,
-                inclusive=False,
-            ),
-        )
-        if self.on_storage_error not in ("local", "allow", "deny"):
-            raise _fail("on_storage_error", self.on_storage_error, ACCEPTED["on_storage_error"])
-        for name in ("window", "websocket_window"):
-            value = getattr(self, name)
-            if value is not None:
-                set_(self, name, _whole(name, value, ACCEPTED[name], minimum=1))
-        status = _whole("window_status", self.window_status, ACCEPTED["window_status"], minimum=0)
-        if status not in (429, 503):
-            raise _fail("window_status", self.window_status, ACCEPTED["window_status"])
-        set_(self, "window_status", status)
-        set_(
-            self,
-            "queue_timeout",
-            _number(
-                "queue_timeout",
-                self.queue_timeout,
-                ACCEPTED["queue_timeout"],
-                minimum=0,
-                inclusive=True,
-            ),
-        )
-        if self.queue_timeout > 0 and self.window is None:
-            # Without a window nothing ever waits: the setting would silently do nothing.
-            raise _fail(
-                "queue_timeout",
-                self.queue_timeout,
-                "no queue timeout while ADMISSION_WINDOW is unset",
-            )
-        if self.max_waiters is not None:
-            raw = self.max_waiters
-            set_(
-                self, "max_waiters", _whole("max_waiters", raw, ACCEPTED["max_waiters"], minimum=0)
-            )
-            if self.window is None or self.queue_timeout <= 0:
-                accepted = (
-                    "no waiter cap unless ADMISSION_WINDOW and ADMISSION_QUEUE_TIMEOUT are set"
+                object.__setattr__(self, field, spec.parse(raw))
+            except Invalid as exc:
+                failed.add(field)
+                reason = f"{exc.reason}; " if exc.reason else ""
+                shown = _shown_in_error(spec, raw)
+                problems.append(
+                    Problem(_env_name(field), shown, f"{reason}expected {spec.parse.accepted}")
                 )
-                raise _fail("max_waiters", raw, accepted)
-        for name in ("read_timeout", "write_timeout", "idle_timeout", "request_timeout"):
-            value = getattr(self, name)
-            if value is not None:
-                set_(self, name, _number(name, value, ACCEPTED[name], minimum=0, inclusive=False))
-        set_(
-            self,
-            "drain_delay",
-            _number(
-                "drain_delay", self.drain_delay, ACCEPTED["drain_delay"], minimum=0, inclusive=True
-            ),
+        for rule in RULES:
+            if failed.isdisjoint(rule.fields):
+                why = rule.check(self)
+                if why is not None:
+                    field = rule.fields[0]
+                    shown = _shown_in_error(specs()[field], getattr(self, field))
+                    problems.append(Problem(_env_name(field), shown, why))
+        if problems:
+            raise ConfigError.of(problems)
+        # Derived values, computed once here rather than on every access.
+        item = limits.parse(self.rate) if self.rate is not None else None
+        object.__setattr__(self, "_rate_item", item)
+        object.__setattr__(
+            self, "_interval_s", math.inf if item is None else item.get_expiry() / item.amount
         )
-        for name in ("drain_timeout", "cleanup_timeout"):
-            set_(
-                self,
-                name,
-                _number(name, getattr(self, name), ACCEPTED[name], minimum=0, inclusive=False),
-            )
-        exempt = _split(self.exempt)
-        if any(not prefix.startswith("/") for prefix in exempt):
-            raise _fail("exempt", self.exempt, ACCEPTED["exempt"])
-        set_(self, "exempt", exempt)
-        set_(self, "max_keys", _whole("max_keys", self.max_keys, ACCEPTED["max_keys"], minimum=1))
-        prefix = str(self.key_prefix)
-        if not prefix or any(c in prefix for c in " {}\t\r\n"):
-            raise _fail("key_prefix", self.key_prefix, ACCEPTED["key_prefix"])
+        capacity = 0 if item is None else self.burst if self.burst is not None else item.amount
+        object.__setattr__(self, "_capacity", capacity)
+        object.__setattr__(
+            self,
+            "_networks",
+            tuple(ipaddress.ip_network(p, strict=True) for p in self.trusted_proxies),
+        )
+        waiters = 0
+        if self.queue_timeout > 0 and self.window is not None:
+            waiters = self.max_waiters if self.max_waiters is not None else self.window
+        object.__setattr__(self, "_waiters_cap", waiters)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Settings.from_env builds settings from `ADMISSION_*` variables in `environ`
         (default: the process environment); `overrides` win over the environment. An empty
-        variable counts as unset. Unknown `ADMISSION_*` variables are refused, since a typo
-        would otherwise silently leave a limit off."""
+        variable counts as unset. Unknown `ADMISSION_*` variables are refused (a typo would
+        otherwise silently leave a limit off), with the closest known name. Every bad
+        variable is reported in the one `ConfigError`."""
         env = os.environ if environ is None else environ
-        known = {_env_name(f.name): f.name for f in dataclasses.fields(cls)}
+        names = {_env_name(name): name for name in specs()}
         values: dict[str, Any] = {}
+        unknown: list[Problem] = []
         for var, raw in env.items():
             if not var.startswith(ENV_PREFIX):
                 continue
-            if var not in known:
-                raise ConfigError(var, raw, "one of " + ", ".join(sorted(known)))
-            if raw.strip() == "":
-                continue
-            values[known[var]] = raw.strip()
+            if var not in names:
+                unknown.append(Problem(var, redact_uri(raw), _unknown_reason(var, names)))
+            elif raw.strip() != "":
+                values[names[var]] = raw.strip()
         values.update(overrides)
-        return cls(**values)
+        try:
+            settings = cls(**values)
+        except ConfigError as exc:
+            raise ConfigError.of([*unknown, *exc.problems]) from None
+        if unknown:
+            raise ConfigError.of(unknown)
+        return settings
 
     @property
     def rate_item(self) -> limits.RateLimitItem | None:
         """rate_item is the parsed `rate`, or None when there is no rate limit."""
-        return limits.parse(self.rate) if self.rate else None
+        return self._rate_item  # type: ignore[no-any-return,attr-defined]
 
     @property
     def emission_interval_s(self) -> float:
         """emission_interval_s is the seconds one token takes to refill; inf without a rate."""
-        item = self.rate_item
-        if item is None:
-            return math.inf
-        return item.get_expiry() / item.amount
+        return self._interval_s  # type: ignore[no-any-return,attr-defined]
 
     @property
     def capacity(self) -> int:
         """capacity is the bucket size: `burst`, else the rate's amount; 0 without a rate."""
-        item = self.rate_item
-        if item is None:
-            return 0
-        return self.burst if self.burst is not None else item.amount
+        return self._capacity  # type: ignore[no-any-return,attr-defined]
 
     @property
     def trusted_networks(self) -> tuple[Network, ...]:
         """trusted_networks is `trusted_proxies` parsed into networks."""
-        return tuple(ipaddress.ip_network(p, strict=True) for p in self.trusted_proxies)
+        return self._networks  # type: ignore[no-any-return,attr-defined]
 
     @property
     def waiters_cap(self) -> int:
         """waiters_cap is how many requests may wait for a slot at once: `max_waiters`, else the
         window size (so waiters never outnumber the requests being served), 0 without a wait."""
-        if self.queue_timeout <= 0 or self.window is None:
-            return 0
-        return self.max_waiters if self.max_waiters is not None else self.window
+        return self._waiters_cap  # type: ignore[no-any-return,attr-defined]
 
     def describe(self) -> list[tuple[str, str]]:
-        """describe lists each variable with its effective value, secrets redacted."""
+        """describe lists each variable with its effective value, secrets redacted; an unset
+        value that follows another setting says which value it takes."""
         rows = []
+        for field, spec in specs().items():
+            value = getattr(self, field)
+            shown = spec.fallback(self) if value is None and spec.fallback else None
+            if shown is None:
+                shown = "(unset)" if value is None else spec.show(value)
+            rows.append((_env_name(field), shown))
+        return rows
+
+    def __repr__(self) -> str:
+        """__repr__ shows the fields that differ from their defaults, secrets redacted, so
+        that a settings object in a log or a traceback never shows a password."""
+        parts = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if f.name == "storage":
-                shown = redact_uri(value)
-            elif isinstance(value, tuple):
-                shown = ",".join(value)
-            elif f.name == "max_waiters" and value is None and self.waiters_cap:
-                shown = f"{self.waiters_cap} (the window size)"
-            elif f.name == "websocket_window" and value is None and self.window is not None:
-                shown = f"{self.window} (the window size)"
-            elif f.name == "burst" and value is None and self.rate is not None:
-                shown = f"{self.capacity} (the rate's amount)"
-            elif value is None:
-                shown = "(unset)"
-            else:
-                shown = str(value)
-            rows.append((_env_name(f.name), shown))
-        return rows
+            if value == f.default:
+                continue
+            spec: Spec = f.metadata["spec"]
+            shown = spec.show(value) if spec.redact is not None else value
+            parts.append(f"{f.name}={shown!r}")
+        return f"Settings({', '.join(parts)})"
+
+
+def specs() -> dict[str, Spec]:
+    """specs is the table: every setting's field name and its `Spec`, in declaration order."""
+    return _SPECS
+
+
+_SPECS: dict[str, Spec] = {f.name: f.metadata["spec"] for f in dataclasses.fields(Settings)}
+ACCEPTED: dict[str, str] = {name: spec.parse.accepted for name, spec in _SPECS.items()}
+"""ACCEPTED is each field's accepted form, as the messages state it."""
+
+
+def accepted_markdown() -> str:
+    """accepted_markdown is the table of every variable, its default and its accepted values
+    (with their ranges), as docs/configuration.md shows it between its `accepted` markers."""
+    rows = ["| variable | default | accepted |", "|---|---|---|"]
+    for f in dataclasses.fields(Settings):
+        spec: Spec = f.metadata["spec"]
+        default = spec.show(f.default) if f.default not in (None, ()) else "unset"
+        accepted = spec.parse.accepted.replace("|", "\\|")
+        rows.append(f"| `{_env_name(f.name)}` | `{default}` | {accepted} |")
+    return "\n".join(rows)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """Rule is a check across settings: `check` returns why the first of `fields` is refused
+    (a setting that would do nothing, or everything, given the others), or None."""
+
+    fields: tuple[str, ...]
+    check: Callable[[Settings], str | None]
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        ("burst", "rate"),
+        lambda s: (
+            "a burst without ADMISSION_RATE does nothing: set both, or neither"
+            if s.burst is not None and s.rate is None
+            else None
+        ),
+    ),
+    Rule(
+        ("queue_timeout", "window"),
+        lambda s: (
+            "a queue timeout without ADMISSION_WINDOW does nothing: nothing ever waits"
+            if s.queue_timeout > 0 and s.window is None
+            else None
+        ),
+    ),
+    Rule(
+        ("max_waiters", "window", "queue_timeout"),
+        lambda s: (
+            "a waiter cap does nothing unless ADMISSION_WINDOW and ADMISSION_QUEUE_TIMEOUT are set"
+            if s.max_waiters is not None and (s.window is None or s.queue_timeout <= 0)
+            else None
+        ),
+    ),
+    Rule(
+        ("max_waiters", "queue_timeout"),
+        lambda s: (
+            "0 waiters with ADMISSION_QUEUE_TIMEOUT set means no request ever waits: "
+            "set ADMISSION_MAX_WAITERS to 1 or more, or ADMISSION_QUEUE_TIMEOUT=0"
+            if s.max_waiters == 0 and s.queue_timeout > 0 and s.window is not None
+            else None
+        ),
+    ),
+)
+
+
+def _shown_in_error(spec: Spec, raw: object) -> str:
+    # A refused value may be a secret in the wrong variable (a Redis URI given to
+    # ADMISSION_KEY): every refused value is shown as a URI would be, credentials hidden.
+    return redact_uri(spec.show(raw))
+
+
+def _unknown_reason(var: str, names: Iterable[str]) -> str:
+    # Compared without the common prefix, which would make every name look close.
+    tails = {name[len(ENV_PREFIX) :]: name for name in names}
+    tail = var[len(ENV_PREFIX) :]
+    # A known name with something added at its end (RATE_LIMIT, WINDOW_SIZE) is the likeliest
+    # meaning; otherwise the closest spelling.
+    close = sorted(
+        (t for t in tails if tail.startswith(t + "_")),
+        key=len,
+        reverse=True,
+    )[:1] or difflib.get_close_matches(tail, list(tails), n=1, cutoff=0.6)
+    hint = (
+        f"did you mean {tails[close[0]]}?"
+        if close
+        else "the settings are listed in docs/configuration.md"
+    )
+    return f"not an admission setting: {hint}"
+
+
+# --- redaction -----------------------------------------------------------------------------
+
+# A query parameter whose name contains one of these holds a credential (password,
+# sentinel_password, ssl_password, token, auth, api_key, ...): its value is never shown.
+_SECRET_PARAM = re.compile(r"pass|pwd|secret|token|auth|key|cred", re.IGNORECASE)
 
 
 def redact_uri(uri: str) -> str:
-    """redact_uri replaces the password in a storage URI with '***'."""
-    parts = urllib.parse.urlsplit(uri)
-    if parts.password is None:
-        return uri
-    userinfo, _, hostinfo = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+    """redact_uri is `uri` with every credential replaced by '***': the password of the
+    userinfo (everything before the last '@', so that an unencoded '#', '/', '?' or '@' in a
+    password never shows; the user name only when a ':' separates it), every query parameter
+    whose name suggests a secret, and any fragment. It works on malformed URIs too, erring on
+    the side of hiding more."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        scheme, rest = "", uri
+    head = f"{scheme}{sep}"
+    if "@" in rest:
+        userinfo, _, rest = rest.rpartition("@")
+        user, colon, _password = userinfo.partition(":")
+        if not sep and not colon:
+            head = ""
+        safe_user = user if colon and "/" not in user and "?" not in user else ""
+        head += f"{safe_user}:***@" if colon else "***@"
+    if "#" in rest:
+        rest = rest.split("#", 1)[0] + "#***"
+    if "?" in rest:
+        path, _, query = rest.partition("?")
+        fragment = ""
+        if query.endswith("#***"):
+            query, fragment = query[: -len("#***")], "#***"
+        params = []
+        for param in query.split("&"):
+            name, eq, _value = param.partition("=")
+            params.append(f"{name}=***" if eq and _SECRET_PARAM.search(name) else param)
+        rest = f"{path}?{'&'.join(params)}{fragment}"
+    return head + rest
 
 
 def _check_storage(uri: str) -> str:
-    accepted = ACCEPTED["storage"]
     scheme, sep, rest = uri.partition("://")
     if not sep or scheme not in STORAGE_SCHEMES:
-        raise _fail("storage", redact_uri(uri), accepted)
+        raise Invalid()
     if scheme == "memory":
         if rest not in ("", "/"):
-            raise _fail("storage", redact_uri(uri), accepted)
+            raise Invalid()
         return "memory://"
+    if "#" in uri:
+        # A fragment means nothing to Redis: it is a password with an unencoded '#'.
+        raise Invalid("a '#' must be percent-encoded as %23 in a password")
     try:
         parts = urllib.parse.urlsplit(uri)
         if scheme in ("redis+cluster", "redis+sentinel"):
@@ -350,7 +719,7 @@ def _check_storage(uri: str) -> str:
                     raise ValueError(loc)
             if scheme == "redis+sentinel":
                 path = [p for p in parts.path.split("/") if p]
-                if not 1 <= len(path) <= 2 or (len(path) == 2 and not path[1].isdigit()):
+                if not 1 <= len(path) <= 2 or (len(path) == 2 and not _WHOLE.fullmatch(path[1])):
                     raise ValueError("service name and db")
         elif scheme == "redis+unix":
             if not parts.path:
@@ -358,11 +727,12 @@ def _check_storage(uri: str) -> str:
             _check_redis_options("unix://" + rest)
         else:
             _ = parts.port  # raises ValueError on a bad port
-            if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+            db = parts.path.strip("/")
+            if db and not _WHOLE.fullmatch(db):
                 raise ValueError("db")
             _check_redis_options(uri)
     except ValueError:
-        raise _fail("storage", redact_uri(uri), accepted) from None
+        raise Invalid() from None
     return uri
 
 
@@ -372,7 +742,10 @@ def _check_redis_options(uri: str) -> None:
     from redis.asyncio.connection import Connection, parse_url
     from redis.exceptions import RedisError
 
-    kwargs: dict[str, Any] = dict(parse_url(uri))  # raises ValueError on a bad value
+    try:
+        kwargs: dict[str, Any] = dict(parse_url(uri))
+    except (TypeError, RedisError) as exc:
+        raise ValueError(str(exc)) from None
     connection_class = kwargs.pop("connection_class", Connection)
     try:
         connection_class(**kwargs)  # builds the object only; nothing connects
@@ -380,4 +753,4 @@ def _check_redis_options(uri: str) -> None:
         raise ValueError(str(exc)) from None
 
 
-ParseFn = Callable[[str], Any]
+__all__ = ["ACCEPTED", "ConfigError", "Settings", "quote", "redact_uri", "setting", "specs"]

@@ -162,3 +162,54 @@ def test_serve_with_an_app_that_does_not_load_exits_2_with_one_line() -> None:
     assert result.returncode == 2
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert "no_such_module_here:app" in result.stderr
+
+
+def test_config_reports_every_bad_variable_at_once_one_line_each() -> None:
+    env = clean_env(ADMISSION_WINDOW="0", ADMISSION_DRAIN_DELAY="1e308", ADMISSION_WINDOE="8")
+    result = run_cli("config", env=env)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 3, result.stderr
+    assert all(line.startswith("admission: ADMISSION_") for line in lines)
+    assert "did you mean ADMISSION_WINDOW?" in result.stderr
+
+
+@pytest.mark.parametrize("field", sorted(FIRST_BAD))
+def test_config_over_garbage_values_exits_0_or_2_with_one_line_each_and_no_traceback(
+    field: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.test_settings import GARBAGE, NEEDS
+
+    for name in list(os.environ):
+        if name.startswith("ADMISSION_"):
+            monkeypatch.delenv(name)
+    variable = "ADMISSION_" + field.upper()
+    for name, value in NEEDS.get(field, {}).items():
+        monkeypatch.setenv(name, value)
+    for raw in [*GARBAGE, " "]:
+        if "\x00" in raw:
+            continue  # an environment can't hold it
+        monkeypatch.setenv(variable, raw)
+        try:
+            code = main(["config"])
+        except SystemExit as exc:
+            code = exc.code  # type: ignore[assignment]
+        out, err = capsys.readouterr()
+        if code == 0:
+            assert err == "" and len(out.splitlines()) == len(FIRST_BAD), raw
+        else:
+            assert code == 2 and out == "", raw
+            assert err.startswith(f"admission: {variable}=") and len(err.splitlines()) == 1, err
+        assert "Traceback" not in out + err and "s3cret" not in out + err
+
+
+def test_config_process_with_every_variable_bad_prints_one_line_for_each() -> None:
+    env = clean_env(**{"ADMISSION_" + f.upper(): "1" * 310 for f in FIRST_BAD})
+    result = run_cli("config", env=env)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == len(FIRST_BAD), result.stderr
+    assert {line.split("=", 1)[0] for line in lines} == {
+        "admission: ADMISSION_" + f.upper() for f in FIRST_BAD
+    }

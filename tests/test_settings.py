@@ -24,10 +24,22 @@ BAD: dict[str, list[str]] = {
         "10 per 0 seconds",
         "1/second;1000/minute",
         "1/second,2/minute",
+        "1000000001/second",
+        "1/100000 days",
+        "\u0663/second",
+        "1/\u017fecond",
     ],
-    "burst": ["0", "-1", "ten", "1.5", "1e3"],
+    "burst": ["0", "-1", "ten", "1.5", "1e3", "1" * 310, "1000000001", "+5", "1_0", "\u0663"],
     "key": ["cookie", "header:", "header:X Client", "header:X-Client:2", "ipv6", "header"],
-    "trusted_proxies": ["not-an-ip", "10.0.0.0/33", "10.0.0.1/8", "10.0.0.0/8,garbage", "::1/129"],
+    "trusted_proxies": [
+        "not-an-ip",
+        "10.0.0.0/33",
+        "10.0.0.1/8",
+        "10.0.0.0/8,garbage",
+        "::1/129",
+        "0.0.0.0/0",
+        "::/0",
+    ],
     "storage": [
         "memcached://localhost:11211",
         "localhost:6379",
@@ -42,24 +54,27 @@ BAD: dict[str, list[str]] = {
         "redis://localhost:6379/0?socket_timeout=soon",
         "redis://localhost:6379/0?no_such_option=1",
         "rediss://localhost:6380/0?ssl_cert_reqs=bogus",
+        "redis://localhost:\u0663\u0663/0",
+        "redis://:pa#ss@localhost:6379/0",
+        "redis://localhost:6379/" + "0" * 5000,
     ],
-    "storage_timeout": ["0", "-0.05", "nan", "inf", "soon"],
+    "storage_timeout": ["0", "-0.05", "nan", "inf", "soon", "1e-300", "0.0001", "61", "5e-2"],
     "on_storage_error": ["ignore", "LOCAL", "fail-open", "1"],
-    "window": ["0", "-3", "1.5", "many"],
+    "window": ["0", "-3", "1.5", "many", "1" + "0" * 399, "1000001", "+5", "1_0", "\u0663"],
     "window_status": ["404", "500", "200", "abc", "429.0"],
-    "queue_timeout": ["-0.1", "nan", "inf", "later"],
-    "max_waiters": ["-1", "2.5", "x"],
-    "websocket_window": ["0", "-1", "x"],
-    "read_timeout": ["0", "-1", "inf", "x"],
+    "queue_timeout": ["-0.1", "nan", "inf", "later", "1e-300", "3601", "+1"],
+    "max_waiters": ["-1", "2.5", "x", "1000001"],
+    "websocket_window": ["0", "-1", "x", "9" * 20],
+    "read_timeout": ["0", "-1", "inf", "x", "1e-300", "86401", "\u0663"],
     "write_timeout": ["0", "-1", "nan", "x"],
     "idle_timeout": ["0", "-5", "inf", "x"],
     "request_timeout": ["0", "-30", "nan", "x"],
-    "drain_delay": ["-1", "inf", "nan", "x"],
-    "drain_timeout": ["0", "-1", "inf", "x"],
+    "drain_delay": ["-1", "inf", "nan", "x", "1e308", "3601", "0.0000001"],
+    "drain_timeout": ["0", "-1", "inf", "x", "1e308", "3601"],
     "cleanup_timeout": ["0", "-1", "nan", "x"],
-    "exempt": ["static", "/ok,bad", "healthz"],
-    "max_keys": ["0", "-1", "x", "1.5"],
-    "key_prefix": ["has space", "pre{fix", "fix}", "a\tb"],
+    "exempt": ["static", "/ok,bad", "healthz", "/", "/a b", ",".join(["/x"] * 257)],
+    "max_keys": ["0", "-1", "x", "1.5", "100000001"],
+    "key_prefix": ["has space", "pre{fix", "fix}", "a\tb", "x" * 65, "caf\u00e9"],
 }
 
 # Good values per field, the design's examples first.
@@ -100,14 +115,14 @@ GOOD: dict[str, list[tuple[str, object]]] = {
     "on_storage_error": [("local", "local"), ("allow", "allow"), ("deny", "deny")],
     "window": [("64", 64), ("1", 1)],
     "window_status": [("429", 429), ("503", 503)],
-    "queue_timeout": [("0.1", 0.1), ("0", 0.0)],
-    "max_waiters": [("0", 0), ("10", 10)],
+    "queue_timeout": [("0.1", 0.1), ("0", 0.0), ("3600", 3600.0)],
+    "max_waiters": [("1", 1), ("10", 10)],
     "websocket_window": [("8", 8)],
     "read_timeout": [("5", 5.0)],
     "write_timeout": [("3", 3.0)],
     "idle_timeout": [("60", 60.0)],
     "request_timeout": [("30", 30.0), ("0.25", 0.25)],
-    "drain_delay": [("5", 5.0), ("0", 0.0)],
+    "drain_delay": [("5", 5.0), ("0", 0.0), ("0.5", 0.5), ("3600", 3600.0)],
     "drain_timeout": [("30", 30.0)],
     "cleanup_timeout": [("5", 5.0)],
     "exempt": [
@@ -298,3 +313,243 @@ def test_config_shows_the_effective_defaults_that_follow_other_settings() -> Non
     assert rows["ADMISSION_BURST"].startswith("20")
     assert rows["ADMISSION_MAX_WAITERS"].startswith("8")
     assert rows["ADMISSION_WEBSOCKET_WINDOW"].startswith("8")
+
+
+# --- every number bounded, every field against garbage ---------------------------------------
+
+GARBAGE = [
+    "1" * 310,
+    "1" + "0" * 399,
+    "1e308",
+    "1e-300",
+    "0.0000001",
+    "-1",
+    "-0",
+    "+5",
+    "1_0",
+    "\u0663",  # ARABIC-INDIC DIGIT THREE
+    "\uff11\uff12",  # FULLWIDTH 12
+    "\u00b2",  # SUPERSCRIPT TWO
+    "nan",
+    "NaN",
+    "inf",
+    "-inf",
+    "Infinity",
+    "0",
+    "0x10",
+    "1e3",
+    "9" * 20,
+    "4294967297",
+    "/",
+    "/,/",
+    "0.0.0.0/0",
+    "::/0",
+    "\x00",
+    "\u200b",  # ZERO WIDTH SPACE
+    "x" * 5000,
+    "redis://:s3cret@h:6379/0#frag",
+    "-1/second",
+    "1/0 second",
+]
+# The range each numeric field documents; accepted values must fall inside.
+RANGES: dict[str, tuple[float, float]] = {
+    "burst": (1, 1_000_000_000),
+    "storage_timeout": (0.001, 60),
+    "window": (1, 1_000_000),
+    "queue_timeout": (0, 3600),
+    "max_waiters": (0, 1_000_000),
+    "websocket_window": (1, 1_000_000),
+    "read_timeout": (0.001, 86400),
+    "write_timeout": (0.001, 86400),
+    "idle_timeout": (0.001, 86400),
+    "request_timeout": (0.001, 86400),
+    "drain_delay": (0, 3600),
+    "drain_timeout": (0.001, 3600),
+    "cleanup_timeout": (0.001, 600),
+    "max_keys": (1, 100_000_000),
+}
+
+
+def _assert_sane(settings: Settings) -> None:
+    for field, (low, high) in RANGES.items():
+        value = getattr(settings, field)
+        if value is None:
+            continue
+        assert isinstance(value, int | float) and not isinstance(value, bool), field
+        assert math.isfinite(value) and low <= value <= high, (field, value)
+        assert value == 0 or value >= 0.001, (field, value)
+    assert settings.emission_interval_s > 0 or settings.rate is None
+    if settings.rate is not None:
+        assert 1e-9 <= settings.emission_interval_s <= 366 * 86400
+        assert 1 <= settings.capacity <= 1_000_000_000
+    assert "\n" not in "".join(value for _, value in settings.describe())
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(Settings)])
+def test_every_field_refuses_garbage_in_one_line_or_accepts_a_sane_value(field: str) -> None:
+    variable = "ADMISSION_" + field.upper()
+    for raw in [*GARBAGE, " ", "\t"]:
+        try:
+            settings = Settings.from_env(_env(field, raw))
+        except ConfigError as exc:
+            assert str(exc).startswith(variable + "="), (raw, str(exc))
+            assert "\n" not in str(exc), raw
+            assert len(str(exc)) < 800, raw
+            assert "s3cret" not in str(exc)
+            continue
+        _assert_sane(settings)
+        shown = getattr(settings, field)
+        # Empty-but-present is unset; anything else accepted must have been a plain value.
+        assert raw.strip() == "" or raw in ("0", "-0") or shown is not None, (raw, shown)
+
+
+@pytest.mark.parametrize("field", [f.name for f in dataclasses.fields(Settings)])
+@pytest.mark.parametrize(
+    "value",
+    [10**400, 10**5000, -1, math.nan, math.inf, -math.inf, 1e308, 1e-300, True, 2.5, b"1", [1]],
+    ids=lambda v: repr(v)[:20] if not isinstance(v, int) or v < 10**50 else "huge",
+)
+def test_every_field_refuses_garbage_from_code_or_accepts_a_sane_value(
+    field: str, value: object
+) -> None:
+    kwargs: dict[str, object] = {field: value}
+    try:
+        settings = Settings(**kwargs)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        assert exc.variable == "ADMISSION_" + field.upper()
+        assert "\n" not in str(exc)
+        return
+    _assert_sane(settings)
+
+
+def test_all_bad_variables_are_reported_at_once_one_line_each() -> None:
+    env = {
+        "ADMISSION_WINDOW": "0",
+        "ADMISSION_BURST": "1" * 310,
+        "ADMISSION_DRAIN_DELAY": "1e308",
+        "ADMISSION_WINDOE": "8",
+        "ADMISSION_RATE": "10/second",
+    }
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    lines = str(info.value).splitlines()
+    assert len(lines) == 4
+    assert {line.split("=", 1)[0] for line in lines} == {
+        "ADMISSION_WINDOW",
+        "ADMISSION_BURST",
+        "ADMISSION_DRAIN_DELAY",
+        "ADMISSION_WINDOE",
+    }
+    assert info.value.lines == lines
+
+
+def test_a_typo_gets_the_closest_name_not_a_list_of_all() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"ADMISSION_WINDOE": "8"})
+    message = str(info.value)
+    assert "did you mean ADMISSION_WINDOW?" in message
+    assert "ADMISSION_RATE" not in message
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"ADMISSION_FROBNICATE": "1"})
+    assert "did you mean" not in str(info.value)
+    assert str(info.value).count("ADMISSION_") <= 2
+
+
+def test_a_typo_with_a_uri_value_does_not_show_the_password() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"ADMISSION_STORAG": "redis://:s3cret@db:6379/0"})
+    assert "s3cret" not in str(info.value)
+    assert "did you mean ADMISSION_STORAGE?" in str(info.value)
+
+
+def test_a_zero_rate_says_the_amount_must_be_at_least_1() -> None:
+    with pytest.raises(ConfigError, match="the amount must be at least 1"):
+        Settings.from_env({"ADMISSION_RATE": "0/second"})
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "why"),
+    [
+        ({"ADMISSION_EXEMPT": "/"}, "ADMISSION_EXEMPT", "every path"),
+        ({"ADMISSION_EXEMPT": "/static, /"}, "ADMISSION_EXEMPT", "every path"),
+        ({"ADMISSION_TRUSTED_PROXIES": "0.0.0.0/0"}, "ADMISSION_TRUSTED_PROXIES", "every"),
+        (
+            {"ADMISSION_WINDOW": "8", "ADMISSION_QUEUE_TIMEOUT": "1", "ADMISSION_MAX_WAITERS": "0"},
+            "ADMISSION_MAX_WAITERS",
+            "no request ever waits",
+        ),
+    ],
+)
+def test_a_setting_that_would_do_nothing_or_everything_is_refused_with_its_reason(
+    env: dict[str, str], variable: str, why: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env(env)
+    assert info.value.variable == variable
+    assert why in str(info.value)
+
+
+def test_values_are_quoted_the_same_way_from_code_and_from_the_environment() -> None:
+    messages = []
+    for attempt in (
+        lambda: Settings.from_env({"ADMISSION_WINDOW": "many"}),
+        lambda: Settings(window="many"),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(ConfigError) as info:
+            attempt()
+        messages.append(str(info.value))
+    assert (
+        messages[0]
+        == messages[1]
+        == ("ADMISSION_WINDOW='many' is invalid: expected " + ACCEPTED["window"])
+    )
+    with pytest.raises(ConfigError) as info:
+        Settings(window=0)
+    assert str(info.value).startswith("ADMISSION_WINDOW='0' is invalid")
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"ADMISSION_WINDOW": "\u0663"})
+    assert str(info.value).startswith("ADMISSION_WINDOW='\\u0663' is invalid")
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"ADMISSION_BURST": "1" * 310, "ADMISSION_RATE": "1/second"})
+    assert "(310 characters)" in str(info.value) and "1" * 61 not in str(info.value)
+
+
+def test_derived_values_are_computed_once_not_per_access(monkeypatch: pytest.MonkeyPatch) -> None:
+    import admission.settings as module
+
+    settings = Settings(rate="10 per 2 seconds", burst=4, trusted_proxies="10.0.0.0/8")
+
+    def no_parse(*args: object) -> None:
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(module.limits, "parse", no_parse)
+    monkeypatch.setattr(module.ipaddress, "ip_network", no_parse)
+    for _ in range(3):
+        assert settings.rate_item is not None and settings.rate_item.amount == 10
+        assert settings.emission_interval_s == pytest.approx(0.2)
+        assert settings.capacity == 4
+        assert len(settings.trusted_networks) == 1
+
+
+def test_adding_a_setting_is_one_entry() -> None:
+    from admission.settings import Spec, specs
+
+    # Every field carries its spec: parser with its accepted form, meaning, redaction.
+    for f in dataclasses.fields(Settings):
+        spec = f.metadata["spec"]
+        assert isinstance(spec, Spec)
+        assert spec.parse.accepted and spec.meaning
+        assert specs()[f.name] is spec
+        # The default is a value its own parser accepts.
+        assert spec.parse(f.default) == f.default or f.default in ((), None)
+
+
+def test_the_documented_ranges_are_the_ones_enforced() -> None:
+    from admission.settings import accepted_markdown
+    from tests.support import REPO
+
+    text = (REPO / "docs" / "configuration.md").read_text()
+    start = text.index("\n", text.index("<!-- accepted:start")) + 1
+    end = text.index("<!-- accepted:end -->")
+    # Regenerate with the command in the marker when a setting is added or changed.
+    assert text[start:end].strip() == accepted_markdown()

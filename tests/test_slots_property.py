@@ -229,8 +229,9 @@ async def scenario(
         settings=Settings(
             window=window,
             queue_timeout=queue_timeout,
-            # A waiter cap only exists with a queue timeout (settings refuse it otherwise).
-            max_waiters=max_waiters if queue_timeout > 0 else None,
+            # A waiter cap only exists with a queue timeout, and is at least 1 there (settings
+            # refuse it otherwise: no request could ever wait).
+            max_waiters=max_waiters if queue_timeout > 0 and max_waiters != 0 else None,
             **TIMEOUTS,
         ),
         handle_signals=False,
