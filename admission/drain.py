@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from admission.ledger import Ledger
 from admission.lifetime import Lifetime
+from admission.reasons import DRAIN_DEADLINE, DRAINING
 
 log = logging.getLogger("admission.drain")
 
@@ -136,7 +137,7 @@ class Drain:
         self.phase = Phase.DRAINING
         for item in self.ledger.live():
             if item.websocket:
-                item.abort("draining")
+                item.abort(DRAINING)
         if self.ledger.in_flight:
             log.info(
                 "draining: new requests refused; waiting up to %gs for %d in flight",
@@ -154,7 +155,7 @@ class Drain:
         if stragglers:
             self.cancelled = len(stragglers)
             for item in stragglers:
-                item.abort("drain_deadline")
+                item.abort(DRAIN_DEADLINE)
             log.warning(
                 "drain deadline: cancelled %d request(s) still in flight after %.1fs",
                 len(stragglers),

@@ -1,24 +1,44 @@
 """admission.exchange: one admitted request on its way through the application.
 
-An `Exchange` wraps the request's `receive` and `send` to enforce the timeouts, watches for
-the client going away, adds admission's response headers, and can abort the application for a
-reason (a timeout, a disconnect, the drain). Aborting cancels the request's task; the
-middleware catches that one cancellation and turns it into the right answer: 408, 504, 503,
-a websocket close, or a closed connection when the response had already started.
+The middleware hands an admitted request to `Exchange.run` once, and the exchange finishes it
+whatever happens: it attaches itself to the scope (for `admission.context`), enters the ledger,
+wraps the request's `receive` and `send` to enforce the timeouts, adds admission's response
+headers, watches for the client going away, and can abort the application for a `Reason` (a
+timeout, a disconnect, the drain). Aborting cancels the request's task; `run` catches that one
+cancellation and turns it into the reason's answer: 408, 504, 503, a websocket close, or a
+dropped connection when the response had already started. On the way out it closes the
+request's lifetime, leaves the ledger and detaches from the scope.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import sys
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from time import perf_counter
 from typing import Protocol
 
+from admission.context import STATE_KEY
 from admission.ledger import Ledger
 from admission.lifetime import Lifetime
-from admission.responses import Message, Receive, Scope, Send
+from admission.metrics import Stats
+from admission.reasons import (
+    DEADLINE,
+    DISCONNECT,
+    IDLE_TIMEOUT,
+    READ_TIMEOUT,
+    WRITE_TIMEOUT,
+    Reason,
+)
+from admission.responses import Message, Receive, Scope, Send, send_problem
+from admission.transport import abort_connection
+
+log = logging.getLogger("admission")
+
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # How long a request runs before a watcher listens for the client going away: short requests
 # never pay for a watcher task, long ones learn of a hang-up within this delay.
@@ -55,20 +75,52 @@ class DrainFlag(Protocol):
     begun: bool
 
 
+class Shared:
+    """Shared is what every exchange of one middleware reads and counts on: the timeouts, the
+    drain's flag, the ledger of requests in flight, the statistics and the disconnect watch.
+
+    `clock` stands in for the event loop's clock in `time_left` (None: the loop's own).
+    `drop_connection` drops a client's connection outright (a client that stopped reading
+    would never take a closing answer); it says False where the server doesn't allow it.
+    """
+
+    def __init__(
+        self,
+        timeouts: Timeouts,
+        drain: DrainFlag,
+        *,
+        ledger: Ledger | None = None,
+        stats: Stats | None = None,
+        clock: Callable[[], float] | None = None,
+        drop_connection: Callable[[Send], bool] = abort_connection,
+    ) -> None:
+        self.timeouts = timeouts
+        self.drain = drain
+        self.ledger = ledger if ledger is not None else Ledger()
+        self.stats = stats if stats is not None else Stats()
+        self.watch = DisconnectWatch(self.ledger)
+        self.clock = clock
+        self.drop_connection = drop_connection
+        # Without write and idle timeouts, responses go through the exchange's lean `send`.
+        self.untimed_send = timeouts.write_s is None and timeouts.idle_s is None
+
+
 class Exchange:
     """Exchange is the per-request state: nothing about a request lives on the middleware.
 
-    `begin()` arms the timers, `end()` disarms everything. `loop` and `task` are the running
-    loop and the request's task, which an abort cancels. `begun_at` is the
-    `time.perf_counter()` reading at admission. `deadline` is the loop time at which the
-    handler is cancelled (None: no deadline); `draining()` says whether the service has begun
-    to drain. `lifetime` is created on first use by `admission.context.request_lifetime` and
-    closed when the request ends.
+    `run(app)` runs the application and finishes the request (see the module's docstring).
+    `begin()` arms the timers, `end()` disarms everything. `task` is the request's task, which
+    an abort cancels. `begun_at` is the `time.perf_counter()` reading at admission. `deadline`
+    is the loop time at which the handler is cancelled (None: no deadline); `draining()` says
+    whether the service has begun to drain. `lifetime` is created on first use by
+    `admission.context.request_lifetime` and closed when the request ends. Made on the event
+    loop the request runs on, from within its task.
     """
 
     # Slots, every one set in __init__: later writes (started, completed, running) then cost a
     # store into a fixed slot, not a change to the shape of an instance dict.
     __slots__ = (
+        "_clock",
         "_deadline_handle",
         "_drain",
         "_extra_headers",
@@ -88,6 +140,7 @@ class Exchange:
         "reason",
         "running",
         "scope",
+        "shared",
         "started",
         "task",
         "timeouts",
@@ -96,26 +149,25 @@ class Exchange:
 
     def __init__(
         self,
+        shared: Shared,
         scope: Scope,
         receive: Receive,
         send: Send,
-        timeouts: Timeouts,
-        extra_headers: Sequence[tuple[bytes, bytes]],
-        drain: DrainFlag,
-        loop: asyncio.AbstractEventLoop,
-        task: asyncio.Task[object] | None,
+        extra_headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
+        self.shared = shared
         self.scope = scope
         self._receive = receive
         self._send = send
-        self.timeouts = timeouts
+        self.timeouts = timeouts = shared.timeouts
         self._extra_headers = extra_headers
-        self._drain = drain
-        self._loop = loop
-        self.task = task
+        self._drain = shared.drain
+        self._loop = loop = asyncio.get_running_loop()
+        self._clock = shared.clock or loop.time
+        self.task: asyncio.Task[object] | None = asyncio.current_task(loop)
         self.begun_at = perf_counter()
         self.websocket = websocket = scope["type"] == "websocket"
-        self.reason: str | None = None
+        self.reason: Reason | None = None
         self.running = True
         self.started = False
         self.completed = False
@@ -129,11 +181,75 @@ class Exchange:
         self.deadline: float | None = None
         self._read_deadline: float | None = None
         if timeouts.enabled:
-            now = loop.time()
+            now = self._clock()
             if timeouts.request_s is not None and not websocket:
                 self.deadline = now + timeouts.request_s
             if timeouts.read_s is not None:
                 self._read_deadline = now + timeouts.read_s
+
+    async def run(self, app: ASGIApp) -> None:
+        """run hands the request to `app` and finishes it, whatever happens: attached to the
+        scope, entered in the ledger, timed and watched while the application runs; its own
+        abort answered; and on the way out the request's lifetime closed, the ledger left and
+        the scope detached. Any other exception or cancellation propagates."""
+        shared = self.shared
+        scope = self.scope
+        state = scope.get("state")
+        if state is None:
+            scope["state"] = state = {}
+        state[STATE_KEY] = self
+        shared.ledger.enter(self)
+        if self._loop not in shared.watch.timers:
+            shared.watch.arm(self._loop)
+        shared.stats.admitted += 1
+        try:
+            if self.timeouts.enabled:
+                self.begin()
+            await app(scope, self.receive, self.send_untimed if shared.untimed_send else self.send)
+        except asyncio.CancelledError:
+            self.end()
+            if not self.owns_cancellation():
+                raise
+            await self._answer_abort()
+        except BaseException:
+            self.end()
+            raise
+        else:
+            self.end()
+        finally:
+            try:
+                if self.lifetime is not None:
+                    await self.lifetime.close()
+            finally:
+                shared.ledger.leave(self)
+                shared.stats.observe(perf_counter() - self.begun_at)
+                # scope -> state -> exchange -> scope is a reference cycle: left in place, every
+                # request's objects (the server's included) wait for the cyclic garbage
+                # collector instead of being freed here, which costs more than all the rest.
+                if state.get(STATE_KEY) is self:
+                    del state[STATE_KEY]
+
+    async def _answer_abort(self) -> None:
+        """_answer_abort answers for an application this exchange cut short, if anything can
+        still be said: the reason's problem response before the response started, its close
+        code for websockets, a dropped connection where the reason says so, else nothing (the
+        server closes a half-sent response's connection)."""
+        reason = self.reason
+        assert reason is not None
+        self.shared.stats.reject(reason)
+        log.debug("request to %s cut short: %s", self.scope.get("path"), reason.label)
+        send = self._send
+        with contextlib.suppress(Exception):
+            if self.websocket:
+                if not self.completed and not self.disconnected:
+                    await send({"type": "websocket.close", "code": reason.ws_close})
+                return
+            if reason.drop_connection and not self.disconnected:
+                self.shared.drop_connection(send)
+                return
+            if reason.status is None or self.started or self.disconnected:
+                return
+            await asyncio.wait_for(send_problem(send, reason), self.timeouts.write_s or 5.0)
 
     def begin(self) -> None:
         """begin arms the deadline (and a websocket's idle timer); call it just before the app,
@@ -141,7 +257,7 @@ class Exchange:
         is set. The disconnect watch is started later, by `DisconnectWatch`, for requests that
         last."""
         if self.deadline is not None:
-            self._deadline_handle = self._loop.call_at(self.deadline, self.abort, "deadline")
+            self._deadline_handle = self._loop.call_at(self.deadline, self.abort, DEADLINE)
         if self.websocket:
             self._touch_idle()
 
@@ -153,7 +269,7 @@ class Exchange:
         """time_left is the seconds until the handler's deadline (never negative), or None."""
         if self.deadline is None:
             return None
-        return max(0.0, self.deadline - self._loop.time())
+        return max(0.0, self.deadline - self._clock())
 
     def end(self) -> None:
         """end disarms everything; from here on `abort` does nothing. Synchronous on purpose:
@@ -166,7 +282,7 @@ class Exchange:
         if self._watcher is not None:
             self._watcher.cancel()
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: Reason) -> None:
         """abort cancels the application for `reason`, once, while it runs."""
         if not self.running or self.reason is not None or self.task is None:
             return
@@ -208,16 +324,16 @@ class Exchange:
             self._touch_idle()
         return message
 
-    def _receive_limit(self) -> tuple[float | None, str]:
+    def _receive_limit(self) -> tuple[float | None, Reason]:
         if self.websocket or self.body_done:
-            return None, ""
+            return None, IDLE_TIMEOUT
         idle = self.timeouts.idle_s
         if self._read_deadline is None:
-            return idle, "idle_timeout"
+            return idle, IDLE_TIMEOUT
         left = max(0.0, self._read_deadline - self._loop.time())
         if idle is not None and idle < left:
-            return idle, "idle_timeout"
-        return left, "read_timeout"
+            return idle, IDLE_TIMEOUT
+        return left, READ_TIMEOUT
 
     def send_untimed(self, message: Message) -> Awaitable[None]:
         """send_untimed is `send` for a service without write or idle timeouts: it only adds
@@ -257,7 +373,7 @@ class Exchange:
         if self.timeouts.write_s is None:
             await sending
         else:
-            timer = self._loop.call_later(self.timeouts.write_s, self.abort, "write_timeout")
+            timer = self._loop.call_later(self.timeouts.write_s, self.abort, WRITE_TIMEOUT)
             try:
                 await sending
             finally:
@@ -266,7 +382,7 @@ class Exchange:
             self._touch_idle()
         elif kind == "http.response.body" and not self.completed and self.timeouts.idle_s:
             self._idle_handle = self._loop.call_later(
-                self.timeouts.idle_s, self.abort, "idle_timeout"
+                self.timeouts.idle_s, self.abort, IDLE_TIMEOUT
             )
 
     def _touch_idle(self) -> None:
@@ -274,7 +390,7 @@ class Exchange:
             return
         if self._idle_handle is not None:
             self._idle_handle.cancel()
-        self._idle_handle = self._loop.call_later(self.timeouts.idle_s, self.abort, "idle_timeout")
+        self._idle_handle = self._loop.call_later(self.timeouts.idle_s, self.abort, IDLE_TIMEOUT)
 
     def start_watch(self) -> None:
         """start_watch listens for the client going away, once the application has read the
@@ -306,45 +422,49 @@ class Exchange:
         if message["type"] == "http.disconnect":
             self.disconnected = True
             if not self.completed:
-                self.abort("disconnect")
+                self.abort(DISCONNECT)
 
 
 class DisconnectWatch:
     """DisconnectWatch finds the requests that have run DISCONNECT_WATCH_DELAY_S and starts
     listening for their clients going away.
 
-    One timer serves every request, and only while some are in flight: the ledger already
-    knows them, so a request costs nothing here unless it lasts. A timer, not a task: a
-    service answering one short request at a time would otherwise start (and finish) a task
-    per request, which costs more than everything else admission does. A hang-up is noticed
-    between one and one and a half delays after the request began.
+    One timer per event loop serves every request on it, and only while some are in flight:
+    the ledger already knows them, so a request costs nothing here unless it lasts. A timer,
+    not a task: a service answering one short request at a time would otherwise start (and
+    finish) a task per request, which costs more than everything else admission does. A
+    hang-up is noticed between one and one and a half delays after the request began.
     """
 
     def __init__(self, ledger: Ledger) -> None:
         self.ledger = ledger
-        #: The armed timer, None while disarmed: `if watch.timer is None: watch.arm()` is what
-        #: a request admitted costs here.
-        self.timer: asyncio.TimerHandle | None = None
+        #: The armed timer of each loop that has requests in flight. A loop's timer disarms
+        #: itself once none of its requests is left; a loop closed before that is forgotten at
+        #: the next arming.
+        self.timers: dict[asyncio.AbstractEventLoop, asyncio.TimerHandle] = {}
 
-    def arm(self) -> None:
-        """arm starts the timer (it disarms itself once nothing is in flight)."""
+    def arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        """arm starts the timer of `loop` (it disarms itself once nothing of `loop` is in
+        flight). `if loop not in watch.timers: watch.arm(loop)` is what a request costs here."""
+        for old in [old for old in list(self.timers) if old.is_closed()]:
+            self.timers.pop(old, None)
+        self._arm(loop)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
         # Read at every arming, so that tests can shorten it.
         delay = DISCONNECT_WATCH_DELAY_S
-        self.timer = asyncio.get_running_loop().call_later(delay / 2, self._tick, delay)
+        self.timers[loop] = loop.call_later(delay / 2, self._tick, loop, delay)
 
-    def moved(self) -> None:
-        """moved tells the watch that requests now run on another loop: a timer armed on the
-        old one may never fire, so the next request arms a new one."""
-        self.timer = None
-
-    def _tick(self, delay: float) -> None:
-        self.timer = None
-        if not self.ledger.in_flight:
-            return
+    def _tick(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
         due = perf_counter() - delay
-        loop = asyncio.get_running_loop()
+        mine = False
         for item in self.ledger.live():
             # Only this loop's requests: another loop's (another thread's) are not ours to touch.
-            if isinstance(item, Exchange) and item.begun_at <= due and item._loop is loop:
-                item.start_watch()
-        self.arm()
+            if isinstance(item, Exchange) and item._loop is loop:
+                mine = True
+                if item.begun_at <= due:
+                    item.start_watch()
+        if mine:
+            self._arm(loop)
+        else:
+            self.timers.pop(loop, None)

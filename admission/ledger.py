@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from admission.reasons import Reason
 
 
 class Abortable(Protocol):
@@ -12,7 +15,7 @@ class Abortable(Protocol):
 
     websocket: bool
 
-    def abort(self, reason: str) -> None: ...
+    def abort(self, reason: Reason) -> None: ...
 
 
 class Ledger:

@@ -18,21 +18,13 @@ from prometheus_client.core import (
     Metric,
 )
 
+from admission import reasons
+
 if TYPE_CHECKING:
     from admission.ledger import Ledger
+    from admission.reasons import Reason
     from admission.window import Window
 
-REASONS = (
-    "rate",
-    "window",
-    "draining",
-    "read_timeout",
-    "idle_timeout",
-    "write_timeout",
-    "deadline",
-    "disconnect",
-    "drain_deadline",
-)
 # Seconds; the upper bounds of the latency histogram, as in prometheus-client's defaults.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 
@@ -42,14 +34,13 @@ class Stats:
 
     def __init__(self) -> None:
         self.admitted = 0
-        self.rejected = dict.fromkeys(REASONS, 0)
-        self.storage_errors = 0
+        self.rejected = dict.fromkeys((reason.label for reason in reasons.ALL), 0)
         self._latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self._latency_sum = 0.0
 
-    def reject(self, reason: str) -> None:
+    def reject(self, reason: Reason) -> None:
         """reject counts one rejection or interruption for `reason`."""
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        self.rejected[reason.label] = self.rejected.get(reason.label, 0) + 1
 
     def observe(self, seconds: float) -> None:
         """observe records the latency of one admitted request."""
@@ -68,7 +59,8 @@ class Stats:
 
 
 class AdmissionCollector:
-    """AdmissionCollector reads `Stats`, the ledger and the window when scraped."""
+    """AdmissionCollector reads `Stats`, the ledger, the windows, the drain and the store's
+    failure count (`storage_errors`, a function: the store counts them) when scraped."""
 
     def __init__(
         self,
@@ -76,11 +68,13 @@ class AdmissionCollector:
         ledger: Ledger,
         windows: dict[str, Window],
         draining: Callable[[], bool],
+        storage_errors: Callable[[], int] = lambda: 0,
     ) -> None:
         self.stats = stats
         self.ledger = ledger
         self.windows = windows
         self.draining = draining
+        self.storage_errors = storage_errors
 
     def collect(self) -> Iterator[Metric]:
         """collect yields every admission metric family."""
@@ -119,7 +113,7 @@ class AdmissionCollector:
         yield CounterMetricFamily(
             "admission_storage_errors",
             "Rate-limit store calls that failed.",
-            value=s.storage_errors,
+            value=self.storage_errors(),
         )
         yield HistogramMetricFamily(
             "admission_request_duration_seconds",

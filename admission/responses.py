@@ -7,46 +7,44 @@ from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
+from admission.reasons import Reason
+
 Message = MutableMapping[str, Any]
 Scope = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
 Receive = Callable[[], Awaitable[Message]]
 RawHeaders = list[tuple[bytes, bytes]]
 
-DETAILS = {
-    "rate": "Too many requests from this client; retry after the indicated delay.",
-    "window": "The service is at capacity; retry after the indicated delay.",
-    "draining": "The service is shutting down; retry on another instance.",
-    "read_timeout": "The request body did not arrive in time.",
-    "idle_timeout": "The request body stalled for too long between two chunks.",
-    "deadline": "The request did not complete within its deadline.",
-    "drain_deadline": "The service shut down before the request completed.",
-}
 
-# Websocket close codes: 1013 "try again later" for refusals, 1001 "going away" for drains.
-WS_CLOSE = {"rate": 1013, "window": 1013, "draining": 1001}
-
-
-def problem_body(status: int, reason: str, **extra: Any) -> bytes:
-    """problem_body is an RFC 9457 problem document for `status`, with `reason` as an extension
-    member naming why admission refused (rate, window, draining, read_timeout, ...)."""
+def problem_body(reason: Reason, status: int, detail: str | None = None) -> bytes:
+    """problem_body is an RFC 9457 problem document for `status`, with the reason's label as
+    an extension member naming why admission refused (rate, window, draining, read_timeout,
+    ...), and its detail unless `detail` is given."""
     doc = {
         "type": "about:blank",
         "title": HTTPStatus(status).phrase,
         "status": status,
-        "detail": DETAILS.get(reason, HTTPStatus(status).description),
-        "reason": reason,
-        **extra,
+        "detail": reason.detail if detail is None else detail,
+        "reason": reason.label,
     }
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
 async def send_problem(
-    send: Send, status: int, reason: str, headers: Sequence[tuple[bytes, bytes]] = (), **extra: Any
+    send: Send,
+    reason: Reason,
+    headers: Sequence[tuple[bytes, bytes]] = (),
+    *,
+    status: int | None = None,
+    detail: str | None = None,
 ) -> None:
-    """send_problem sends a whole problem+json response."""
-    body = problem_body(status, reason, **extra)
-    await send_bytes(send, status, body, b"application/problem+json", headers)
+    """send_problem sends a whole problem+json response for `reason`, with its status (or
+    `status`), its fixed header fields and then `headers`."""
+    status = reason.status if status is None else status
+    assert status is not None, f"{reason.label} has no HTTP answer"
+    body = problem_body(reason, status, detail)
+    fields = (*reason.headers, *headers)
+    await send_bytes(send, status, body, b"application/problem+json", fields)
 
 
 async def send_json(
@@ -82,17 +80,23 @@ async def send_bytes(
 
 
 async def refuse_websocket(
-    scope: Message, receive: Receive, send: Send, status: int, reason: str, headers: RawHeaders
+    scope: Message,
+    receive: Receive,
+    send: Send,
+    reason: Reason,
+    headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
     """refuse_websocket turns a websocket handshake down before it is accepted: with an HTTP
     problem response where the server supports the `websocket.http.response` extension, else
-    by closing with 1013 (try again later) or 1001 (going away)."""
+    by closing with the reason's close code (1013 try again later, 1001 going away)."""
     message = await receive()
     if message.get("type") != "websocket.connect":
         return
     if "websocket.http.response" in (scope.get("extensions") or {}):
-        body = problem_body(status, reason)
+        assert reason.status is not None
+        body = problem_body(reason, reason.status)
         kind = "websocket.http.response"
-        await send_bytes(send, status, body, b"application/problem+json", headers, kind=kind)
+        fields = (*reason.headers, *headers)
+        await send_bytes(send, reason.status, body, b"application/problem+json", fields, kind=kind)
         return
-    await send({"type": "websocket.close", "code": WS_CLOSE.get(reason, 1013), "reason": reason})
+    await send({"type": "websocket.close", "code": reason.ws_close, "reason": reason.label})

@@ -23,6 +23,7 @@ from admission import drain as drain_module
 from admission.bucket import Decision
 from admission.drain import Drain, Phase
 from admission.ledger import Ledger
+from admission.reasons import Reason
 from admission.responses import Message
 from tests.support import pid_alive, wait_until
 
@@ -49,8 +50,8 @@ class Item:
     def __post_init__(self) -> None:
         self.ledger.enter(self)
 
-    def abort(self, reason: str) -> None:
-        self.reasons.append(reason)
+    def abort(self, reason: Reason) -> None:
+        self.reasons.append(reason.label)
         self.aborted.set()
         if not self.stubborn:
             self.finish()
@@ -643,7 +644,7 @@ async def _forwarded_state(lifespan_running: bool) -> tuple[bool, list[int]]:
     """_forwarded_state runs the signal path's drain and reports whether the service lifetime
     was already closed when the signal was handed on to the server."""
     middleware = AdmissionMiddleware(Gate(), settings=Settings(), handle_signals=True)
-    middleware._lifespan_running = lifespan_running
+    middleware.lifespan.running = lifespan_running
     forwarded: list[int] = []
     closed_at_forward: list[bool] = []
 
@@ -651,9 +652,11 @@ async def _forwarded_state(lifespan_running: bool) -> tuple[bool, list[int]]:
         forwarded.append(sig)
         closed_at_forward.append(middleware.lifetime.closed)
 
-    assert middleware._signals is not None
-    middleware._signals.forward = forward  # type: ignore[method-assign]
-    await asyncio.wait_for(middleware._drain_then_forward(signal.SIGTERM, None), GUARD_S)
+    assert middleware.signal_drain is not None
+    middleware.signal_drain.signals.forward = forward  # type: ignore[method-assign]
+    await asyncio.wait_for(
+        middleware.signal_drain.drain_then_forward(signal.SIGTERM, None), GUARD_S
+    )
     return closed_at_forward[0], forwarded
 
 

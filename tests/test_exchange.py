@@ -23,8 +23,9 @@ from starlette.routing import Route
 
 import admission
 from admission import exchange as exchange_module
-from admission.exchange import Exchange, Timeouts
+from admission.exchange import Exchange, Shared, Timeouts
 from admission.middleware import AdmissionMiddleware
+from admission.reasons import DEADLINE
 from admission.settings import Settings
 
 Message = dict[str, Any]
@@ -201,19 +202,10 @@ class ManualClock:
 
 async def test_time_left_is_the_deadline_minus_the_loop_clock_and_never_negative() -> None:
     client = Client()
-    exchange = Exchange(
-        http_scope(),
-        client.receive,
-        client.send,
-        timeouts=Timeouts(request_s=5.0),
-        extra_headers=[],
-        drain=SimpleNamespace(begun=False),
-        loop=asyncio.get_running_loop(),
-        task=asyncio.current_task(),
-    )
-    assert exchange.deadline is not None
-    clock = ManualClock(exchange.deadline - 5.0)
-    exchange._loop = clock  # type: ignore[assignment]
+    clock = ManualClock(1000.0)
+    shared = Shared(Timeouts(request_s=5.0), SimpleNamespace(begun=False), clock=clock.time)
+    exchange = Exchange(shared, http_scope(), client.receive, client.send)
+    assert exchange.deadline == 1005.0
     assert exchange.time_left() == 5.0
     clock.now = exchange.deadline - 1.25
     assert exchange.time_left() == 1.25
@@ -232,14 +224,7 @@ def test_any_one_timeout_enables_the_timer_work(field: str) -> None:
 async def test_no_request_timeout_means_no_deadline() -> None:
     client = Client()
     exchange = Exchange(
-        http_scope(),
-        client.receive,
-        client.send,
-        timeouts=Timeouts(),
-        extra_headers=[],
-        drain=SimpleNamespace(begun=False),
-        loop=asyncio.get_running_loop(),
-        task=asyncio.current_task(),
+        Shared(Timeouts(), SimpleNamespace(begun=False)), http_scope(), client.receive, client.send
     )
     assert exchange.deadline is None
     assert exchange.time_left() is None
@@ -424,9 +409,9 @@ async def test_disconnect_watch_is_one_timer_that_disarms_once_nothing_is_in_fli
         client = Client(no_body())
         await mw(http_scope(), client.receive, client.send)
         assert client.status == 200
-    assert isinstance(mw._watch.timer, asyncio.TimerHandle)
+    assert isinstance(mw.shared.watch.timers[asyncio.get_running_loop()], asyncio.TimerHandle)
     assert len(asyncio.all_tasks()) == tasks_before
-    await until(lambda: mw._watch.timer is None)
+    await until(lambda: not mw.shared.watch.timers)
 
 
 def test_a_middleware_moved_to_a_new_event_loop_times_out_and_watches_on_that_loop() -> None:
@@ -692,7 +677,7 @@ async def test_outside_cancellation_racing_a_timeout_still_propagates() -> None:
     call = asyncio.create_task(mw(http_scope(), client.receive, client.send))
     await running.wait()
     exchange = mw.ledger.live()[0]
-    exchange.abort("deadline")
+    exchange.abort(DEADLINE)
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
         await finish(call)

@@ -345,3 +345,39 @@ async def test_deny_policy_retry_after_scales_with_cost() -> None:
     assert not decision.allowed
     assert decision.retry_after_s == pytest.approx(1.5)
     assert math.isfinite(decision.reset_after_s)
+
+
+async def test_a_failing_store_given_to_the_middleware_is_guarded_and_its_errors_counted() -> None:
+    from admission import AdmissionMiddleware, Settings
+    from admission.endpoints import Endpoints
+
+    broken = BrokenStore()
+    statuses: list[int] = []
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        raise AssertionError("never reached: a metrics scrape")
+
+    mw = AdmissionMiddleware(
+        app,
+        settings=Settings(rate="10/second", on_storage_error="deny"),
+        store=broken,  # type: ignore[arg-type]
+        handle_signals=False,
+    )
+    assert isinstance(mw.store, GuardedStore) and mw.store.store is broken
+    sent: list[dict[str, object]] = []
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    scope = {"type": "http", "path": "/", "headers": [], "client": ("10.0.0.1", 1)}
+    await mw(dict(scope), receive, send)  # type: ignore[arg-type]
+    statuses.append(int(sent[0]["status"]))  # type: ignore[call-overload]
+    assert statuses == [429]  # denied by the policy, the store having failed
+    assert isinstance(mw.endpoints, Endpoints)
+    sent.clear()
+    await mw(dict(scope, path="/metrics"), receive, send)  # type: ignore[arg-type]
+    metrics = bytes(sent[1]["body"]).decode()  # type: ignore[call-overload]
+    assert "admission_storage_errors_total 1.0" in metrics

@@ -19,19 +19,28 @@ def bucket_for(settings: Settings) -> Bucket | None:
     return Bucket(settings.emission_interval_s, settings.capacity)
 
 
-def open_store(settings: Settings) -> Store | None:
-    """open_store builds the store `ADMISSION_STORAGE` names; None without a rate limit.
+def open_store(settings: Settings, store: Store | None = None) -> Store | None:
+    """open_store is the store the middleware decides with: `store` if given, else the one
+    `ADMISSION_STORAGE` names; None without a rate limit (a given store is then returned as
+    it is).
 
-    A Redis store comes wrapped in the `ADMISSION_ON_STORAGE_ERROR` policy. Nothing connects
-    here: redis-py connects on first use, so a Redis that is down at start-up is an outage like
-    any other, not a crash.
+    A store that can fail (any but the memory store, unless it is already guarded) comes
+    wrapped in the `ADMISSION_ON_STORAGE_ERROR` policy. Nothing connects here: redis-py
+    connects on first use, so a Redis that is down at start-up is an outage like any other,
+    not a crash.
     """
     bucket = bucket_for(settings)
     if bucket is None:
-        return None
-    if settings.storage == "memory://":
-        return MemoryStore(bucket, max_keys=settings.max_keys)
-    redis_store = RedisStore.from_uri(
-        settings.storage, bucket, timeout_s=settings.storage_timeout, prefix=settings.key_prefix
-    )
-    return GuardedStore(redis_store, bucket, settings.on_storage_error, max_keys=settings.max_keys)
+        return store
+    if store is None:
+        if settings.storage == "memory://":
+            return MemoryStore(bucket, max_keys=settings.max_keys)
+        store = RedisStore.from_uri(
+            settings.storage,
+            bucket,
+            timeout_s=settings.storage_timeout,
+            prefix=settings.key_prefix,
+        )
+    if isinstance(store, MemoryStore | GuardedStore):
+        return store
+    return GuardedStore(store, bucket, settings.on_storage_error, max_keys=settings.max_keys)

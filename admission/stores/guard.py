@@ -25,6 +25,7 @@ class GuardedStore:
     `allow`, admit; `deny`, refuse (retry after one token interval). An outage is logged once
     when it starts and once when it ends, never per request. While the store is failing it is
     only retried every `retry_interval_s`, so requests don't each pay the storage timeout.
+    `errors` counts the store's failures (the `admission_storage_errors` metric).
     """
 
     def __init__(
@@ -36,7 +37,6 @@ class GuardedStore:
         max_keys: int = 1_000_000,
         retry_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
-        on_error: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.bucket = bucket
@@ -47,7 +47,7 @@ class GuardedStore:
         self._down_since: float | None = None
         self._retry_at = -math.inf
         self._fallback_count = 0
-        self._on_error = on_error
+        self.errors = 0
 
     @property
     def degraded(self) -> bool:
@@ -79,8 +79,7 @@ class GuardedStore:
     def _outage(self, exc: StorageError) -> None:
         now = self._clock()
         self._retry_at = now + self.retry_interval_s
-        if self._on_error is not None:
-            self._on_error()
+        self.errors += 1
         if self._down_since is None:
             self._down_since = now
             self._fallback_count = 0

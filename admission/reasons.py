@@ -1,0 +1,99 @@
+"""admission.reasons: why admission refused or cut short a request, each reason in one place.
+
+A `Reason` carries everything said about it: the HTTP status of the answer (when one can still
+be sent), the websocket close code, the problem detail, the metric label and the fixed header
+fields of the answer. The refusals, the aborts, the metrics and the answers all take one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+RawHeaders = tuple[tuple[bytes, bytes], ...]
+
+CLOSE = (b"connection", b"close")
+RETRY_1 = (b"retry-after", b"1")
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Reason is one cause of a refusal or an abort.
+
+    `label` names it in the `admission_rejected` metric and in the problem document's `reason`
+    member. `status` is the HTTP answer when nothing was sent yet; None when nothing is said
+    (the client is gone) and, with `drop_connection`, when the connection is dropped instead (a
+    client that stopped reading would never take a closing answer). `ws_close` is the close code
+    for a websocket. `headers` are the fixed fields of the HTTP answer (a rate refusal adds its
+    computed ones to them).
+    """
+
+    label: str
+    status: int | None
+    ws_close: int
+    detail: str
+    headers: RawHeaders = ()
+    drop_connection: bool = False
+
+    def with_status(self, status: int) -> Reason:
+        """with_status is this reason answered with `status` instead (the window's status is a
+        setting)."""
+        return dataclasses.replace(self, status=status)
+
+
+# Websocket close codes: 1013 "try again later" for refusals, 1001 "going away" for drains,
+# 1000 normal closure on idle, 1011 "unexpected condition" otherwise.
+RATE = Reason(
+    "rate", 429, 1013, "Too many requests from this client; retry after the indicated delay."
+)
+WINDOW = Reason(
+    "window", 429, 1013, "The service is at capacity; retry after the indicated delay.", (RETRY_1,)
+)
+DRAINING = Reason(
+    "draining",
+    503,
+    1001,
+    "The service is shutting down; retry on another instance.",
+    (RETRY_1, CLOSE),
+)
+READ_TIMEOUT = Reason(
+    "read_timeout", 408, 1011, "The request body did not arrive in time.", (CLOSE,)
+)
+IDLE_TIMEOUT = Reason(
+    "idle_timeout",
+    408,
+    1000,
+    "The request body stalled for too long between two chunks.",
+    (CLOSE,),
+)
+WRITE_TIMEOUT = Reason(
+    "write_timeout",
+    None,
+    1011,
+    "The client did not take the response in time.",
+    drop_connection=True,
+)
+DEADLINE = Reason("deadline", 504, 1011, "The request did not complete within its deadline.")
+DISCONNECT = Reason("disconnect", None, 1011, "The client went away.")
+DRAIN_DEADLINE = Reason(
+    "drain_deadline",
+    503,
+    1001,
+    "The service shut down before the request completed.",
+    (CLOSE, RETRY_1),
+)
+# Not a refusal of a request: the middleware's own settings were bad, so nothing is served.
+CONFIGURATION = Reason("configuration", 500, 1011, "The service is misconfigured.")
+
+#: Every reason a request is refused or cut short for, in the order the metrics list them.
+ALL = (
+    RATE,
+    WINDOW,
+    DRAINING,
+    READ_TIMEOUT,
+    IDLE_TIMEOUT,
+    WRITE_TIMEOUT,
+    DEADLINE,
+    DISCONNECT,
+    DRAIN_DEADLINE,
+)

@@ -1,0 +1,56 @@
+"""admission.shutdown: a termination signal drains the service before the server hears of it.
+
+The first SIGTERM or SIGINT starts the drain; once nothing is in flight, the signal is handed
+on to the handler it displaced (the server's), which then shuts down. A second signal during
+the drain hurries it: what is still in flight is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import FrameType
+
+from admission.drain import Drain
+from admission.lifespan import Lifespan
+from admission.signals import SignalChain
+
+log = logging.getLogger("admission")
+
+
+class SignalDrain:
+    """SignalDrain drains `drain` on a signal, then forwards the signal through `signals`.
+
+    Resources are released by the lifespan shutdown when a lifespan runs (after the
+    application's own shutdown, which may still need them); without one, by the drain here.
+    """
+
+    def __init__(self, drain: Drain, lifespan: Lifespan) -> None:
+        self.drain = drain
+        self.lifespan = lifespan
+        self.signals = SignalChain(self.on_signal)
+        self.count = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def install(self) -> None:
+        """install takes over SIGTERM and SIGINT (on the main thread only)."""
+        self.signals.install()
+
+    def on_signal(self, sig: int, frame: FrameType | None) -> None:
+        """on_signal starts the drain on the first signal and hurries it on the next."""
+        self.count += 1
+        if self.count == 1:
+            log.info("received signal %d: draining before the server shuts down", sig)
+            self.task = asyncio.get_running_loop().create_task(self.drain_then_forward(sig, frame))
+        else:
+            log.warning("received signal %d again: cancelling what is still in flight", sig)
+            self.drain.hurry()
+
+    async def drain_then_forward(self, sig: int, frame: FrameType | None) -> None:
+        """drain_then_forward waits for the drain, then hands `sig` on to the server."""
+        if self.lifespan.running:
+            await self.drain.until_drained()
+        else:
+            # No lifespan (the server runs with it off): nothing else would release them.
+            await self.drain.run()
+        self.signals.forward(sig, frame)
