@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import pytest
@@ -313,3 +314,44 @@ async def test_a_deliberate_second_signal_hurries_the_drain_under_workers(to: st
     assert time.monotonic() - hurried < 8, "the second signal did not cut the 60 s drain short"
     assert exit_code == 0, log
     assert [(s, r) for s, r, _ in replies] == [(503, "drain_deadline")] * 2, (replies, log)
+
+
+def listening_inode(port: int) -> str:
+    """listening_inode is the inode of the socket listening on 127.0.0.1:`port`."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
+            return fields[9]
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def holds_socket(pid: int, inode: str) -> bool:
+    """holds_socket is True while process `pid` has a descriptor on socket `inode`."""
+    fd_dir = f"/proc/{pid}/fd"
+    for fd in os.listdir(fd_dir):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"{fd_dir}/{fd}") == f"socket:[{inode}]":
+                return True
+    return False
+
+
+async def test_the_supervisor_lets_go_of_the_listening_socket_when_the_drain_begins() -> None:
+    # Were it kept, the socket would go on queueing connections that no worker accepts after
+    # the workers close theirs, and reset them all when the supervisor exits.
+    with run_server(admission_serve(None, "--workers", "2")) as server:
+        inode = listening_inode(server.port)
+        supervisor = server.process.pid
+        assert holds_socket(supervisor, inode)
+        request = asyncio.ensure_future(asyncio.to_thread(slow_request, server.url, 3000))
+        await asyncio.to_thread(
+            wait_until, lambda: in_flight_at_least(server.url, 1), 5, "the request in flight"
+        )
+        server.signal(signal.SIGTERM)
+        await asyncio.to_thread(
+            wait_until, lambda: not holds_socket(supervisor, inode), 2, "the supervisor to let go"
+        )
+        # The workers still hold theirs: the one draining goes on answering.
+        assert listening_inode(server.port) == inode
+        status, _, _ = await request
+        assert await asyncio.to_thread(exit_status, server, 15) == 0
+    assert status == 200
