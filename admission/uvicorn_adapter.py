@@ -243,6 +243,11 @@ class HttpProtocol(HttpToolsProtocol):
         """_refuse_head answers 431, then reads and drops what the client still sends, up to
         LINGER_BYTES for at most LINGER_S, so that the client can read the answer."""
         self._disarm_head_timer()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined head while the previous response is still being written: an answer
+            # now would land inside that response. The connection ends instead.
+            self.transport.close()
+            return
         self.transport.write(_problem(431, "header_too_large"))
         self.discarded = 0
         with contextlib.suppress(Exception):
