@@ -17,7 +17,6 @@ from admission.uvicorn_adapter import (
     AdmissionConfig,
     HttpProtocol,
     ServerLimits,
-    StopRelay,
     run,
 )
 
@@ -101,6 +100,5 @@ def server_config(
             settings.drain_delay + settings.drain_timeout + SERVER_GRACE_MARGIN_S
         ),
         limits=ServerLimits.from_settings(settings, max_header_bytes=max_header_bytes),
-        relay=StopRelay() if workers > 1 else None,
         **keep_alive,
     )

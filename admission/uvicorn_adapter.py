@@ -105,8 +105,10 @@ class StopRelay:
 
 
 class AdmissionConfig(uvicorn.Config):
-    """AdmissionConfig is uvicorn's Config carrying admission's server limits and, under
-    `--workers`, the supervisor's stop relay to the worker processes."""
+    """AdmissionConfig is uvicorn's Config (same arguments) carrying admission's server
+    limits (default: from the ADMISSION_* environment) and, with more than one worker, the
+    supervisor's stop relay to the worker processes. Unless told otherwise it turns uvicorn's
+    proxy headers off (admission decides who the client is) and speaks `HttpProtocol`."""
 
     def __init__(
         self,
@@ -115,8 +117,12 @@ class AdmissionConfig(uvicorn.Config):
         relay: StopRelay | None = None,
         **kwargs: Any,
     ) -> None:
+        kwargs.setdefault("proxy_headers", False)
+        kwargs.setdefault("http", HttpProtocol)
         super().__init__(*args, **kwargs)
         self.admission_limits = limits
+        if relay is None and self.workers > 1:
+            relay = StopRelay()
         self.admission_relay = relay
 
 
