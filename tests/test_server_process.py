@@ -177,6 +177,26 @@ async def test_an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() 
     assert 0.8 < idle_for < 3.0, idle_for
 
 
+async def test_every_request_of_a_kept_alive_connection_has_the_head_limits() -> None:
+    forty_kib = b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"a" * 40_000 + b"\r\n\r\n"
+    with run_server(admission_serve(), {"ADMISSION_READ_TIMEOUT": "1"}) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        # Two heads of 40 KiB each: each within the 64 KiB limit, together over it.
+        for _ in range(2):
+            writer.write(forty_kib)
+            status, _, _ = await read_response(reader)
+            assert status == 200
+        # A third head, trickled: its clock starts with its first byte (uvicorn's keep-alive
+        # timeout, 5 s, stops counting then), so it is closed after the read timeout.
+        writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n")
+        started = time.monotonic()
+        status, _, body = await asyncio.wait_for(read_response(reader), 4)
+        assert (status, json.loads(body)["reason"]) == (408, "header_timeout")
+        assert await asyncio.wait_for(reader.read(1), 4) == b""
+        assert time.monotonic() - started < 3.0
+        writer.close()
+
+
 # --- the drain under --workers -------------------------------------------------------------------
 
 LOAD_CONNECTIONS = 6
