@@ -12,7 +12,6 @@ from uvicorn.importer import import_from_string
 from admission.middleware import AdmissionMiddleware
 from admission.settings import Settings
 from admission.uvicorn_adapter import (
-    DEFAULT_MAX_HEADER_BYTES,
     SERVER_GRACE_MARGIN_S,
     AdmissionConfig,
     HttpProtocol,
@@ -58,13 +57,11 @@ def serve(
     workers: int,
     settings: Settings,
     access_log: bool = True,
-    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
 ) -> int:
     """serve runs `target` under the middleware until a signal drains it; returns the exit
-    status (0 after a clean drain). `access_log=False` turns off uvicorn's access log; a
-    request head over `max_header_bytes` is answered 431."""
+    status (0 after a clean drain). `access_log=False` turns off uvicorn's access log."""
     os.environ[TARGET_ENV] = target
-    run(server_config(target, host, port, workers, settings, access_log, max_header_bytes))
+    run(server_config(target, host, port, workers, settings, access_log))
     return 0
 
 
@@ -75,7 +72,6 @@ def server_config(
     workers: int,
     settings: Settings,
     access_log: bool = True,
-    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
 ) -> AdmissionConfig:
     """server_config is the uvicorn configuration `serve` runs with."""
     keep_alive: dict[str, Any] = {}
@@ -99,6 +95,6 @@ def server_config(
         timeout_graceful_shutdown=int(
             settings.drain_delay + settings.drain_timeout + SERVER_GRACE_MARGIN_S
         ),
-        limits=ServerLimits.from_settings(settings, max_header_bytes=max_header_bytes),
+        limits=ServerLimits.from_settings(settings),
         **keep_alive,
     )

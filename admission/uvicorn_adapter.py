@@ -27,6 +27,7 @@ import struct
 import sys
 import time
 from dataclasses import dataclass
+from http import HTTPStatus
 from types import FrameType
 from typing import Any
 
@@ -35,14 +36,12 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors.multiprocess import Process
 
 from admission import signals
+from admission.reasons import HEADER_TIMEOUT, HEADER_TOO_LARGE, Reason
 from admission.responses import Send, problem_body
 from admission.settings import Settings
 
 log = logging.getLogger("uvicorn.error")
 
-# Go's http.DefaultMaxHeaderBytes is 1 MiB; nginx's large_client_header_buffers 4 x 8 KiB. 64 KiB
-# is ample for real requests (large cookies included) and cheap to refuse beyond.
-DEFAULT_MAX_HEADER_BYTES = 64 * 1024
 # After a 431, how long and how much of the rest of the head is read and thrown away, so that
 # the client, still sending, reads the 431 instead of a reset. Beyond either, the connection
 # is closed as it is.
@@ -65,8 +64,8 @@ class ServerLimits:
     """ServerLimits are the connection-level limits `HttpProtocol` enforces: the request head
     must arrive within `read_timeout_s` (None: no limit) and fit in `max_header_bytes`."""
 
-    read_timeout_s: float | None = None
-    max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
+    read_timeout_s: float | None
+    max_header_bytes: int
 
     def __post_init__(self) -> None:
         if self.max_header_bytes < 1:
@@ -75,11 +74,9 @@ class ServerLimits:
             raise ValueError(f"read_timeout_s must be > 0 or None, not {self.read_timeout_s}")
 
     @classmethod
-    def from_settings(
-        cls, settings: Settings, *, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
-    ) -> ServerLimits:
-        """from_settings takes the read timeout from `settings`."""
-        return cls(settings.read_timeout, max_header_bytes)
+    def from_settings(cls, settings: Settings) -> ServerLimits:
+        """from_settings takes ADMISSION_READ_TIMEOUT and ADMISSION_MAX_HEADER_BYTES."""
+        return cls(settings.read_timeout, settings.max_header_bytes)
 
 
 class StopRelay:
@@ -242,7 +239,7 @@ class HttpProtocol(HttpToolsProtocol):
             # keep-alive timeout covers the gap once it is answered.
             return
         if self.head_bytes:
-            self.transport.write(_problem(408, "header_timeout"))
+            self.transport.write(_problem(HEADER_TIMEOUT))
         self.transport.close()
 
     def _refuse_head(self, unread: int) -> None:
@@ -254,7 +251,7 @@ class HttpProtocol(HttpToolsProtocol):
             # now would land inside that response. The connection ends instead.
             self.transport.close()
             return
-        self.transport.write(_problem(431, "header_too_large"))
+        self.transport.write(_problem(HEADER_TOO_LARGE))
         self.discarded = 0
         with contextlib.suppress(Exception):
             self.transport.write_eof()
@@ -272,18 +269,15 @@ class HttpProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def _problem(status: int, reason: str) -> bytes:
-    body = problem_body(status, reason)
-    phrase = {408: b"Request Timeout", 431: b"Request Header Fields Too Large"}[status]
-    return b"".join(
-        (
-            b"HTTP/1.1 %d %s\r\n" % (status, phrase),
-            b"content-type: application/problem+json\r\n",
-            b"content-length: %d\r\n" % len(body),
-            b"connection: close\r\n\r\n",
-            body,
-        )
-    )
+def _problem(reason: Reason) -> bytes:
+    """_problem is the whole HTTP/1.1 answer for `reason`, as bytes for the transport."""
+    assert reason.status is not None
+    body = problem_body(reason, reason.status)
+    fields = [(b"content-type", b"application/problem+json")]
+    fields += [(b"content-length", b"%d" % len(body)), *reason.headers]
+    lines = [b"HTTP/1.1 %d %s" % (reason.status, HTTPStatus(reason.status).phrase.encode())]
+    lines += [name + b": " + value for name, value in fields]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
 class AdmissionServer(uvicorn.Server):

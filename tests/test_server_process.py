@@ -164,6 +164,17 @@ def test_a_head_over_the_limit_gets_431_and_one_within_it_is_served() -> None:
     assert healthy == 200
 
 
+def test_admission_max_header_bytes_sets_the_limit() -> None:
+    def head(size: int) -> bytes:
+        return b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX: " + b"a" * size + b"\r\n\r\n"
+
+    with run_server(admission_serve(), {"ADMISSION_MAX_HEADER_BYTES": "4096"}) as server:
+        over = raw_exchange(server.port, head(5000))
+        within = raw_exchange(server.port, head(3000))
+    assert over.startswith(b"HTTP/1.1 431 "), over[:100]
+    assert within.startswith(b"HTTP/1.1 200 "), within[:100]
+
+
 async def test_an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() -> None:
     with run_server(admission_serve(), {"ADMISSION_IDLE_TIMEOUT": "1"}) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
