@@ -59,10 +59,10 @@ def serve(
     access_log: bool = True,
 ) -> int:
     """serve runs `target` under the middleware until a signal drains it; returns the exit
-    status (0 after a clean drain). `access_log=False` turns off uvicorn's access log."""
+    status (0 after a clean drain, 3 when a worker failed to start). `access_log=False` turns
+    off uvicorn's access log."""
     os.environ[TARGET_ENV] = target
-    run(server_config(target, host, port, workers, settings, access_log))
-    return 0
+    return run(server_config(target, host, port, workers, settings, access_log))
 
 
 def server_config(

@@ -55,8 +55,12 @@ FRESH_CONNECTION_GRACE_S = 1.0
 ACCEPT_QUEUE_WAIT_S = 1.0
 # uvicorn's own graceful wait must outlast the drain: it only starts once the drain is over.
 SERVER_GRACE_MARGIN_S = 5.0
-# How often the supervisor checks on its workers.
+# uvicorn's exit status for a server that failed to start (uvicorn.config.STARTUP_FAILURE).
+STARTUP_FAILURE = 3
+# How often the supervisor looks for a stop, and how often it checks that its workers are alive
+# (each check is a round trip to every worker, as in uvicorn's supervisor).
 SUPERVISOR_TICK_S = 0.1
+HEALTHCHECK_EVERY_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -367,8 +371,10 @@ def refuse_new_connections(fd: int) -> bool:
 
 def _queued(fds: list[int]) -> bool:
     # A listening socket is readable while its accept queue is not empty.
-    readable, _, _ = select.select(fds, [], [], 0)
-    return bool(readable)
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class _Worker(Process):
@@ -402,19 +408,25 @@ class Supervisor:
         self.sockets = sockets
         self.workers: list[_Worker] = []
         self.stops = 0
+        self.status = 0
 
-    def run(self) -> None:
-        """run starts the workers and returns once they have all exited after a stop."""
+    def run(self) -> int:
+        """run starts the workers and returns once they have all exited after a stop: 0, or
+        uvicorn's start-up failure status (3) when a worker failed to start."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         log.info("Started parent process [%d]", os.getpid())
         self.workers = [self._start() for _ in range(self.config.workers)]
+        checked = time.monotonic()
         while not self.stops:
             time.sleep(SUPERVISOR_TICK_S)
-            self._replace_dead()
+            if time.monotonic() - checked >= HEALTHCHECK_EVERY_S:
+                self._replace_dead()
+                checked = time.monotonic()
         for worker in self.workers:
             worker.join()
         log.info("Stopping parent process [%d]", os.getpid())
+        return self.status
 
     def _on_stop(self, sig: int, frame: FrameType | None) -> None:
         # In the handler itself, not on the next tick: a worker with nothing in flight may
@@ -438,22 +450,31 @@ class Supervisor:
                 continue
             worker.kill()
             worker.join()
-            if worker.exitcode == getattr(uvicorn.config, "STARTUP_FAILURE", 3):
+            if worker.exitcode == STARTUP_FAILURE:
                 # The app or the socket is broken: every new worker would fail the same way.
                 log.error("Child process [%s] failed to start, stopping.", worker.pid)
+                self.status = STARTUP_FAILURE
                 self._on_stop(signal.SIGTERM, None)
                 return
             log.info("Child process [%s] died", worker.pid)
-            self.workers[i] = self._start()
+            try:
+                self.workers[i] = self._start()
+            except OSError:
+                if not self.stops:
+                    raise
+                # A stop closed the listening socket while the replacement was being started.
+                return
 
 
-def run(config: AdmissionConfig) -> None:
-    """run serves `config`: in this process, or under a `Supervisor` with `--workers`."""
+def run(config: AdmissionConfig) -> int:
+    """run serves `config` (in this process, or under a `Supervisor` with more than one
+    worker) until it is stopped; returns the exit status (0, or 3 when it failed to start).
+    A single process that fails to start exits with 3 itself, as uvicorn does."""
     if config.workers > 1:
         sock = config.bind_socket()
-        Supervisor(config, [sock]).run()
-    else:
-        AdmissionServer(config).run()
+        return Supervisor(config, [sock]).run()
+    AdmissionServer(config).run()
+    return 0
 
 
 def abort_connection(send: Send) -> bool:

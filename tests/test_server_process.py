@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections import Counter
@@ -23,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import ServerProcess, admission_serve, run_server, wait_until
+from tests.support import REPO, ServerProcess, admission_serve, run_server, wait_until
 
 pytestmark = pytest.mark.process
 
@@ -387,3 +388,17 @@ async def test_the_supervisor_lets_go_of_the_listening_socket_when_the_drain_beg
         status, _, _ = await request
         assert await asyncio.to_thread(exit_status, server, 15) == 0
     assert status == 200
+
+
+def test_a_worker_that_fails_to_start_stops_admission_serve_with_status_3() -> None:
+    argv = [a.replace("{port}", "0") for a in admission_serve("tests.apps.failing_startup:app")]
+    process = subprocess.run(
+        [*argv, "--workers", "2"],
+        cwd=REPO,
+        env={k: v for k, v in os.environ.items() if not k.startswith("ADMISSION_")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode == 3, process.stderr
+    assert "failed to start" in process.stderr
