@@ -384,7 +384,7 @@ class _Worker(Process):
         server = AdmissionServer(config)
         init: Any = super().__init__
         if "target" in inspect.signature(Process.__init__).parameters:
-            init(config, server.run, sockets)  # uvicorn < 0.36: the worker runs `target`
+            init(config, server.run, sockets)  # older uvicorn: the worker runs `target`
         else:
             init(config, sockets)
             self._server = server

@@ -287,6 +287,12 @@ def slow_request(url: str, ms: int) -> tuple[int, str | None, float]:
     return response.status_code, reason, time.monotonic() - started
 
 
+def both_workers_started(server: ServerProcess) -> None:
+    """both_workers_started waits until both workers have started their application: a
+    worker still starting when the signal comes has no drain to run yet."""
+    wait_until(lambda: server.log().count("Application startup complete.") >= 2, 20, "both workers")
+
+
 def in_flight_at_least(url: str, n: int) -> bool:
     """in_flight_at_least asks /readyz of whichever worker answers (True if any has `n`)."""
     try:
@@ -298,6 +304,7 @@ def in_flight_at_least(url: str, n: int) -> bool:
 async def test_ctrl_c_to_the_process_group_drains_once_under_workers() -> None:
     argv = admission_serve(None, "--workers", "2")
     with run_server(argv, {}, new_session=True) as server:
+        await asyncio.to_thread(both_workers_started, server)
         request = asyncio.ensure_future(asyncio.to_thread(slow_request, server.url, 1500))
         await asyncio.to_thread(
             wait_until,
@@ -321,6 +328,7 @@ async def test_a_deliberate_second_signal_hurries_the_drain_under_workers(to: st
     argv = admission_serve(None, "--workers", "2")
     env = {"ADMISSION_DRAIN_TIMEOUT": "60"}
     with run_server(argv, env, new_session=True) as server:
+        await asyncio.to_thread(both_workers_started, server)
         requests = [
             asyncio.ensure_future(asyncio.to_thread(slow_request, server.url, 20_000))
             for _ in range(2)
