@@ -450,7 +450,7 @@ class Supervisor:
                 continue
             worker.kill()
             worker.join()
-            if worker.exitcode == STARTUP_FAILURE:
+            if worker.process.exitcode == STARTUP_FAILURE:
                 # The app or the socket is broken: every new worker would fail the same way.
                 log.error("Child process [%s] failed to start, stopping.", worker.pid)
                 self.status = STARTUP_FAILURE
