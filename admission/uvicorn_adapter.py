@@ -84,16 +84,20 @@ class ServerLimits:
 
 
 class StopRelay:
-    """StopRelay tells the workers how many stop signals (SIGTERM, SIGINT) the supervisor has
-    received, and the last one, through shared memory the workers read on their server's tick.
+    """StopRelay is what the supervisor and its workers share, in shared memory: how many stop
+    signals (SIGTERM, SIGINT) the supervisor has received and the last one, which the workers
+    read on their server's tick, and which workers still listen.
 
     A count rather than a forwarded signal: a signal sent to the whole process group (Ctrl+C,
     systemd's KillMode=control-group) reaches each worker directly as well, and the worker
     counts max(signals it received, stops relayed), so one group signal drains once while a
-    deliberate second signal, to the group or to the supervisor alone, hurries."""
+    deliberate second signal, to the group or to the supervisor alone, hurries.
 
-    def __init__(self) -> None:
-        self._shared = multiprocessing.get_context("spawn").RawArray("i", 2)
+    Which workers listen (one slot per worker) tells the last of them to stop listening that
+    it is the last, and so the one that must not leave connections in the socket's queue."""
+
+    def __init__(self, workers: int) -> None:
+        self._shared = multiprocessing.get_context("spawn").RawArray("i", 2 + workers)
 
     def stopped(self, sig: int) -> None:
         """stopped records one more stop signal (called by the supervisor)."""
@@ -103,6 +107,16 @@ class StopRelay:
     def read(self) -> tuple[int, int]:
         """read is the number of stops so far and the last signal."""
         return int(self._shared[0]), int(self._shared[1])
+
+    def listening(self, slot: int, listening: bool) -> None:
+        """listening records whether the worker in `slot` holds the listening socket open."""
+        self._shared[2 + slot] = int(listening)
+
+    def others_listening(self, slot: int) -> bool:
+        """others_listening is True while a worker other than `slot`'s still listens. Each
+        worker clears its own slot before asking, so of two that stop at the same moment the
+        second to clear always sees none."""
+        return any(self._shared[2 + i] for i in range(len(self._shared) - 2) if i != slot)
 
 
 class AdmissionConfig(uvicorn.Config):
@@ -123,7 +137,7 @@ class AdmissionConfig(uvicorn.Config):
         super().__init__(*args, **kwargs)
         self.admission_limits = limits
         if relay is None and self.workers > 1:
-            relay = StopRelay()
+            relay = StopRelay(self.workers)
         self.admission_relay = relay
 
 
@@ -298,9 +312,11 @@ class AdmissionServer(uvicorn.Server):
       the socket closed, so that a client either gets an answer or is refused at connect.
     """
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(self, config: uvicorn.Config, *, slot: int | None = None) -> None:
         super().__init__(config)
         self.relayed = 0
+        # This worker's place in the supervisor's StopRelay (None: not under the supervisor).
+        self.slot = slot
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         signals.ask_server_to_exit(self, sig)
@@ -316,15 +332,29 @@ class AdmissionServer(uvicorn.Server):
                         self.handle_exit(sig, None)
         return await super().on_tick(counter)
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        relay = getattr(self.config, "admission_relay", None)
+        if relay is not None and self.slot is not None and self.started:
+            relay.listening(self.slot, True)
+
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        # Under the supervisor the listening socket is shared with the other workers: only
-        # when the whole service stops may this worker be the last to hold it. Stopping alone
-        # (a worker replaced, --limit-max-requests) it just lets go: the others accept.
-        last = getattr(self.config, "admission_relay", None) is None or self.relayed > 0
-        await stop_listening(self.servers, last_holder=last)
+        await stop_listening(self.servers, last_holder=self._last_holder())
         for sock in sockets or []:
             sock.close()
         await super().shutdown(sockets)
+
+    def _last_holder(self) -> bool:
+        """_last_holder is True when closing this process's listening socket may close it for
+        good: always alone; under the supervisor, when the whole service stops (the
+        supervisor has let go of its copy) and no other worker still listens. A worker
+        stopping on its own (replaced, --limit-max-requests) just lets go: the others accept
+        what is queued."""
+        relay: StopRelay | None = getattr(self.config, "admission_relay", None)
+        if relay is None or self.slot is None:
+            return True
+        relay.listening(self.slot, False)
+        return self.relayed > 0 and not relay.others_listening(self.slot)
 
 
 async def stop_listening(servers: list[Any], *, last_holder: bool) -> None:
@@ -380,8 +410,8 @@ def _queued(fds: list[int]) -> bool:
 class _Worker(Process):
     """_Worker is one of uvicorn's supervised worker processes, running `AdmissionServer`."""
 
-    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
-        server = AdmissionServer(config)
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket], slot: int) -> None:
+        server = AdmissionServer(config, slot=slot)
         init: Any = super().__init__
         if "target" in inspect.signature(Process.__init__).parameters:
             init(config, server.run, sockets)  # older uvicorn: the worker runs `target`
@@ -416,7 +446,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         log.info("Started parent process [%d]", os.getpid())
-        self.workers = [self._start() for _ in range(self.config.workers)]
+        self.workers = [self._start(slot) for slot in range(self.config.workers)]
         checked = time.monotonic()
         while not self.stops:
             time.sleep(SUPERVISOR_TICK_S)
@@ -438,8 +468,10 @@ class Supervisor:
                 sock.close()
         self.relay.stopped(sig)
 
-    def _start(self) -> _Worker:
-        worker = _Worker(self.config, self.sockets)
+    def _start(self, slot: int) -> _Worker:
+        # A worker that died may have left its slot marked as listening.
+        self.relay.listening(slot, False)
+        worker = _Worker(self.config, self.sockets, slot)
         worker.start()
         return worker
 
@@ -458,7 +490,7 @@ class Supervisor:
                 return
             log.info("Child process [%s] died", worker.pid)
             try:
-                self.workers[i] = self._start()
+                self.workers[i] = self._start(i)
             except OSError:
                 if not self.stops:
                     raise

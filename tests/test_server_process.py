@@ -415,3 +415,34 @@ def test_a_worker_that_fails_to_start_stops_admission_serve_with_status_3() -> N
     )
     assert process.returncode == 3, process.stderr
     assert "failed to start" in process.stderr
+
+
+async def test_a_worker_still_draining_accepts_after_the_other_has_stopped() -> None:
+    # The first worker to finish its drain must not stop the socket taking connections while
+    # another still drains: a client then gets that worker's 503 at once, not a hang.
+    with run_server(admission_serve(None, "--workers", "2")) as server:
+        await asyncio.to_thread(both_workers_started, server)
+        request = asyncio.ensure_future(asyncio.to_thread(slow_request, server.url, 4000))
+        await asyncio.to_thread(
+            wait_until, lambda: in_flight_at_least(server.url, 1), 5, "the request in flight"
+        )
+        server.signal(signal.SIGTERM)
+        await asyncio.to_thread(
+            wait_until,
+            lambda: server.log().count("Finished server process") == 1,
+            10,
+            "the idle worker to stop",
+        )
+        started = time.monotonic()
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection("127.0.0.1", server.port), 0.5
+        )
+        writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, _, body = await asyncio.wait_for(read_response(reader), 2)
+        answered_in = time.monotonic() - started
+        writer.close()
+        slow_status, _, _ = await request
+        assert await asyncio.to_thread(exit_status, server, 15) == 0
+    assert (status, json.loads(body)["reason"]) == (503, "draining")
+    assert answered_in < 1.0
+    assert slow_status == 200
