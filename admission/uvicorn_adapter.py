@@ -445,6 +445,9 @@ class Supervisor:
         uvicorn's start-up failure status (3) when a worker failed to start."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
+        # uvicorn's supervisor restarts its workers on SIGHUP; this one doesn't, and must not
+        # die of it either (its default action), leaving the workers without a supervisor.
+        signal.signal(signal.SIGHUP, self._on_hangup)
         log.info("Started parent process [%d]", os.getpid())
         self.workers = [self._start(slot) for slot in range(self.config.workers)]
         checked = time.monotonic()
@@ -467,6 +470,9 @@ class Supervisor:
             for sock in self.sockets:
                 sock.close()
         self.relay.stopped(sig)
+
+    def _on_hangup(self, sig: int, frame: FrameType | None) -> None:
+        log.warning("Received SIGHUP: ignored (to restart the workers, restart the service).")
 
     def _start(self, slot: int) -> _Worker:
         # A worker that died may have left its slot marked as listening.

@@ -446,3 +446,13 @@ async def test_a_worker_still_draining_accepts_after_the_other_has_stopped() -> 
     assert (status, json.loads(body)["reason"]) == (503, "draining")
     assert answered_in < 1.0
     assert slow_status == 200
+
+
+def test_sighup_leaves_the_supervisor_and_its_workers_serving() -> None:
+    with run_server(admission_serve(None, "--workers", "2")) as server:
+        server.signal(signal.SIGHUP)
+        wait_until(lambda: "Received SIGHUP" in server.log(), 5, "the SIGHUP logged")
+        assert httpx.get(server.url + "/", timeout=5).status_code == 200
+        assert server.process.poll() is None
+        server.signal(signal.SIGTERM)
+        assert exit_status(server, 15) == 0
