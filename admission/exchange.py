@@ -34,7 +34,7 @@ from admission.reasons import (
     Reason,
 )
 from admission.responses import Message, Receive, Scope, Send, send_problem
-from admission.transport import abort_connection
+from admission.uvicorn_adapter import abort_connection
 
 log = logging.getLogger("admission")
 

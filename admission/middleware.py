@@ -21,7 +21,7 @@ from admission.responses import Receive, Scope, Send, refuse_websocket, send_pro
 from admission.settings import Settings
 from admission.shutdown import SignalDrain
 from admission.stores import GuardedStore, MemoryStore, Store, open_store
-from admission.transport import abort_connection
+from admission.uvicorn_adapter import abort_connection
 from admission.window import Window
 
 __all__ = ["AdmissionMiddleware", "abort_connection"]

@@ -82,6 +82,14 @@ DRAIN_DEADLINE = Reason(
     "The service shut down before the request completed.",
     (CLOSE, RETRY_1),
 )
+# Answered by `admission serve`'s server (admission.uvicorn_adapter) before any application,
+# the middleware included, sees the request: not in the middleware's metrics.
+HEADER_TIMEOUT = Reason(
+    "header_timeout", 408, 1011, "The request head did not arrive in time.", (CLOSE,)
+)
+HEADER_TOO_LARGE = Reason(
+    "header_too_large", 431, 1011, "The request head is larger than the server accepts.", (CLOSE,)
+)
 # Not a refusal of a request: the middleware's own settings were bad, so nothing is served.
 CONFIGURATION = Reason("configuration", 500, 1011, "The service is misconfigured.")
 

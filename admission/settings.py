@@ -429,6 +429,13 @@ class Settings:
     request_timeout: float | None = setting(
         None, Seconds(0.001, _TIMEOUT_LIMIT_S, unset="for none"), "handler deadline in seconds"
     )
+    # Go's http.DefaultMaxHeaderBytes is 1 MiB, nginx's large_client_header_buffers 4 x 8 KiB:
+    # 64 KiB is ample for real requests (large cookies included) and cheap to refuse beyond.
+    max_header_bytes: int = setting(
+        64 * 1024,
+        Whole(1024, 16 * 1024 * 1024, "bytes"),
+        "largest request head under admission serve (else 431)",
+    )
     drain_delay: float = setting(
         0.0,
         Seconds(0.001, 3600, zero="for no delay"),

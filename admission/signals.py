@@ -3,6 +3,11 @@
 The handler installed here runs the drain first and only then calls the handler it replaced
 (uvicorn's, gunicorn's worker's, or the default), so the server starts its own shutdown once
 nothing is in flight. A second signal during the drain hurries it.
+
+Under `admission serve --workers` a worker also hears of the supervisor's stop signals, relayed
+by count (see `admission.uvicorn_adapter.StopRelay`). A signal sent to the whole process group
+reaches the worker both ways; the chain counts max(signals received, stops relayed), so that
+one Ctrl+C drains once and only a second signal hurries.
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ log = logging.getLogger("admission.drain")
 
 HANDLED = (signal.SIGTERM, signal.SIGINT)
 
+# The chain holding this process's handlers: the one the supervisor's relay reaches.
+_installed: SignalChain | None = None
+
 
 class SignalChain:
     """SignalChain replaces the handlers of `HANDLED` with one that calls `on_signal` on the
@@ -29,6 +37,9 @@ class SignalChain:
         self.installed = False
         self._previous: dict[int, Any] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._received = 0
+        self._relayed = 0
+        self._counted = 0
 
     def install(self) -> bool:
         """install takes over the signals; False (and nothing done) off the main thread,
@@ -42,12 +53,29 @@ class SignalChain:
             self._previous[sig] = signal.getsignal(sig)
             signal.signal(sig, self._handle)
         self.installed = True
+        global _installed
+        _installed = self
         return True
 
     def _handle(self, sig: int, frame: FrameType | None) -> None:
         # Runs between two bytecodes of the main thread: only hand over to the loop.
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self.on_signal, sig, frame)
+        self._loop.call_soon_threadsafe(self._received_one, sig, frame)
+
+    def _received_one(self, sig: int, frame: FrameType | None) -> None:
+        self._received += 1
+        self._count(sig, frame)
+
+    def relayed(self, count: int, sig: int) -> None:
+        """relayed takes the supervisor's count of stop signals (`sig` the last), on the loop:
+        `on_signal` runs once for each signal counted by neither this nor `_handle` before."""
+        self._relayed = max(self._relayed, count)
+        self._count(sig, None)
+
+    def _count(self, sig: int, frame: FrameType | None) -> None:
+        while self._counted < max(self._received, self._relayed):
+            self._counted += 1
+            self.on_signal(sig, frame)
 
     def forward(self, sig: int, frame: FrameType | None) -> None:
         """forward passes `sig` to the handler that was there before ours."""
@@ -63,6 +91,15 @@ class SignalChain:
         elif previous == signal.SIG_DFL:
             signal.signal(sig, signal.SIG_DFL)
             signal.raise_signal(sig)
+
+
+def relay(count: int, sig: int) -> bool:
+    """relay hands the supervisor's stop count to the chain installed in this process (see
+    `SignalChain.relayed`); False when there is none, and the server must act itself."""
+    if _installed is None:
+        return False
+    _installed.relayed(count, sig)
+    return True
 
 
 def ask_server_to_exit(server: Any, sig: int) -> None:

@@ -86,9 +86,12 @@ def run_server(
     port: int | None = None,
     ready_path: str = "/healthz",
     start_timeout_s: float = 20.0,
+    new_session: bool = False,
 ) -> Iterator[ServerProcess]:
     """run_server starts `argv` (with `{port}` replaced) with ADMISSION_* taken only from `env`,
-    waits until `ready_path` answers, yields it, and stops it at the end."""
+    waits until `ready_path` answers, yields it, and stops it at the end. `new_session` starts
+    it as the leader of a process group of its own, which a test may signal as a terminal
+    would (`os.killpg(server.process.pid, ...)`)."""
     port = port or free_port()
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("ADMISSION_")}
     full_env.update(env or {})
@@ -102,6 +105,7 @@ def run_server(
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 cwd=REPO,
+                start_new_session=new_session,
             )
         server = ServerProcess(process, port, log_path)
         try:

@@ -30,6 +30,7 @@ FIRST_BAD = {
     "write_timeout": "0",
     "idle_timeout": "0",
     "request_timeout": "0",
+    "max_header_bytes": "1000",
     "drain_delay": "-1",
     "drain_timeout": "0",
     "cleanup_timeout": "0",

@@ -1,0 +1,54 @@
+"""Tests of how admission stops listening: the kernel refuses new handshakes while the
+connections it had already queued are accepted and answered, so none is reset by the close."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from admission.uvicorn_adapter import refuse_new_connections, stop_listening
+
+
+def test_a_refusing_socket_completes_no_new_handshake_but_keeps_the_queued_ones() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        address = listener.getsockname()
+        queued = socket.create_connection(address, timeout=2)
+        queued.sendall(b"x")
+        assert refuse_new_connections(listener.fileno())
+        late = socket.socket()
+        late.settimeout(0.3)
+        # The handshake is dropped (the client retries), never completed into the queue.
+        with pytest.raises(TimeoutError):
+            late.connect(address)
+        accepted, _ = listener.accept()
+        assert accepted.recv(1) == b"x"
+        accepted.close()
+        queued.close()
+        late.close()
+
+
+async def test_stop_listening_answers_every_queued_connection_then_refuses() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(4)
+        writer.write(b"done")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    address = server.sockets[0].getsockname()
+    # The loop does not run between these connects: they wait in the kernel's accept queue.
+    clients = [socket.create_connection(address, timeout=5) for _ in range(8)]
+    for client in clients:
+        client.sendall(b"ping")
+    await stop_listening([server], last_holder=True)
+    for client in clients:
+        data = await asyncio.to_thread(client.recv, 4)
+        assert data == b"done"
+        client.close()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address, timeout=2)
+    await server.wait_closed()
