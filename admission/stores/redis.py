@@ -15,6 +15,7 @@ import hashlib
 import logging
 import urllib.parse
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -92,9 +93,10 @@ class RedisStore:
     Keys are `<prefix>:{<client key>}`: the braces make each client key its own Cluster hash
     slot, and keys longer than 200 bytes are hashed so a client can't make them grow.
 
-    Two lines carry the calls: `_lone_line` a lone caller's own round trip, `_batch_line` the
-    sender's batches; each carries one call at a time (`_direct`, one `_sender`). In Cluster
-    both go through the client, which routes each call to its slot's node.
+    Lines carry the calls: `_lone_line` a lone caller's own round trip, `_batch_line` the
+    sender's batches, each one call at a time (`_direct`, one `_sender`); in Cluster both go
+    through the client, which routes each call to its slot's node. `_client_line` goes through
+    the client too and takes any number of calls at once.
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class RedisStore:
         self._args = (repr(bucket.interval_s * 1e6).encode(), b"%d" % bucket.capacity)
         self._lone_line = _line_for(client, cluster)
         self._batch_line = _line_for(client, cluster)
+        self._client_line = ClientLine(client)
         self._queue: list[_Pending] = []
         self._sender: asyncio.Task[None] | None = None
         # True while a caller makes its own round trip (see `decide`).
@@ -152,7 +155,9 @@ class RedisStore:
             # sender task. What arrives meanwhile goes in one batch, sent at once alongside.
             self._direct = True
             try:
-                ahead = await self._call(self._lone_line, [self.redis_key(key)], [b"%d" % cost])
+                ahead = await self._run(
+                    self._lone_line, GCRA, [self.redis_key(key)], [*self._args, b"%d" % cost]
+                )
             finally:
                 self._direct = False
             return _decision(self.bucket, ahead, cost)
@@ -167,10 +172,14 @@ class RedisStore:
         finally:
             timer.cancel()
 
-    async def _call(self, line: Line, keys: list[bytes], costs: list[bytes]) -> Any:
-        """_call runs the script once within `timeout_s`; failures come out as StorageError."""
+    async def _run(
+        self, line: Line, script: Script, keys: Sequence[bytes], args: Sequence[bytes]
+    ) -> Any:
+        """_run runs `script` once on `line` within `timeout_s`; failures come out as
+        StorageError. Other scripts than GCRA go on `_client_line`, which takes any number of
+        calls at once."""
         try:
-            return await bounded(line.run(GCRA, keys, [*self._args, *costs]), self.timeout_s)
+            return await bounded(line.run(script, keys, args), self.timeout_s)
         except asyncio.TimeoutError as exc:
             raise StorageTimeout(f"Redis did not answer within {self.timeout_s}s") from exc
         except (RedisError, OSError) as exc:
@@ -199,9 +208,9 @@ class RedisStore:
 
     async def _send(self, batch: list[_Pending]) -> None:
         keys = [item[0] for item in batch]
-        costs = [b"%d" % item[1] for item in batch]
+        args = [*self._args, *(b"%d" % item[1] for item in batch)]
         try:
-            reply = await self._call(self._batch_line, keys, costs)
+            reply = await self._run(self._batch_line, GCRA, keys, args)
         except StorageError as exc:
             _fail_all(batch, exc)
             return
