@@ -184,6 +184,10 @@ class RedisStore:
             raise StorageTimeout(f"Redis did not answer within {self.timeout_s}s") from exc
         except (RedisError, OSError) as exc:
             raise StorageError(f"Redis call failed: {exc}") from exc
+        except Exception as exc:
+            # redis-py's own faults (an AttributeError on a connection torn down under a
+            # concurrent call was seen in Cluster) are storage failures too: the guard answers.
+            raise StorageError(f"Redis client failed: {exc!r}") from exc
 
     async def _send_all(self) -> None:
         # One sender at a time: whatever queued up during a round trip goes in the next one.

@@ -121,13 +121,26 @@ class ConnectionLine:
 
 
 class ClientLine:
-    """ClientLine runs scripts through a redis-py client's own command path (Redis Cluster)."""
+    """ClientLine runs scripts through a redis-py client's own command path (Redis Cluster),
+    any number at once.
+
+    A `RedisCluster` is initialized (its slot table read) before the first call goes out:
+    calls racing its lazy initialization were seen going to the wrong node, and the recovery
+    from the MOVED replies re-sent calls that had already run, taking their tokens twice.
+    """
 
     def __init__(self, client: Any) -> None:
         self.client = client
+        self._fresh = True
 
     async def run(self, script: Script, keys: Sequence[bytes], args: Sequence[bytes]) -> Any:
         """run sends EVALSHA (EVAL after NOSCRIPT) and returns the reply."""
+        if self._fresh:
+            initialize = getattr(self.client, "initialize", None)
+            if initialize is not None:
+                # Idempotent and locked inside redis-py: concurrent first callers all wait.
+                await initialize()
+            self._fresh = False
         try:
             return await self._run_once(script, keys, args)
         except RedisConnectionError:

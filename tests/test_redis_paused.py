@@ -1,0 +1,168 @@
+"""The storage timeout holds on the Redis store's own connections: a redis-server of the test's
+own is paused (SIGSTOP: it accepts nothing and answers nothing, its sockets stay open, as a
+stalled or partitioned Redis looks), every kind of call must give up within the timeout, and
+once it resumes the next decision must read its own reply, not the one a cut-short call left
+on the wire. Also: Cluster batches that span nodes, and a Sentinel failover.
+
+Latency bounds use the real clock, as bounds only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from admission.bucket import Bucket
+from admission.errors import StorageTimeout
+from admission.stores.guard import GuardedStore
+from admission.stores.redis import RedisStore
+from tests.support import RedisServer, own_redis_sentinel, redis_call
+
+pytestmark = pytest.mark.redis
+
+SLOW = Bucket(interval_s=36.0, capacity=100)
+TIMEOUT_S = 0.1
+# Slack on top of the timeout for a loaded machine; the timeout itself is what is tested.
+SLACK_S = 0.05
+
+
+@contextlib.contextmanager
+def paused(server: RedisServer) -> Iterator[None]:
+    """paused stops the redis-server process for the block and resumes it after."""
+    assert server.process is not None
+    server.process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
+    """store is a Redis store on the test's own redis-server, warmed up (script cached, both
+    of its connections open)."""
+    store = RedisStore.from_uri(redis_server.url, SLOW, timeout_s=TIMEOUT_S, prefix="paused")
+    await asyncio.gather(*(store.decide(f"warm-{i}") for i in range(8)))
+    yield store
+    await store.close()
+
+
+async def timed(awaitable: object) -> tuple[object, float]:
+    started = time.perf_counter()
+    try:
+        result: object = await awaitable  # type: ignore[misc]
+    except Exception as exc:
+        result = exc
+    return result, time.perf_counter() - started
+
+
+async def test_a_lone_decision_on_a_paused_redis_times_out_within_the_timeout(
+    redis_server: RedisServer, store: RedisStore
+) -> None:
+    assert (await store.decide("client")).remaining == SLOW.capacity - 1
+    with paused(redis_server):
+        result, took = await timed(store.decide("client"))
+        assert isinstance(result, StorageTimeout)
+        assert took <= TIMEOUT_S + SLACK_S
+        # And again, on the fresh connection the first timeout left behind.
+        result, took = await timed(store.decide("client"))
+        assert isinstance(result, StorageTimeout)
+        assert took <= TIMEOUT_S + SLACK_S
+    # Redis may still run the two calls that were on the wire when it resumes (their tokens
+    # are taken: the strict side), but this decision reads its own reply: cost 5.
+    decision = await store.decide("client", cost=5)
+    assert decision.allowed
+    assert decision.remaining in {SLOW.capacity - 1 - 5 - k for k in (0, 1, 2)}
+
+
+async def test_concurrent_decisions_on_a_paused_redis_all_time_out_within_the_timeout(
+    redis_server: RedisServer, store: RedisStore
+) -> None:
+    with paused(redis_server):
+        results = await asyncio.gather(*(timed(store.decide(f"c{i}")) for i in range(32)))
+    assert all(isinstance(result, StorageTimeout) for result, _ in results)
+    assert max(took for _, took in results) <= TIMEOUT_S + SLACK_S
+    decisions = await asyncio.gather(*(store.decide(f"after-{i}") for i in range(32)))
+    assert all(d.allowed and d.remaining == SLOW.capacity - 1 for d in decisions)
+
+
+async def test_check_on_a_paused_redis_times_out_within_the_timeout(
+    redis_server: RedisServer, store: RedisStore
+) -> None:
+    with paused(redis_server):
+        result, took = await timed(store.check())
+    assert isinstance(result, StorageTimeout)
+    assert took <= TIMEOUT_S + SLACK_S
+
+
+async def test_guard_answers_locally_within_the_timeout_while_redis_is_paused(
+    redis_server: RedisServer,
+) -> None:
+    bucket = Bucket(interval_s=36.0, capacity=3)
+    redis_store = RedisStore.from_uri(redis_server.url, bucket, timeout_s=TIMEOUT_S, prefix="g")
+    guard = GuardedStore(redis_store, bucket, "local")
+    try:
+        assert (await guard.decide("warm-up")).allowed
+        with paused(redis_server):
+            answers = []
+            for _ in range(4):
+                result, took = await timed(guard.decide("client"))
+                assert took <= TIMEOUT_S + SLACK_S
+                answers.append(result.allowed)  # type: ignore[attr-defined]
+            assert guard.degraded
+        assert answers == [True, True, True, False]
+    finally:
+        await guard.close()
+
+
+# --- Redis Cluster: one batch spans several nodes -------------------------------------------
+
+
+async def test_cluster_batch_over_many_slots_decides_each_key_once(redis_cluster_url: str) -> None:
+    store = RedisStore.from_uri(redis_cluster_url, SLOW, timeout_s=5.0, prefix="spread")
+    try:
+        keys = [f"client-{i}" for i in range(100)]
+        first = await asyncio.gather(*(store.decide(k) for k in keys))
+        second = await asyncio.gather(*(store.decide(k, cost=2) for k in keys))
+        assert [d.remaining for d in first] == [SLOW.capacity - 1] * 100
+        assert [d.remaining for d in second] == [SLOW.capacity - 3] * 100
+        nodes = {store.client.get_node_from_key(store.redis_key(k)).port for k in keys}
+        assert len(nodes) == 3  # the keys really were spread over every master
+    finally:
+        await store.close()
+
+
+# --- Sentinel: the master fails over ------------------------------------------------------
+
+
+async def test_sentinel_failover_moves_decisions_to_the_new_master() -> None:
+    with own_redis_sentinel(replica=True) as setup:
+        assert setup.replica is not None
+        store = RedisStore.from_uri(setup.url, SLOW, timeout_s=0.5, prefix="failover")
+        guard = GuardedStore(store, SLOW, "local", retry_interval_s=0.05)
+        try:
+            assert (await guard.decide("client")).remaining == SLOW.capacity - 1
+            # Replication is asynchronous: wait until the replica has the write.
+            assert redis_call(setup.master.port, "WAIT", "1", "5000") == b":1\r\n"
+            setup.master.kill()
+            deadline = time.monotonic() + 30
+            while setup.master_port() != setup.replica.port:
+                assert time.monotonic() < deadline, "the sentinel did not fail over"
+                await guard.decide("client")  # answered locally meanwhile
+                await asyncio.sleep(0.05)
+            while True:
+                assert time.monotonic() < deadline, "decisions never reached the new master"
+                decision = await guard.decide("after")
+                if not guard.degraded:
+                    break
+                await asyncio.sleep(0.05)
+            # Decided by the promoted replica, which holds what the old master wrote.
+            assert decision.remaining == SLOW.capacity - 1
+            assert (await store.decide("client")).remaining <= SLOW.capacity - 2
+        finally:
+            await guard.close()
