@@ -1,8 +1,11 @@
-"""The storage timeout holds on the Redis store's own connections: a redis-server of the test's
-own is paused (SIGSTOP: it accepts nothing and answers nothing, its sockets stay open, as a
-stalled or partitioned Redis looks), every kind of call must give up within the timeout, and
-once it resumes the next decision must read its own reply, not the one a cut-short call left
-on the wire. Also: Cluster batches that span nodes, and a Sentinel failover.
+"""The Redis store against real redis-servers of the test's own.
+
+The storage timeout holds on the store's own connections: the redis-server is paused
+(SIGSTOP: it accepts nothing and answers nothing, its sockets stay open, as a stalled or
+partitioned Redis looks), every kind of call must give up within the timeout, and once it
+resumes the next decision must read its own reply, not the one a cut-short call left on the
+wire. Also: keys live exactly as long as their buckets are not full, Cluster batches that span
+nodes, and a Sentinel failover.
 
 Latency bounds use the real clock, as bounds only.
 """
@@ -66,18 +69,18 @@ async def test_a_lone_decision_on_a_paused_redis_times_out_within_the_timeout(
 ) -> None:
     assert (await store.decide("client")).remaining == SLOW.capacity - 1
     with paused(redis_server):
-        result, took = await timed(store.decide("client"))
+        result, took = await timed(store.decide("other"))
         assert isinstance(result, StorageTimeout)
         assert took <= TIMEOUT_S + SLACK_S
         # And again, on the fresh connection the first timeout left behind.
-        result, took = await timed(store.decide("client"))
+        result, took = await timed(store.decide("other"))
         assert isinstance(result, StorageTimeout)
         assert took <= TIMEOUT_S + SLACK_S
-    # Redis may still run the two calls that were on the wire when it resumes (their tokens
-    # are taken: the strict side), but this decision reads its own reply: cost 5.
+    # Redis may still run the calls for "other" that were on the wire when it resumes, but
+    # this decision reads its own reply, not theirs (which would say 100 - 5 = 95).
     decision = await store.decide("client", cost=5)
     assert decision.allowed
-    assert decision.remaining in {SLOW.capacity - 1 - 5 - k for k in (0, 1, 2)}
+    assert decision.remaining == SLOW.capacity - 1 - 5
 
 
 async def test_concurrent_decisions_on_a_paused_redis_all_time_out_within_the_timeout(
@@ -118,6 +121,37 @@ async def test_guard_answers_locally_within_the_timeout_while_redis_is_paused(
         assert answers == [True, True, True, False]
     finally:
         await guard.close()
+
+
+# --- key lifetimes -------------------------------------------------------------------------
+
+
+async def test_a_key_lives_until_its_bucket_is_full_again(
+    redis_server: RedisServer, store: RedisStore
+) -> None:
+    for _ in range(3):
+        decision = await store.decide("client")
+    pttl = await store.client.pttl(store.redis_key("client"))
+    # Whole milliseconds, rounded up: never shorter than the bucket takes to fill.
+    assert decision.reset_after_s * 1000 - 100 <= pttl <= decision.reset_after_s * 1000 + 1
+
+
+async def test_a_key_of_a_fast_bucket_lives_a_millisecond_and_is_gone(
+    redis_server: RedisServer,
+) -> None:
+    # 0.2 ms per token: the bucket is full again well under a millisecond after a decision.
+    store = RedisStore.from_uri(redis_server.url, Bucket(0.0002, 1), timeout_s=2.0, prefix="f")
+    try:
+        assert (await store.decide("client")).allowed
+        key = store.redis_key("client")
+        assert await store.client.pttl(key) in (0, 1, -2)
+        deadline = time.monotonic() + 2.0
+        while await store.client.exists(key):
+            assert time.monotonic() < deadline, "the key outlived its bucket"
+            await asyncio.sleep(0.001)
+        assert (await store.decide("client")).allowed
+    finally:
+        await store.close()
 
 
 # --- Redis Cluster: one batch spans several nodes -------------------------------------------
