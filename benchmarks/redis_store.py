@@ -28,6 +28,15 @@ included) and `INFO latencystats` (p50), after `CONFIG RESETSTAT` on the script'
 Any decision the guard answered without Redis (a storage error or timeout) is counted and
 shown: such a run is not a Redis figure.
 
+Then, where a lone decision's client time goes: one caller, each layer timed alone in the
+same rounds, as thread CPU time per call (what the client itself spends: encoding, the event
+loop, system calls, parsing; not the wait for Redis) and wall time per call. From the bottom:
+PING and the script's EVALSHA pre-packed on one held connection, then `ConnectionLine.run`
+(packing, the NOSCRIPT and reconnect handling), `bounded` (the storage timeout; beside it the
+same call under `asyncio.timeout`), `RedisStore.decide` (the key, the lone path, the decision
+from the reply) and `GuardedStore.decide`; and for comparison redis-py's own `ping()` and
+`evalsha()` through its command path.
+
 Run: python benchmarks/redis_store.py [--rounds 7] [--duration 1] [--url redis://...]
 """
 
@@ -56,7 +65,8 @@ from limits.aio.strategies import FixedWindowRateLimiter
 
 from admission.bucket import Bucket
 from admission.stores.guard import GuardedStore
-from admission.stores.redis import RedisStore
+from admission.stores.redis import GCRA, RedisStore
+from admission.stores.redis_wire import bounded, pack_script_call
 
 RATE = 1_000_000
 BUCKET = Bucket(interval_s=1 / RATE, capacity=RATE)
@@ -218,6 +228,9 @@ async def measure(url: str, own: bool, duration_s: float, rounds: int) -> None:
                         sample.server["p50"] = after["p50"]
                     samples[name].append(sample)
             report(callers, samples, fallbacks - fallbacks_before)
+        await layers(ping_client, redis_store, guarded, ping_conn, rounds)
+        if fallbacks:
+            print(f"WARNING: {fallbacks} storage errors in all: the guard answered some decisions")
     finally:
         await delete_prefix(admin, prefix)
         await ping_conn.conn.disconnect()
@@ -271,6 +284,68 @@ def report(callers: int, samples: dict[str, list[Sample]], fallbacks: int) -> No
         )
     if fallbacks:
         print(f"  WARNING: {fallbacks} storage errors: the guard answered some decisions")
+    print()
+
+
+async def per_call(call: Callable[[], Awaitable[Any]], n: int) -> tuple[float, float]:
+    """per_call is the thread CPU time and the wall time of one of `n` calls, in µs."""
+    cpu, wall = time.thread_time, time.perf_counter
+    cpu0, wall0 = cpu(), wall()
+    for _ in range(n):
+        await call()
+    return (cpu() - cpu0) / n * 1e6, (wall() - wall0) / n * 1e6
+
+
+async def layers(
+    ping_client: Any, store: RedisStore, guarded: GuardedStore, ping_conn: PingConn, rounds: int
+) -> None:
+    """layers prints what each layer of a lone decision costs the client."""
+    key = store.redis_key("layers")
+    args = [*store._args, b"1"]
+    packed = pack_script_call(GCRA, [key], args)
+    line = store._lone_line
+    await store.decide("layers")  # connected, script cached
+    conn = line._conn  # type: ignore[attr-defined]
+
+    async def held_evalsha() -> Any:
+        await conn.send_packed_command(packed, check_health=False)
+        return await conn.read_response()
+
+    async def under_asyncio_timeout() -> Any:
+        async with asyncio.timeout(store.timeout_s):  # type: ignore[attr-defined,unused-ignore]
+            return await line.run(GCRA, [key], args)
+
+    calls: dict[str, Callable[[], Awaitable[Any]]] = {
+        "PING, held connection": lambda: ping_conn.decide(""),
+        "EVALSHA, held connection": held_evalsha,
+        "+ ConnectionLine.run": lambda: line.run(GCRA, [key], args),
+        "+ bounded (timeout)": lambda: bounded(line.run(GCRA, [key], args), store.timeout_s),
+        "  (asyncio.timeout instead)": under_asyncio_timeout,
+        "+ RedisStore.decide": lambda: store.decide("layers"),
+        "+ GuardedStore.decide": lambda: guarded.decide("layers"),
+        "redis-py client.ping()": ping_client.ping,
+        "redis-py client.evalsha()": lambda: ping_client.evalsha(GCRA.sha, 1, key, *args),
+    }
+    if sys.version_info < (3, 11):
+        del calls["  (asyncio.timeout instead)"]
+    n = 2000
+    for call in calls.values():
+        await per_call(call, 200)
+    cpu: dict[str, list[float]] = {name: [] for name in calls}
+    wall: dict[str, list[float]] = {name: [] for name in calls}
+    for r in range(rounds):
+        names = list(calls)
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            c, w = await per_call(calls[name], n)
+            cpu[name].append(c)
+            wall[name].append(w)
+    print(f"One caller, layer by layer ({rounds} rounds of {n} calls, medians):")
+    print(f"  {'layer':<30}{'client CPU µs':>14}{'wall µs':>9}")
+    for name in calls:
+        print(
+            f"  {name:<30}{statistics.median(cpu[name]):>14.1f}"
+            f"{statistics.median(wall[name]):>9.1f}"
+        )
     print()
 
 
