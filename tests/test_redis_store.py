@@ -24,7 +24,7 @@ from admission.bucket import Bucket
 from admission.errors import StorageTimeout
 from admission.stores.guard import GuardedStore
 from admission.stores.redis import RedisStore
-from tests.support import RedisServer, own_redis_sentinel, redis_call
+from tests.support import RedisServer, own_redis_sentinel, redis_call, wait_until
 
 pytestmark = pytest.mark.redis
 
@@ -184,7 +184,13 @@ async def test_sentinel_failover_moves_decisions_to_the_new_master() -> None:
         try:
             assert (await guard.decide("client")).remaining == SLOW.capacity - 1
             # Replication is asynchronous: wait until the replica has the write.
-            assert redis_call(setup.master.port, "WAIT", "1", "5000") == b":1\r\n"
+            key = store.redis_key("client").decode()
+            replica_port = setup.replica.port
+            wait_until(
+                lambda: redis_call(replica_port, "EXISTS", key) == b":1\r\n",
+                10,
+                "the replica to have the key",
+            )
             setup.master.kill()
             deadline = time.monotonic() + 30
             while setup.master_port() != setup.replica.port:
