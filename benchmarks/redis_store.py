@@ -11,9 +11,10 @@ closed loop), for N = 1 and N = 64. Variants, each with a client of its own:
              `FixedWindowRateLimiter(RedisStorage("async+redis://...",
              implementation="redispy")).hit(RateLimitItemPerSecond(1_000_000), key)`,
              one `EVALSHA` of its INCRBY+EXPIRE script per hit
-  admission  what `open_store` builds for ADMISSION_STORAGE=redis://... with the defaults
-             (ADMISSION_STORAGE_TIMEOUT=0.05, ADMISSION_ON_STORAGE_ERROR=local):
-             `GuardedStore(RedisStore.from_uri(url, bucket, timeout_s=0.05), ...)`.decide(key)
+  admission  `open_store(Settings(rate="1000000/second", storage=url, ...)).decide(key)`:
+             what the middleware decides with for ADMISSION_STORAGE=redis://..., with the
+             defaults ADMISSION_STORAGE_TIMEOUT=0.05 and ADMISSION_ON_STORAGE_ERROR=local
+             (a GuardedStore around a RedisStore)
   ping-conn  (one caller only) PING packed by hand on one held redis-py connection, read by
              redis-py's parser: what a round trip costs without redis-py's command path,
              which is how admission's lone caller travels; for reference
@@ -37,7 +38,8 @@ same call under `asyncio.timeout`), `RedisStore.decide` (the key, the lone path,
 from the reply) and `GuardedStore.decide`; and for comparison redis-py's own `ping()` and
 `evalsha()` through its command path.
 
-Run: python benchmarks/redis_store.py [--rounds 7] [--duration 1] [--url redis://...]
+Run: python benchmarks/redis_store.py [--rounds 7] [--duration 1] [--layer-calls 2000]
+                                     [--url redis://...]
 """
 
 from __future__ import annotations
@@ -63,14 +65,13 @@ from limits import RateLimitItemPerSecond
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import FixedWindowRateLimiter
 
-from admission.bucket import Bucket
+from admission.settings import Settings
+from admission.stores import open_store
 from admission.stores.guard import GuardedStore
 from admission.stores.redis import GCRA, RedisStore
 from admission.stores.redis_wire import bounded, pack_script_call
 
 RATE = 1_000_000
-BUCKET = Bucket(interval_s=1 / RATE, capacity=RATE)
-STORAGE_TIMEOUT_S = 0.05  # ADMISSION_STORAGE_TIMEOUT's default
 
 Decide = Callable[[str], Awaitable[Any]]
 
@@ -169,7 +170,7 @@ async def server_time(admin: Any, reset: bool) -> dict[str, float]:
     return out
 
 
-async def measure(url: str, own: bool, duration_s: float, rounds: int) -> None:
+async def measure(url: str, own: bool, duration_s: float, rounds: int, layer_calls: int) -> None:
     """measure runs every variant at 1 and 64 callers and prints the tables."""
     prefix = f"admission-bench-{os.getpid()}-{time.time_ns()}"
     admin = aioredis.Redis.from_url(url, single_connection_client=True)
@@ -178,14 +179,9 @@ async def measure(url: str, own: bool, duration_s: float, rounds: int) -> None:
         RedisStorage("async+" + url, implementation="redispy", key_prefix=prefix + "-limits")
     )
     item = RateLimitItemPerSecond(RATE)
-    fallbacks = 0
-
-    def count_fallback() -> None:
-        nonlocal fallbacks
-        fallbacks += 1
-
-    redis_store = RedisStore.from_uri(url, BUCKET, timeout_s=STORAGE_TIMEOUT_S, prefix=prefix)
-    guarded = GuardedStore(redis_store, BUCKET, "local", on_error=count_fallback)
+    guarded = open_store(Settings(rate=f"{RATE}/second", storage=url, key_prefix=prefix))
+    assert isinstance(guarded, GuardedStore) and isinstance(guarded.store, RedisStore)
+    redis_store = guarded.store
     ping_conn = PingConn(ping_client)
 
     def limits_hit(key: str) -> Awaitable[bool]:
@@ -214,7 +210,7 @@ async def measure(url: str, own: bool, duration_s: float, rounds: int) -> None:
         for callers in (1, 64):
             names = list(variants) if callers == 1 else ["ping", "limits", "admission"]
             samples: dict[str, list[Sample]] = {name: [] for name in names}
-            fallbacks_before = fallbacks
+            errors_before = guarded.errors
             for r in range(rounds):
                 order = names[r % len(names) :] + names[: r % len(names)]
                 for name in order:
@@ -227,10 +223,10 @@ async def measure(url: str, own: bool, duration_s: float, rounds: int) -> None:
                     if "p50" in after:
                         sample.server["p50"] = after["p50"]
                     samples[name].append(sample)
-            report(callers, samples, fallbacks - fallbacks_before)
-        await layers(ping_client, redis_store, guarded, ping_conn, rounds)
-        if fallbacks:
-            print(f"WARNING: {fallbacks} storage errors in all: the guard answered some decisions")
+            report(callers, samples, guarded.errors - errors_before)
+        await layers(ping_client, redis_store, guarded, ping_conn, rounds, layer_calls)
+        if guarded.errors:
+            print(f"WARNING: {guarded.errors} storage errors in all: the guard answered some")
     finally:
         await delete_prefix(admin, prefix)
         await ping_conn.conn.disconnect()
@@ -239,7 +235,7 @@ async def measure(url: str, own: bool, duration_s: float, rounds: int) -> None:
         await admin.aclose()
 
 
-def report(callers: int, samples: dict[str, list[Sample]], fallbacks: int) -> None:
+def report(callers: int, samples: dict[str, list[Sample]], errors: int) -> None:
     """report prints one table for one concurrency."""
     rates = {name: statistics.median(s.rate for s in ss) for name, ss in samples.items()}
     print(
@@ -282,8 +278,11 @@ def report(callers: int, samples: dict[str, list[Sample]], fallbacks: int) -> No
             f"  admission makes {rates['admission'] / others[best]:.2f}x the decisions of the "
             f"next best ({best})"
         )
-    if fallbacks:
-        print(f"  WARNING: {fallbacks} storage errors: the guard answered some decisions")
+    if errors:
+        print(
+            f"  WARNING: {errors} storage errors: the guard answered decisions without Redis "
+            "for up to a second after each, so these figures are not Redis's"
+        )
     print()
 
 
@@ -297,7 +296,12 @@ async def per_call(call: Callable[[], Awaitable[Any]], n: int) -> tuple[float, f
 
 
 async def layers(
-    ping_client: Any, store: RedisStore, guarded: GuardedStore, ping_conn: PingConn, rounds: int
+    ping_client: Any,
+    store: RedisStore,
+    guarded: GuardedStore,
+    ping_conn: PingConn,
+    rounds: int,
+    n: int,
 ) -> None:
     """layers prints what each layer of a lone decision costs the client."""
     key = store.redis_key("layers")
@@ -328,9 +332,8 @@ async def layers(
     }
     if sys.version_info < (3, 11):
         del calls["  (asyncio.timeout instead)"]
-    n = 2000
     for call in calls.values():
-        await per_call(call, 200)
+        await per_call(call, max(n // 10, 1))
     cpu: dict[str, list[float]] = {name: [] for name in calls}
     wall: dict[str, list[float]] = {name: [] for name in calls}
     for r in range(rounds):
@@ -366,10 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="an existing Redis instead of starting one")
     parser.add_argument("--duration", type=float, default=1.0, help="seconds per run")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--layer-calls", type=int, default=2000, help="calls per layer and round")
     args = parser.parse_args(argv)
 
     def go(url: str, own: bool) -> None:
-        coro = measure(url, own, args.duration, args.rounds)
+        coro = measure(url, own, args.duration, args.rounds, args.layer_calls)
         if importlib.util.find_spec("uvloop"):
             import uvloop
 
