@@ -176,8 +176,9 @@ async def bounded(awaitable: Awaitable[T], timeout_s: float) -> T:
 
     One timer that cancels the running task: what `asyncio.timeout` does, for about half of
     what it adds to a call (benchmarks/redis_store.py), and no task per call as
-    `asyncio.wait_for` has before 3.12. A cancellation from elsewhere stays a cancellation (on Python 3.10, one that lands
-    while the timer's own is under way is taken for the timeout: no `Task.uncancel` there).
+    `asyncio.wait_for` has before 3.12. A cancellation from elsewhere stays a cancellation (on
+    Python 3.10, one that lands while the timer's own is under way is taken for the timeout:
+    no `Task.uncancel` there).
     """
     task = asyncio.current_task()
     if task is None:  # Not in a task (a coroutine driven by hand): the standard way.
