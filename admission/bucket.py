@@ -88,6 +88,27 @@ class Bucket:
         retry = new_tat - limit - now
         return tat, Decision(False, self._remaining(base, now), retry, max(0.0, base - now))
 
+    def outcome(self, allowed: bool, ahead_s: float, cost: int = 1) -> Decision:
+        """outcome is the decision `decide` returns when, at `now`, the key's TAT stood `ahead_s`
+        seconds ahead of `now` (0 for a full bucket) and the request was `allowed` or not.
+
+        For a store that runs the admission test elsewhere (Redis's script) and reports only
+        that and `ahead_s`: the numbers are `decide`'s own expressions at `now = 0`, so
+        `decide(tat, 0.0, cost)[1] == outcome(allowed, max(tat, 0.0), cost)` exactly.
+        """
+        interval = self.interval_s
+        capacity = self.capacity
+        if allowed:
+            held = ahead_s + cost * interval
+            remaining = math.floor((capacity * interval - held) / interval + _EPSILON_S)
+            if remaining > capacity:
+                remaining = capacity
+            elif remaining < 0:
+                remaining = 0
+            return _new_tuple(Decision, (True, remaining, 0.0, held))
+        retry = math.inf if cost > capacity else ahead_s + cost * interval - capacity * interval
+        return Decision(False, self._remaining(ahead_s, 0.0), retry, ahead_s)
+
     def _remaining(self, tat: float, now: float) -> int:
         # Whole tokens only, so headers never promise a token that is not there yet.
         tokens = (self.fill_time_s - (tat - now)) / self.interval_s

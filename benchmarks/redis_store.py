@@ -1,23 +1,45 @@
-"""benchmarks/redis_store.py: Redis store decisions per second, batched against naive.
+"""benchmarks/redis_store.py: a Redis rate-limit decision, alone and 64 at once, against PING.
 
-Against a real Redis (default redis://127.0.0.1:6379/0), one process, one redis-py asyncio
-client shared by every variant, N concurrent callers each deciding for its own client key as
-fast as it can (a closed loop), for 1 and for 64 concurrent callers:
+One process, one event loop (uvloop when installed), against a redis-server this script
+starts on a free loopback port (so no one else's traffic moves its counters; `--url` to use
+another). N concurrent callers each decide for a key of their own as fast as they can (a
+closed loop), for N = 1 and N = 64. Variants, each with a client of its own:
 
-  batched        RedisStore: decisions that arrive while a round trip is under way are sent
-                 together in the next one (one EVALSHA of the GCRA script for many keys)
-  naive-serial   RedisStore(batching=False): one EVALSHA per decision, one at a time
-  naive-direct   each caller awaits its own EVALSHA of the same script on the shared client
-                 (its connection pool opens as many connections as callers): one round trip
-                 per decision, concurrent, no batching
+  ping       redis-py `await client.ping()` on `redis.asyncio.Redis.from_url(url)`: the
+             floor of a round trip through redis-py's command path
+  limits     `limits`' fixed window on redis-py, its lightest configuration:
+             `FixedWindowRateLimiter(RedisStorage("async+redis://...",
+             implementation="redispy")).hit(RateLimitItemPerSecond(1_000_000), key)`,
+             one `EVALSHA` of its INCRBY+EXPIRE script per hit
+  admission  `open_store(Settings(rate="1000000/second", storage=url, ...)).decide(key)`:
+             what the middleware decides with for ADMISSION_STORAGE=redis://..., with the
+             defaults ADMISSION_STORAGE_TIMEOUT=0.05 and ADMISSION_ON_STORAGE_ERROR=local
+             (a GuardedStore around a RedisStore)
+  ping-conn  (one caller only) PING packed by hand on one held redis-py connection, read by
+             redis-py's parser: what a round trip costs without redis-py's command path,
+             which is how admission's lone caller travels; for reference
 
-Reported per variant: decisions per second (median of the rounds, variants interleaved
-round by round), mean and p99 latency of one decision, and EVALSHA commands per decision as
-counted by Redis itself (INFO commandstats). A PING round trip is measured alongside, so
-"no more than one round trip" at 1 caller can be read off directly. Keys live under a
-unique prefix and are deleted at the end.
+A rate of 1,000,000/second with as large a bucket, so every decision admits and writes its
+key. Rounds interleave the variants (the order rotates each round) and the figures are
+medians over the rounds. Reported per variant: decisions per second, µs per decision
+(1/rate), median and p99 latency; at 1 caller the ratio to `ping`, at 64 the ratio to the
+next best. The server time of admission's script comes from Redis itself, read around
+admission's runs only: `INFO commandstats` (`usec_per_call` of EVALSHA: mean, everything
+included) and `INFO latencystats` (p50), after `CONFIG RESETSTAT` on the script's own server.
+Any decision the guard answered without Redis (a storage error or timeout) is counted and
+shown: such a run is not a Redis figure.
 
-Run: python benchmarks/redis_store.py [--url redis://127.0.0.1:6379/0] [--duration 2]
+Then, where a lone decision's client time goes: one caller, each layer timed alone in the
+same rounds, as thread CPU time per call (what the client itself spends: encoding, the event
+loop, system calls, parsing; not the wait for Redis) and wall time per call. From the bottom:
+PING and the script's EVALSHA pre-packed on one held connection, then `ConnectionLine.run`
+(packing, the NOSCRIPT and reconnect handling), `bounded` (the storage timeout; beside it the
+same call under `asyncio.timeout`), `RedisStore.decide` (the key, the lone path, the decision
+from the reply) and `GuardedStore.decide`; and for comparison redis-py's own `ping()` and
+`evalsha()` through its command path.
+
+Run: python benchmarks/redis_store.py [--rounds 7] [--duration 1] [--layer-calls 2000]
+                                     [--url redis://...]
 """
 
 from __future__ import annotations
@@ -25,45 +47,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
-import math
 import os
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
+from limits import RateLimitItemPerSecond
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import FixedWindowRateLimiter
 
-from admission.bucket import Bucket, Decision
-from admission.stores.redis import SCRIPT, SCRIPT_SHA, RedisStore
+from admission.settings import Settings
+from admission.stores import open_store
+from admission.stores.guard import GuardedStore
+from admission.stores.redis import GCRA, RedisStore
+from admission.stores.redis_wire import bounded, pack_script_call
 
-# One million tokens per second and as many in the bucket: every decision is an admission,
-# so all variants do the same work (a SET per decision) and none is refused.
-BUCKET = Bucket(interval_s=1e-6, capacity=1_000_000)
-TIMEOUT_S = 2.0
+RATE = 1_000_000
 
-Decide = Callable[[str], Awaitable[Decision]]
-
-
-class NaiveDirect:
-    """NaiveDirect is the obvious implementation: each decision awaits its own EVALSHA of
-    admission's GCRA script, with nothing shared between concurrent decisions."""
-
-    def __init__(self, client: Any, prefix: str) -> None:
-        self.client = client
-        self.prefix = prefix
-        self.args = (repr(BUCKET.interval_s * 1e6), str(BUCKET.capacity), "1")
-
-    async def decide(self, key: str) -> Decision:
-        """decide runs the script for one key and reads its four numbers."""
-        rkey = f"{self.prefix}:{{{key}}}"
-        reply = await self.client.evalsha(SCRIPT_SHA, 1, rkey, *self.args)
-        allowed, remaining, retry_us, reset_us = (int(v) for v in reply)
-        return Decision(
-            bool(allowed), remaining, math.inf if retry_us < 0 else retry_us / 1e6, reset_us / 1e6
-        )
+Decide = Callable[[str], Awaitable[Any]]
 
 
 @dataclass
@@ -71,11 +81,9 @@ class Sample:
     """Sample is one timed run of one variant."""
 
     decisions: int = 0
-    refused: int = 0
-    errors: int = 0
     latencies_s: list[float] = field(default_factory=list)
     elapsed_s: float = 0.0
-    evalsha: int = 0
+    server: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
@@ -83,15 +91,7 @@ class Sample:
         return self.decisions / self.elapsed_s
 
 
-async def evalsha_calls(client: Any) -> int:
-    """evalsha_calls is Redis's own count of EVALSHA (plus EVAL) commands so far."""
-    stats = await client.info("commandstats")
-    return sum(
-        int(stats.get(name, {}).get("calls", 0)) for name in ("cmdstat_evalsha", "cmdstat_eval")
-    )
-
-
-async def run(client: Any, decide: Decide, callers: int, duration_s: float) -> Sample:
+async def run(decide: Decide, callers: int, duration_s: float) -> Sample:
     """run lets `callers` coroutines decide for their own keys for `duration_s` seconds."""
     sample = Sample()
     perf = time.perf_counter
@@ -102,109 +102,296 @@ async def run(client: Any, decide: Decide, callers: int, duration_s: float) -> S
         latencies = sample.latencies_s
         while perf() < deadline:
             started = perf()
-            try:
-                decision = await decide(key)
-            except Exception:
-                sample.errors += 1
-                continue
+            await decide(key)
             latencies.append(perf() - started)
             sample.decisions += 1
-            if not decision.allowed:
-                sample.refused += 1
 
-    before = await evalsha_calls(client)
     started = perf()
     await asyncio.gather(*(caller(i) for i in range(callers)))
     sample.elapsed_s = perf() - started
-    sample.evalsha = await evalsha_calls(client) - before
     return sample
 
 
-async def ping_rtt_s(client: Any, n: int = 2000) -> float:
-    """ping_rtt_s is the mean time of one PING round trip on the same client."""
-    started = time.perf_counter()
-    for _ in range(n):
-        await client.ping()
-    return (time.perf_counter() - started) / n
+class PingConn:
+    """PingConn is a PING on one connection held out of a redis-py pool, packed by hand."""
+
+    def __init__(self, client: Any) -> None:
+        self.conn = client.connection_pool.make_connection()
+        self.conn.socket_timeout = None
+
+    async def decide(self, key: str) -> Any:
+        """decide sends PING and reads the reply (the key is ignored)."""
+        conn = self.conn
+        if not conn.is_connected:
+            await conn.connect()
+        await conn.send_packed_command(b"*1\r\n$4\r\nPING\r\n", check_health=False)
+        return await conn.read_response()
 
 
-async def delete_prefix(client: Any, prefix: str) -> int:
-    """delete_prefix deletes every key under `prefix` and returns how many there were."""
-    deleted = 0
-    async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        deleted += await client.delete(key)
-    return deleted
+@contextmanager
+def own_redis() -> Iterator[str]:
+    """own_redis starts a throwaway redis-server on a free loopback port, yields its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("redis-server is not installed; pass --url")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory(prefix="admission-bench-redis-") as tmp:
+        argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        argv += ["--appendonly", "no", "--dir", tmp]
+        process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
+                        conn.sendall(b"PING\r\n")
+                        if conn.recv(16).startswith(b"+PONG"):
+                            break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline or process.poll() is not None:
+                    sys.exit("redis-server did not start")
+                time.sleep(0.02)
+            yield f"redis://127.0.0.1:{port}/0"
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
 
 
-async def measure(url: str, duration_s: float, rounds: int, concurrency: list[int]) -> None:
-    """measure runs every variant at every concurrency and prints the table."""
+async def server_time(admin: Any, reset: bool) -> dict[str, float]:
+    """server_time is EVALSHA's calls and total µs so far, and its p50 when `reset` was used."""
+    stats = (await admin.info("commandstats")).get("cmdstat_evalsha", {})
+    out = {"calls": float(stats.get("calls", 0)), "usec": float(stats.get("usec", 0))}
+    if reset:
+        lat = (await admin.info("latencystats")).get("latency_percentiles_usec_evalsha", {})
+        out["p50"] = float(lat.get("p50", 0.0))
+    return out
+
+
+async def measure(url: str, own: bool, duration_s: float, rounds: int, layer_calls: int) -> None:
+    """measure runs every variant at 1 and 64 callers and prints the tables."""
     prefix = f"admission-bench-{os.getpid()}-{time.time_ns()}"
-    client = aioredis.Redis.from_url(url)
+    admin = aioredis.Redis.from_url(url, single_connection_client=True)
+    ping_client = aioredis.Redis.from_url(url)
+    limiter = FixedWindowRateLimiter(
+        RedisStorage("async+" + url, implementation="redispy", key_prefix=prefix + "-limits")
+    )
+    item = RateLimitItemPerSecond(RATE)
+    guarded = open_store(Settings(rate=f"{RATE}/second", storage=url, key_prefix=prefix))
+    assert isinstance(guarded, GuardedStore) and isinstance(guarded.store, RedisStore)
+    redis_store = guarded.store
+    ping_conn = PingConn(ping_client)
+
+    def limits_hit(key: str) -> Awaitable[bool]:
+        return limiter.hit(item, key)
+
+    variants: dict[str, Decide] = {
+        "ping": lambda key: ping_client.ping(),
+        "limits": limits_hit,
+        "admission": guarded.decide,
+        "ping-conn": ping_conn.decide,
+    }
     try:
-        await client.script_load(SCRIPT)
-        variants: dict[str, Decide] = {
-            "batched": RedisStore(client, BUCKET, timeout_s=TIMEOUT_S, prefix=prefix).decide,
-            "naive-serial": RedisStore(
-                client, BUCKET, timeout_s=TIMEOUT_S, prefix=prefix, batching=False
-            ).decide,
-            "naive-direct": NaiveDirect(client, prefix).decide,
-        }
-        for decide in variants.values():  # warm up: connections, script cache
-            await run(client, decide, 64, 0.3)
-        rtt = statistics.median([await ping_rtt_s(client) for _ in range(3)])
-        print(f"Redis {url}; PING round trip {rtt * 1e6:.0f} µs (mean, same client)")
+        for decide in variants.values():  # warm up: connections, script caches
+            await run(decide, 1, 0.3)
+        for decide in list(variants.values())[:3]:
+            await run(decide, 64, 0.3)
+        info = await admin.info("server")
         print(
-            f"{rounds} rounds of {duration_s:g} s per variant and concurrency, interleaved; "
-            "medians of the rounds\n"
+            f"Redis {info['redis_version']} at {url}"
+            f"{' (started by this script)' if own else ''}; event loop: {loop_name()}"
         )
-        header = (
-            f"{'callers':>7}  {'variant':<13}{'decisions/s':>12}{'mean µs':>9}{'p99 µs':>9}"
-            f"{'EVALSHA/decision':>18}{'vs naive-serial':>17}{'vs naive-direct':>17}"
+        print(
+            f"{rounds} rounds of {duration_s:g} s per variant and concurrency, variants "
+            "interleaved; medians of the rounds\n"
         )
-        print(header)
-        for callers in concurrency:
-            samples: dict[str, list[Sample]] = {name: [] for name in variants}
+        for callers in (1, 64):
+            names = list(variants) if callers == 1 else ["ping", "limits", "admission"]
+            samples: dict[str, list[Sample]] = {name: [] for name in names}
+            errors_before = guarded.errors
             for r in range(rounds):
-                order = list(variants) if r % 2 == 0 else list(reversed(variants))
+                order = names[r % len(names) :] + names[: r % len(names)]
                 for name in order:
-                    samples[name].append(await run(client, variants[name], callers, duration_s))
-            rates = {n: statistics.median(s.rate for s in ss) for n, ss in samples.items()}
-            for name, ss in samples.items():
-                lat = sorted(x for s in ss for x in s.latencies_s)
-                total = sum(s.decisions for s in ss)
-                bad = sum(s.errors + s.refused for s in ss)
-                per = sum(s.evalsha for s in ss) / total
-                print(
-                    f"{callers:>7}  {name:<13}{rates[name]:>12.0f}"
-                    f"{statistics.fmean(lat) * 1e6:>9.0f}{lat[int(0.99 * len(lat))] * 1e6:>9.0f}"
-                    f"{per:>18.3f}{rates[name] / rates['naive-serial']:>16.2f}x"
-                    f"{rates[name] / rates['naive-direct']:>16.2f}x"
-                    + (f"  ({bad} refused or failed)" if bad else "")
-                )
-        left = await delete_prefix(client, prefix)
-        # Each key expires when its bucket is full again, here a millisecond after its last use.
-        print(f"\n{left} keys were left under {prefix}:* and were deleted")
+                    if name == "admission" and own:
+                        await admin.config_resetstat()
+                    before = await server_time(admin, False)
+                    sample = await run(variants[name], callers, duration_s)
+                    after = await server_time(admin, own and name == "admission")
+                    sample.server = {k: after[k] - before.get(k, 0.0) for k in after}
+                    if "p50" in after:
+                        sample.server["p50"] = after["p50"]
+                    samples[name].append(sample)
+            report(callers, samples, guarded.errors - errors_before)
+        await layers(ping_client, redis_store, guarded, ping_conn, rounds, layer_calls)
+        if guarded.errors:
+            print(f"WARNING: {guarded.errors} storage errors in all: the guard answered some")
     finally:
-        await delete_prefix(client, prefix)
-        await client.aclose()
+        await delete_prefix(admin, prefix)
+        await ping_conn.conn.disconnect()
+        await guarded.close()
+        await ping_client.aclose()
+        await admin.aclose()
+
+
+def report(callers: int, samples: dict[str, list[Sample]], errors: int) -> None:
+    """report prints one table for one concurrency."""
+    rates = {name: statistics.median(s.rate for s in ss) for name, ss in samples.items()}
+    p50s = {
+        name: statistics.median([x for s in ss for x in s.latencies_s])
+        for name, ss in samples.items()
+    }
+    print(
+        f"{callers} caller{'s' if callers > 1 else ''}:\n"
+        f"  {'variant':<11}{'decisions/s':>12}{'µs/decision':>13}{'p50 µs':>9}{'p99 µs':>9}"
+        f"{'vs ping':>9}"
+    )
+    for name, ss in samples.items():
+        lat = sorted(x for s in ss for x in s.latencies_s)
+        print(
+            f"  {name:<11}{rates[name]:>12.0f}{1e6 / rates[name]:>13.1f}"
+            f"{p50s[name] * 1e6:>9.0f}{lat[int(0.99 * len(lat))] * 1e6:>9.0f}"
+            f"{rates['ping'] / rates[name]:>8.2f}x"
+        )
+    ours = samples["admission"]
+    calls = sum(s.server["calls"] for s in ours)
+    decisions = sum(s.decisions for s in ours)
+    per_call = [s.server["usec"] / s.server["calls"] for s in ours if s.server["calls"]]
+    print(
+        f"  admission: {calls / decisions:.3f} EVALSHA per decision; server time of its script "
+        f"(INFO commandstats usec_per_call, median of rounds): {statistics.median(per_call):.2f} "
+        f"µs per call, {statistics.median(s.server['usec'] / s.decisions for s in ours):.2f} µs "
+        "per decision"
+        + (
+            f"; p50 per call (INFO latencystats): "
+            f"{statistics.median(s.server['p50'] for s in ours):.2f} µs"
+            if "p50" in ours[0].server
+            else ""
+        )
+    )
+    others = {n: r for n, r in rates.items() if n not in ("admission", "ping-conn")}
+    if callers == 1:
+        print(
+            f"  admission takes {rates['ping'] / rates['admission']:.2f}x ping's time per "
+            f"decision (p50: {p50s['admission'] / p50s['ping']:.2f}x) and "
+            f"{rates['limits'] / rates['admission']:.2f}x limits' "
+            f"(p50: {p50s['admission'] / p50s['limits']:.2f}x)"
+        )
+    else:
+        best = max(others, key=lambda n: others[n])
+        print(
+            f"  admission makes {rates['admission'] / others[best]:.2f}x the decisions of the "
+            f"next best ({best})"
+        )
+    if errors:
+        print(
+            f"  WARNING: {errors} storage errors: the guard answered decisions without Redis "
+            "for up to a second after each, so these figures are not Redis's"
+        )
+    print()
+
+
+async def per_call(call: Callable[[], Awaitable[Any]], n: int) -> tuple[float, float]:
+    """per_call is the thread CPU time and the wall time of one of `n` calls, in µs."""
+    cpu, wall = time.thread_time, time.perf_counter
+    cpu0, wall0 = cpu(), wall()
+    for _ in range(n):
+        await call()
+    return (cpu() - cpu0) / n * 1e6, (wall() - wall0) / n * 1e6
+
+
+async def layers(
+    ping_client: Any,
+    store: RedisStore,
+    guarded: GuardedStore,
+    ping_conn: PingConn,
+    rounds: int,
+    n: int,
+) -> None:
+    """layers prints what each layer of a lone decision costs the client."""
+    key = store.redis_key("layers")
+    args = [*store._args, b"1"]
+    packed = pack_script_call(GCRA, [key], args)
+    line = store._lone_line
+    await store.decide("layers")  # connected, script cached
+    conn = line._conn  # type: ignore[attr-defined]
+
+    async def held_evalsha() -> Any:
+        await conn.send_packed_command(packed, check_health=False)
+        return await conn.read_response()
+
+    async def under_asyncio_timeout() -> Any:
+        async with asyncio.timeout(store.timeout_s):  # type: ignore[attr-defined,unused-ignore]
+            return await line.run(GCRA, [key], args)
+
+    calls: dict[str, Callable[[], Awaitable[Any]]] = {
+        "PING, held connection": lambda: ping_conn.decide(""),
+        "EVALSHA, held connection": held_evalsha,
+        "+ ConnectionLine.run": lambda: line.run(GCRA, [key], args),
+        "+ bounded (timeout)": lambda: bounded(line.run(GCRA, [key], args), store.timeout_s),
+        "  (asyncio.timeout instead)": under_asyncio_timeout,
+        "+ RedisStore.decide": lambda: store.decide("layers"),
+        "+ GuardedStore.decide": lambda: guarded.decide("layers"),
+        "redis-py client.ping()": ping_client.ping,
+        "redis-py client.evalsha()": lambda: ping_client.evalsha(GCRA.sha, 1, key, *args),
+    }
+    if sys.version_info < (3, 11):
+        del calls["  (asyncio.timeout instead)"]
+    for call in calls.values():
+        await per_call(call, max(n // 10, 1))
+    cpu: dict[str, list[float]] = {name: [] for name in calls}
+    wall: dict[str, list[float]] = {name: [] for name in calls}
+    for r in range(rounds):
+        names = list(calls)
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            c, w = await per_call(calls[name], n)
+            cpu[name].append(c)
+            wall[name].append(w)
+    print(f"One caller, layer by layer ({rounds} rounds of {n} calls, medians):")
+    print(f"  {'layer':<30}{'client CPU µs':>14}{'wall µs':>9}")
+    for name in calls:
+        print(
+            f"  {name:<30}{statistics.median(cpu[name]):>14.1f}"
+            f"{statistics.median(wall[name]):>9.1f}"
+        )
+    print()
+
+
+async def delete_prefix(client: Any, prefix: str) -> None:
+    """delete_prefix deletes every key under `prefix` (both admission's and limits')."""
+    async for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        await client.delete(key)
+
+
+def loop_name() -> str:
+    """loop_name is the running event loop's module."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
 
 def main(argv: list[str] | None = None) -> int:
     """main parses the options and runs the measurement on uvloop when installed."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="redis://127.0.0.1:6379/0")
-    parser.add_argument("--duration", type=float, default=2.0, help="seconds per run")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--concurrency", default="1,64", help="comma-separated caller counts")
+    parser.add_argument("--url", help="an existing Redis instead of starting one")
+    parser.add_argument("--duration", type=float, default=1.0, help="seconds per run")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--layer-calls", type=int, default=2000, help="calls per layer and round")
     args = parser.parse_args(argv)
-    concurrency = [int(c) for c in args.concurrency.split(",")]
-    coro = measure(args.url, args.duration, args.rounds, concurrency)
-    if importlib.util.find_spec("uvloop"):
-        import uvloop
 
-        uvloop.run(coro)
+    def go(url: str, own: bool) -> None:
+        coro = measure(url, own, args.duration, args.rounds, args.layer_calls)
+        if importlib.util.find_spec("uvloop"):
+            import uvloop
+
+            uvloop.run(coro)
+        else:
+            asyncio.run(coro)
+
+    if args.url:
+        go(args.url, False)
     else:
-        asyncio.run(coro)
+        with own_redis() as url:
+            go(url, True)
     return 0
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import RedisServer, own_redis_server
+from tests.support import RedisServer, own_redis_cluster, own_redis_sentinel, own_redis_server
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -40,3 +40,17 @@ def redis_server() -> Iterator[RedisServer]:
     """redis_server is a redis-server of this test's own, which it may kill and restart."""
     with own_redis_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """redis_cluster_url is a three-master Redis Cluster started for the session."""
+    with own_redis_cluster() as cluster:
+        yield cluster.url
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_url() -> Iterator[str]:
+    """redis_sentinel_url is a master watched by a sentinel, started for the session."""
+    with own_redis_sentinel() as setup:
+        yield setup.url

@@ -151,6 +151,7 @@ class RedisServer:
     port: int
     process: subprocess.Popen[bytes] | None = None
     dir: str = ""
+    extra_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -173,6 +174,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 self.dir,
+                *self.extra_args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -217,3 +219,178 @@ def pid_alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def redis_call(port: int, *args: str, timeout_s: float = 2.0) -> bytes:
+    """redis_call sends one command to 127.0.0.1:`port` and returns the raw reply (one read,
+    enough for the short replies the helpers below ask for)."""
+    command = b"*%d\r\n" % len(args) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        sock.sendall(command)
+        return sock.recv(65536)
+
+
+@dataclass
+class RedisClusterNodes:
+    """RedisClusterNodes is a Redis Cluster of masters this test started on free ports."""
+
+    nodes: list[RedisServer]
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+        return f"redis+cluster://{hosts}"
+
+
+@contextlib.contextmanager
+def own_redis_cluster(masters: int = 3, timeout_s: float = 30.0) -> Iterator[RedisClusterNodes]:
+    """own_redis_cluster starts `masters` cluster-enabled redis-servers (each with a bus port of
+    its own, `cluster-port`), joins them with `redis-cli --cluster create`, waits until every
+    node reports `cluster_state:ok`, and stops them all after."""
+    redis_cli = shutil.which("redis-cli")
+    assert redis_cli, "redis-cli is not installed"
+    with tempfile.TemporaryDirectory(prefix="admission-cluster-") as tmp:
+        nodes: list[RedisServer] = []
+        try:
+            for i in range(masters):
+                node_dir = Path(tmp) / str(i)
+                node_dir.mkdir()
+                node = RedisServer(
+                    free_port(),
+                    dir=str(node_dir),
+                    extra_args=(
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-port",
+                        str(free_port()),
+                        "--cluster-config-file",
+                        str(node_dir / "nodes.conf"),
+                        "--cluster-node-timeout",
+                        "5000",
+                    ),
+                )
+                nodes.append(node)
+                node.start()
+            subprocess.run(
+                [redis_cli, "--cluster", "create"]
+                + [f"127.0.0.1:{node.port}" for node in nodes]
+                + ["--cluster-replicas", "0", "--cluster-yes"],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                timeout=timeout_s,
+            )
+            for node in nodes:
+
+                def ok(port: int = node.port) -> bool:
+                    return b"cluster_state:ok" in redis_call(port, "CLUSTER", "INFO")
+
+                wait_until(ok, timeout_s, f"cluster node {node.port} to be ok")
+            yield RedisClusterNodes(nodes)
+        finally:
+            for node in nodes:
+                node.kill()
+
+
+@dataclass
+class RedisSentinelSetup:
+    """RedisSentinelSetup is a master, optionally a replica, and one sentinel watching them
+    as `mymaster`, all started by this test."""
+
+    master: RedisServer
+    replica: RedisServer | None
+    sentinel_port: int
+    sentinel: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/mymaster"
+
+    def master_port(self) -> int | None:
+        """master_port is the port the sentinel names as the master's now."""
+        try:
+            reply = redis_call(
+                self.sentinel_port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster"
+            )
+        except OSError:
+            return None
+        lines = reply.split(b"\r\n")
+        return int(lines[4]) if len(lines) > 4 and lines[0] == b"*2" else None
+
+
+@contextlib.contextmanager
+def own_redis_sentinel(
+    replica: bool = False, timeout_s: float = 30.0
+) -> Iterator[RedisSentinelSetup]:
+    """own_redis_sentinel starts a master (and a replica of it when asked) and a sentinel
+    monitoring it with a quorum of one and a 500 ms down-after, so that a test may kill the
+    master and see the replica promoted within seconds; stops them all after."""
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed"
+    with tempfile.TemporaryDirectory(prefix="admission-sentinel-") as tmp:
+        started: list[RedisServer] = []
+        sentinel_process: subprocess.Popen[bytes] | None = None
+        try:
+            master_dir = Path(tmp) / "master"
+            master_dir.mkdir()
+            master = RedisServer(free_port(), dir=str(master_dir))
+            started.append(master)
+            master.start()
+            replica_server: RedisServer | None = None
+            if replica:
+                replica_dir = Path(tmp) / "replica"
+                replica_dir.mkdir()
+                replica_server = RedisServer(
+                    free_port(),
+                    dir=str(replica_dir),
+                    extra_args=("--replicaof", "127.0.0.1", str(master.port)),
+                )
+                started.append(replica_server)
+                replica_server.start()
+            sentinel_port = free_port()
+            conf = Path(tmp) / "sentinel.conf"
+            conf.write_text(
+                f"port {sentinel_port}\n"
+                "bind 127.0.0.1\n"
+                f"dir {tmp}\n"
+                f"sentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
+                "sentinel down-after-milliseconds mymaster 500\n"
+                "sentinel failover-timeout mymaster 5000\n"
+            )
+            sentinel_process = subprocess.Popen(
+                [binary, str(conf), "--sentinel"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            setup = RedisSentinelSetup(master, replica_server, sentinel_port, sentinel_process)
+            wait_until(
+                lambda: setup.master_port() == master.port, timeout_s, "the sentinel to start"
+            )
+            if replica_server is not None:
+                wait_until(
+                    lambda: (
+                        b"master_link_status:up"
+                        in redis_call(replica_server.port, "INFO", "replication")
+                    ),
+                    timeout_s,
+                    "the replica to sync",
+                )
+                wait_until(
+                    lambda: (
+                        redis_call(sentinel_port, "SENTINEL", "REPLICAS", "mymaster").count(
+                            str(replica_server.port).encode()
+                        )
+                        > 0
+                    ),
+                    timeout_s,
+                    "the sentinel to know the replica",
+                )
+            yield setup
+        finally:
+            if sentinel_process is not None and sentinel_process.poll() is None:
+                sentinel_process.kill()
+                sentinel_process.wait(timeout=5)
+            for server in started:
+                server.kill()

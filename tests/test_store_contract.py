@@ -2,7 +2,8 @@
 
 Each test gets `make_store(interval_s, capacity)` from the parametrized `make_store` fixture:
 the memory store, the Redis store on fakeredis, and the Redis store on a real Redis (with a
-key prefix of its own per test, so runs sharing that Redis never collide). Slow rates such as
+key prefix of its own per test, so runs sharing that Redis never collide), on a three-master
+Redis Cluster and behind a Sentinel (both started by the session on free ports). Slow rates such as
 100/hour make refill negligible for the duration of a test, so counts are exact.
 """
 
@@ -31,13 +32,20 @@ SLOW_INTERVAL_S = 36.0
 TIMEOUT_S = 5.0
 
 
-@pytest.fixture(params=["memory", "fakeredis", "redis"])
+URL_FIXTURES = {
+    "redis": "redis_url",
+    "cluster": "redis_cluster_url",
+    "sentinel": "redis_sentinel_url",
+}
+
+
+@pytest.fixture(params=["memory", "fakeredis", "redis", "cluster", "sentinel"])
 async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[MakeStore]:
     """make_store builds stores of the kind the parameter names; all are closed afterwards."""
     kind: str = request.param
     prefix = f"admission-test-{uuid.uuid4().hex}"
     made: list[Store] = []
-    redis_url = request.getfixturevalue("redis_url") if kind == "redis" else None
+    redis_url = request.getfixturevalue(URL_FIXTURES[kind]) if kind in URL_FIXTURES else None
 
     def make(interval_s: float, capacity: int) -> Store:
         bucket = Bucket(interval_s, capacity)
@@ -57,8 +65,9 @@ async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[MakeStore]
     yield make
     for store in made:
         await store.close()
-    if redis_url is not None:
-        # Slow buckets would otherwise sit in the shared Redis for up to their fill time.
+    # Slow buckets would otherwise sit in the shared Redis for up to their fill time; the
+    # cluster and the sentinel's master are the session's own and go with it.
+    if kind == "redis" and redis_url is not None:
         client = aioredis.Redis.from_url(redis_url)
         keys = [key async for key in client.scan_iter(match=f"{prefix}:*")]
         if keys:

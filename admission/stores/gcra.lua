@@ -1,43 +1,41 @@
 -- admission: GCRA token buckets, one decision per key in KEYS, all at Redis's own TIME.
 -- ARGV[1] = emission interval in microseconds, ARGV[2] = capacity in tokens,
 -- ARGV[2 + i] = cost of the decision for KEYS[i].
--- Returns, per key, four integers: allowed (1/0), remaining tokens,
--- retry-after in microseconds (-1: the cost exceeds the capacity), reset-after in microseconds.
--- The arithmetic is admission.bucket.Bucket.decide; the contract tests hold both to it.
+-- A key holds its bucket's TAT, a whole number of microseconds, and expires once the bucket is
+-- full again (a full bucket is no entry). Per key the reply is one integer: how far the TAT
+-- was ahead of now, in microseconds, when the decision found it (an exact integer, since TATs
+-- and now are); the same number as -1 - n when refused. The caller derives remaining,
+-- retry-after and reset-after from it with the same arithmetic (admission.bucket.Bucket.outcome),
+-- and the contract tests hold both stores to it. One key: the reply is that integer alone.
+-- Lean on purpose, as the server runs it for every request: TIME, GET and (when admitted) one
+-- SET per key, numbers passed to redis.call as numbers, no string.format.
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = t[1] * 1000000 + t[2]
 local interval = tonumber(ARGV[1])
 local capacity = tonumber(ARGV[2])
-local limit = interval * capacity
-local out = {}
-for i, key in ipairs(KEYS) do
+local limit = interval * capacity + 0.001
+local n = #KEYS
+local out
+if n > 1 then out = {} end
+for i = 1, n do
+  local key = KEYS[i]
   local cost = tonumber(ARGV[2 + i])
-  local tat = tonumber(redis.call('GET', key))
-  local base = now
-  if tat ~= nil and tat > now then base = tat end
-  local new_tat = base + cost * interval
-  local allowed = 0
-  local retry = 0
-  local held = base
-  if cost > capacity then
-    retry = -1
-  elseif new_tat - now <= limit + 0.001 then
-    allowed = 1
-    held = new_tat
+  local base = tonumber(redis.call('GET', key)) or now
+  if base < now then base = now end
+  local tat = base + cost * interval
+  local ahead
+  if cost <= capacity and tat - now <= limit then
     if cost > 0 then
-      -- The key expires exactly when its bucket is full again: a full bucket is no entry.
-      redis.call('SET', key, string.format('%.0f', new_tat), 'PX',
-        math.max(1, math.ceil((new_tat - now) / 1000)))
+      tat = math.floor(tat + 0.5)
+      -- Whole milliseconds, rounded up and then some: never before the bucket is full.
+      redis.call('SET', key, tat, 'PX', math.floor((tat - now) / 1000) + 1)
     end
+    ahead = base - now
   else
-    retry = math.ceil(new_tat - limit - now)
+    ahead = now - base - 1
   end
-  local remaining = math.floor((limit - (held - now)) / interval + 0.000001)
-  if remaining < 0 then remaining = 0 end
-  if remaining > capacity then remaining = capacity end
-  out[#out + 1] = allowed
-  out[#out + 1] = remaining
-  out[#out + 1] = retry
-  out[#out + 1] = math.ceil(held - now)
+  -- One key (a lone caller): the integer alone, and no table for the collector to sweep.
+  if n == 1 then return ahead end
+  out[i] = ahead
 end
 return out

@@ -1,9 +1,11 @@
 """admission.stores.redis: token buckets shared through Redis, one Lua script per round trip.
 
-The script runs the GCRA arithmetic at Redis's own `TIME`, so the clocks of the processes
-sharing it don't matter. Decisions that arrive while a round trip is under way are sent
-together in the next one (group commit): at low load a decision costs exactly one `EVALSHA`,
-under load many decisions share one. In Redis Cluster, a batch only holds keys of one hash slot.
+The script (gcra.lua) decides at Redis's own `TIME`, so the clocks of the processes sharing it
+don't matter, and answers with one integer per key; `Bucket.outcome` turns that into the
+decision with the same arithmetic as the memory store. A lone decision is one `EVALSHA` on a
+connection of the store's own (redis_wire). Decisions that arrive while a round trip is under
+way are sent together in the next one (group commit), on a second connection: under load many
+decisions share one script call. In Redis Cluster, a batch only holds keys of one hash slot.
 """
 
 from __future__ import annotations
@@ -11,34 +13,28 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
-import sys
 import urllib.parse
 from collections import defaultdict
-from collections.abc import Coroutine
-from importlib import resources
-from typing import Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel
 from redis.crc import key_slot
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from admission.bucket import Bucket, Decision
 from admission.errors import StorageError, StorageTimeout
+from admission.stores.redis_wire import ClientLine, ConnectionLine, Line, Script, bounded
 
 log = logging.getLogger("admission.store")
 
-SCRIPT = resources.files("admission.stores").joinpath("gcra.lua").read_text(encoding="utf-8")
-SCRIPT_SHA = hashlib.sha1(SCRIPT.encode()).hexdigest()
+GCRA = Script.load("gcra.lua")
 # Bounds how long one script call holds Redis's single thread.
 MAX_BATCH = 256
 
 _Pending = tuple[bytes, int, "asyncio.Future[Decision]"]
-T = TypeVar("T")
-_HAS_TIMEOUT = sys.version_info >= (3, 11)
 
 
 def client_from_uri(uri: str, *, timeout_s: float) -> Any:
@@ -96,6 +92,11 @@ class RedisStore:
     cache is empty: the `NOSCRIPT` reply is answered by one `EVAL`, which caches it again.
     Keys are `<prefix>:{<client key>}`: the braces make each client key its own Cluster hash
     slot, and keys longer than 200 bytes are hashed so a client can't make them grow.
+
+    Lines carry the calls: `_lone_line` a lone caller's own round trip, `_batch_line` the
+    sender's batches, each one call at a time (`_direct`, one `_sender`); in Cluster both go
+    through the client, which routes each call to its slot's node. `_client_line` goes through
+    the client too and takes any number of calls at once.
     """
 
     def __init__(
@@ -114,7 +115,10 @@ class RedisStore:
         self.prefix = prefix
         self.cluster = cluster
         self.batching = batching
-        self._args = (repr(bucket.interval_s * 1e6), str(bucket.capacity))
+        self._args = (repr(bucket.interval_s * 1e6).encode(), b"%d" % bucket.capacity)
+        self._lone_line = _line_for(client, cluster)
+        self._batch_line = _line_for(client, cluster)
+        self._client_line = ClientLine(client)
         self._queue: list[_Pending] = []
         self._sender: asyncio.Task[None] | None = None
         # True while a caller makes its own round trip (see `decide`).
@@ -151,9 +155,12 @@ class RedisStore:
             # sender task. What arrives meanwhile goes in one batch, sent at once alongside.
             self._direct = True
             try:
-                return await self._decide_direct(self.redis_key(key), cost)
+                ahead = await self._run(
+                    self._lone_line, GCRA, [self.redis_key(key)], [*self._args, b"%d" % cost]
+                )
             finally:
                 self._direct = False
+            return _decision(self.bucket, ahead, cost)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Decision] = loop.create_future()
         self._queue.append((self.redis_key(key), cost, future))
@@ -165,17 +172,22 @@ class RedisStore:
         finally:
             timer.cancel()
 
-    async def _decide_direct(self, key: bytes, cost: int) -> Decision:
-        return _parse(await self._call([key], [*self._args, cost]), 0)
-
-    async def _call(self, keys: list[bytes], args: list[Any]) -> list[Any]:
-        """_call runs the script once within `timeout_s`; failures come out as StorageError."""
+    async def _run(
+        self, line: Line, script: Script, keys: Sequence[bytes], args: Sequence[bytes]
+    ) -> Any:
+        """_run runs `script` once on `line` within `timeout_s`; failures come out as
+        StorageError. Other scripts than GCRA go on `_client_line`, which takes any number of
+        calls at once."""
         try:
-            return await _bounded(self._eval(keys, args), self.timeout_s)
+            return await bounded(line.run(script, keys, args), self.timeout_s)
         except asyncio.TimeoutError as exc:
             raise StorageTimeout(f"Redis did not answer within {self.timeout_s}s") from exc
         except (RedisError, OSError) as exc:
             raise StorageError(f"Redis call failed: {exc}") from exc
+        except Exception as exc:
+            # redis-py's own faults (an AttributeError on a connection torn down under a
+            # concurrent call was seen in Cluster) are storage failures too: the guard answers.
+            raise StorageError(f"Redis client failed: {exc!r}") from exc
 
     async def _send_all(self) -> None:
         # One sender at a time: whatever queued up during a round trip goes in the next one.
@@ -200,44 +212,28 @@ class RedisStore:
 
     async def _send(self, batch: list[_Pending]) -> None:
         keys = [item[0] for item in batch]
-        args = [*self._args, *(item[1] for item in batch)]
+        args = [*self._args, *(b"%d" % item[1] for item in batch)]
         try:
-            reply = await self._call(keys, args)
+            reply = await self._run(self._batch_line, GCRA, keys, args)
         except StorageError as exc:
             _fail_all(batch, exc)
             return
-        for i, (_, _, future) in enumerate(batch):
-            if future.done():
-                continue
-            future.set_result(_parse(reply, i))
-
-    async def _eval(self, keys: list[bytes], args: list[Any]) -> list[Any]:
-        try:
-            return await self._eval_once(keys, args)
-        except RedisConnectionError:
-            # A pooled connection the server closed (a restart, a failover) fails once; the
-            # retry runs on a new connection, within the same timeout. Should the first attempt
-            # have run after all, its tokens are taken twice: that errs on the strict side.
-            return await self._eval_once(keys, args)
-
-    async def _eval_once(self, keys: list[bytes], args: list[Any]) -> list[Any]:
-        try:
-            return await self.client.evalsha(SCRIPT_SHA, len(keys), *keys, *args)  # type: ignore[no-any-return]
-        except NoScriptError:
-            # The script cache was flushed (a restart, SCRIPT FLUSH): EVAL runs and caches it.
-            return await self.client.eval(SCRIPT, len(keys), *keys, *args)  # type: ignore[no-any-return]
+        aheads = reply if isinstance(reply, list) else [reply]
+        for (_, cost, future), ahead in zip(batch, aheads, strict=True):
+            if not future.done():
+                future.set_result(_decision(self.bucket, ahead, cost))
 
     async def check(self) -> None:
         """check pings Redis within `timeout_s`, raising StorageError if it can't."""
         try:
-            await asyncio.wait_for(self.client.ping(), self.timeout_s)
+            await bounded(self.client.ping(), self.timeout_s)
         except asyncio.TimeoutError as exc:
             raise StorageTimeout(f"Redis did not answer PING within {self.timeout_s}s") from exc
         except (RedisError, OSError) as exc:
             raise StorageError(f"Redis PING failed: {exc}") from exc
 
     async def close(self) -> None:
-        """close releases the connection pool; later calls are no-ops."""
+        """close releases the connections; later calls are no-ops."""
         if self._closed:
             return
         self._closed = True
@@ -245,28 +241,28 @@ class RedisStore:
             if not future.done():
                 future.set_exception(StorageError("the Redis store was closed"))
         self._queue = []
-        close = getattr(self.client, "aclose", None) or self.client.close
-        await close()
+        try:
+            await self._lone_line.close()
+            await self._batch_line.close()
+        finally:
+            close = getattr(self.client, "aclose", None) or self.client.close
+            await close()
 
 
-def _parse(reply: list[Any], i: int) -> Decision:
-    """_parse reads the i-th decision of a script reply: four integers, times in µs."""
-    allowed, remaining, retry_us, reset_us = (int(v) for v in reply[4 * i : 4 * i + 4])
-    return Decision(
-        allowed=bool(allowed),
-        remaining=remaining,
-        retry_after_s=math.inf if retry_us < 0 else retry_us / 1e6,
-        reset_after_s=reset_us / 1e6,
-    )
+def _line_for(client: Any, cluster: bool) -> Line:
+    """_line_for is a connection of the store's own, or the client itself for Cluster (and any
+    client that is not a plain redis-py `Redis`)."""
+    if cluster or not isinstance(client, aioredis.Redis):
+        return ClientLine(client)
+    return ConnectionLine(client.connection_pool)
 
 
-async def _bounded(awaitable: Coroutine[Any, Any, T], timeout_s: float) -> T:
-    """_bounded awaits `awaitable` for at most `timeout_s` (asyncio.TimeoutError after)."""
-    if _HAS_TIMEOUT:
-        # A deadline on the running task: no extra task per call, unlike wait_for before 3.12.
-        async with asyncio.timeout(timeout_s):  # type: ignore[attr-defined,unused-ignore]
-            return await awaitable
-    return await asyncio.wait_for(awaitable, timeout_s)
+def _decision(bucket: Bucket, ahead_us: int, cost: int) -> Decision:
+    """_decision reads one integer of the script's reply: how far (in µs) the TAT stood ahead
+    of Redis's now, negated minus one when refused."""
+    if ahead_us >= 0:
+        return bucket.outcome(True, ahead_us / 1e6, cost)
+    return bucket.outcome(False, (-1 - ahead_us) / 1e6, cost)
 
 
 def _expire(future: asyncio.Future[Decision], timeout_s: float) -> None:
