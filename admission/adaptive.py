@@ -4,16 +4,24 @@ The arithmetic is `next_estimate`, a pure function of the previous estimate, the
 one sampling interval and the time; `AdaptiveLimit` only collects samples (a few additions
 per request) and calls it at most once per interval. docs/overload.md argues the choice.
 
-The rule, in one paragraph. The baseline is the lowest interval-average latency seen lately
-(a windowed minimum, as BBR keeps its minimum RTT): what a request costs when nothing queues.
-An interval whose average latency is `ratio` x baseline, with `load` requests in flight on
-average, got through `load / ratio` requests' worth of work in the baseline time: by Little's
-law that is the concurrency the service really serves, its capacity. Above `tolerance` the
-limit goes straight to that capacity x tolerance (at most halving per interval, so one stall
-does not collapse it); at or below, and with the window at least half used, it grows by
-tolerance / ratio (up to x tolerance per interval while nothing queues). A deadline hit in
-the interval multiplies it by `backoff`. In a steady state, latency sits near tolerance x
-baseline and the in-flight count near capacity x tolerance.
+The rule. The baseline is the lowest interval-average latency seen lately (a windowed
+minimum, as BBR keeps its minimum RTT): what a request costs when nothing queues. An interval
+that completed `count` requests in `elapsed` seconds served them at a rate of count /
+elapsed; times the baseline, that is how many the service really serves at once without
+queueing, its capacity (Vegas's queue estimate, turned around). By Little's law the requests
+in flight averaged `load` = the sum of their latencies / elapsed; above the capacity, they
+queued.
+
+- Queueing (ratio > `tolerance`) in two intervals in a row, or in one just after the limit
+  grew: the limit moves `smoothing` of the way to that capacity (at most halving per
+  interval), then holds for `hold_s`. One slow interval alone is taken for a pause of the
+  machine, not of the service: the limit holds.
+- No queueing, the window at least half used, no hold: the limit grows by `growth` per
+  interval (at least half a request), until it queues. So at a steady capacity the window
+  sits at the capacity (up to `tolerance` x it) and, once per `hold_s` and for an interval
+  or two, a little above: what finding out whether capacity came back costs.
+- A deadline hit multiplies the limit by `backoff`, then holds.
+- A window used less than half says nothing about more capacity: the limit stays.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 log = logging.getLogger("admission")
 
@@ -32,23 +40,28 @@ INF = math.inf
 class LimitParams:
     """LimitParams configures the adaptive limit.
 
-    `minimum`/`maximum` bound the limit; it starts at `initial` (None: the minimum, or 10
-    if that fits). `tolerance` (> 1) is the latency, as a multiple of the baseline, that is
-    not yet queueing. `backoff` (0 < backoff < 1) multiplies the limit after a deadline hit.
-    An interval ends at the first sample at least `interval_s` after it began, once it holds
-    `min_samples` samples or one drop. The baseline forgets a minimum after between
-    `baseline_s` and twice that, so a service that became slower for good is believed within
-    that time; sooner, when the limit has sat at its minimum for `floor_intervals` intervals
-    and still saw queueing: latency at the smallest limit is the best there is.
+    `minimum`/`maximum` bound the limit; it starts at `initial` (None: 10 within the bounds).
+    `tolerance` (> 1) is the latency, as a multiple of the baseline, still taken for no
+    queueing; `smoothing` (0..1] the share of the way to the measured capacity a shrink goes;
+    `growth` (> 1) the growth per interval; `hold_s` how long the limit holds after a shrink;
+    `backoff` (0..1) multiplies the limit after a deadline hit. An interval ends at the first
+    sample at least `interval_s` after it began, once it holds `min_samples` samples or one
+    drop. The baseline forgets a minimum after between `baseline_s` and twice that, so a
+    service that became slower for good is believed within that time; sooner, when the limit
+    has sat at its minimum for `floor_intervals` intervals and still saw queueing: latency at
+    the smallest limit is the best there is.
     """
 
     minimum: int = 1
     maximum: int = 1000
     initial: int | None = None
-    tolerance: float = 1.25
+    tolerance: float = 1.2
+    smoothing: float = 0.5
+    growth: float = 1.1
+    hold_s: float = 2.0
     backoff: float = 0.9
-    interval_s: float = 0.05
-    min_samples: int = 10
+    interval_s: float = 0.1
+    min_samples: int = 20
     baseline_s: float = 10.0
     floor_intervals: int = 5
 
@@ -57,12 +70,14 @@ class LimitParams:
             raise ValueError(f"need 1 <= minimum <= maximum, got {self.minimum}, {self.maximum}")
         if self.initial is not None and not self.minimum <= self.initial <= self.maximum:
             raise ValueError(f"initial {self.initial} is outside {self.minimum}..{self.maximum}")
-        if not self.tolerance > 1:
-            raise ValueError(f"tolerance must be > 1, got {self.tolerance}")
-        if not 0 < self.backoff < 1:
-            raise ValueError(f"backoff must be between 0 and 1, got {self.backoff}")
+        if not (self.tolerance > 1 and self.growth > 1):
+            raise ValueError("tolerance and growth must be > 1")
+        if not (0 < self.smoothing <= 1 and 0 < self.backoff < 1):
+            raise ValueError("smoothing must be in (0, 1], backoff in (0, 1)")
         if self.interval_s < 0 or self.min_samples < 1 or self.baseline_s <= 0:
             raise ValueError("interval_s >= 0, min_samples >= 1 and baseline_s > 0 needed")
+        if self.hold_s < 0:
+            raise ValueError("hold_s must be >= 0")
 
     @property
     def start(self) -> int:
@@ -74,27 +89,31 @@ class LimitParams:
 
 @dataclass(frozen=True)
 class Samples:
-    """Samples sums up one interval: `count` latency samples adding up to `latency_s`, the
-    in-flight counts seen at each adding up to `in_flight`, and `drops` (deadline hits)."""
+    """Samples sums up one interval of `elapsed_s` seconds: `count` latency samples adding
+    up to `latency_s`, and `drops` (deadline hits)."""
 
     count: int = 0
     latency_s: float = 0.0
-    in_flight: int = 0
+    elapsed_s: float = 0.0
     drops: int = 0
 
 
 @dataclass(frozen=True)
 class Estimate:
     """Estimate is the adaptive limit's state: the limit (a float; the window is its integer
-    part), the baseline's current and previous windowed minimum and when the current one began
-    (`since`; None before the first interval), and how many intervals in a row the limit sat
-    at its minimum while queueing."""
+    part); the baseline's current and previous windowed minimum and when the current one began
+    (`since`; None before the first interval); how many intervals in a row the limit sat at
+    its minimum while queueing; until when it holds after a shrink; whether the last interval
+    queued, and whether it grew the limit."""
 
     limit: float
     current_min_s: float = INF
     previous_min_s: float = INF
     since: float | None = None
     at_floor: int = 0
+    hold_until: float = -INF
+    queued: bool = False
+    growing: bool = False
 
     @property
     def baseline_s(self) -> float:
@@ -110,29 +129,38 @@ def next_estimate(est: Estimate, s: Samples, now: float, p: LimitParams) -> Esti
         since = now
     elif now - since >= p.baseline_s:
         current, previous, since = INF, current, now
+    limit = est.limit
     if s.drops:
-        limit = _clamp(est.limit * p.backoff, p)
-        return Estimate(limit, current, previous, since, 0)
+        limit = _clamp(limit * p.backoff, p)
+        return Estimate(limit, current, previous, since, 0, now + p.hold_s)
     if s.count == 0:
-        return Estimate(est.limit, current, previous, since, est.at_floor)
+        return replace(est, current_min_s=current, previous_min_s=previous, since=since)
     rtt = s.latency_s / s.count
     current = min(current, rtt)
     baseline = min(current, previous)
     ratio = rtt / baseline if baseline > 0 else 1.0
-    load = s.in_flight / s.count
-    at_floor = 0
-    if ratio > p.tolerance:
-        limit = max(est.limit * 0.5, load / ratio * p.tolerance)
-        if est.limit <= p.minimum:
+    # Little's law: the mean in flight. (Counting in flight as each request ends reads half
+    # of it when requests end in bursts, as they do when they start together.)
+    load = s.latency_s / s.elapsed_s if s.elapsed_s > 0 else limit
+    queued = ratio > p.tolerance
+    at_floor, hold_until, growing = 0, est.hold_until, False
+    if queued and (est.queued or est.growing):
+        # Queueing twice in a row, or just after the limit grew: believed. Once alone, it may
+        # be a pause of the machine rather than of the service: the limit holds.
+        if limit <= p.minimum:
             at_floor = est.at_floor + 1
             if at_floor >= p.floor_intervals:
                 # The smallest window still queues: what it sees is the service's best now.
-                return Estimate(p.minimum, rtt, INF, now, 0)
-    elif load >= est.limit / 2:
-        limit = est.limit * p.tolerance / ratio  # ratio >= 1: the baseline includes this rtt
-    else:
-        limit = est.limit  # the service is not asked for more: nothing learned about more
-    return Estimate(_clamp(limit, p), current, previous, since, at_floor)
+                return Estimate(float(p.minimum), rtt, INF, now, 0, now + p.hold_s)
+        capacity = load / ratio  # = the rate served x the baseline
+        limit = max(limit * 0.5, limit + p.smoothing * (capacity - limit))
+        hold_until = now + p.hold_s
+    elif not queued and load >= limit / 2 and now >= hold_until:
+        # At least half a request per interval: a small window grows a slot in two.
+        limit = max(limit * p.growth, limit + 0.5)
+        growing = True
+    limit = _clamp(limit, p)
+    return Estimate(limit, current, previous, since, at_floor, hold_until, queued, growing)
 
 
 def _clamp(limit: float, p: LimitParams) -> float:
@@ -142,11 +170,10 @@ def _clamp(limit: float, p: LimitParams) -> float:
 class AdaptiveLimit:
     """AdaptiveLimit sizes a window from the latency of the requests it admits.
 
-    `record(latency_s, in_flight, now)` adds one admitted request's latency (with the window's
-    in-flight count as it ended); `drop(now)` a request that hit its deadline. Client hang-ups
-    and failures are neither: they say nothing about capacity. At the end of each interval the
-    new size goes to `resize` (the window's), and a move of more than 20 % since the last one
-    logged is logged.
+    `record(latency_s, now)` adds one admitted request's latency; `drop(now)` a request that
+    hit its deadline. Client hang-ups and failures are neither: they say nothing about
+    capacity. At the end of each interval the new size goes to `resize` (the window's), and a
+    move of more than 20 % since the last one logged is logged.
     """
 
     def __init__(self, params: LimitParams, resize: Callable[[int], None]) -> None:
@@ -156,7 +183,6 @@ class AdaptiveLimit:
         self._logged = params.start
         self._count = 0
         self._latency_s = 0.0
-        self._in_flight = 0
         self._drops = 0
         self._began: float | None = None
         resize(params.start)
@@ -166,11 +192,10 @@ class AdaptiveLimit:
         """limit is the window size now."""
         return int(self.estimate.limit)
 
-    def record(self, latency_s: float, in_flight: int, now: float) -> None:
+    def record(self, latency_s: float, now: float) -> None:
         """record adds one latency sample; it ends the interval when it is due."""
         self._count += 1
         self._latency_s += latency_s
-        self._in_flight += in_flight
         began = self._began
         if began is None:
             self._began = now
@@ -187,11 +212,21 @@ class AdaptiveLimit:
             self._update(now)
 
     def _update(self, now: float) -> None:
-        samples = Samples(self._count, self._latency_s, self._in_flight, self._drops)
-        self._count, self._latency_s, self._in_flight, self._drops = 0, 0.0, 0, 0
+        assert self._began is not None
+        samples = Samples(self._count, self._latency_s, now - self._began, self._drops)
+        self._count, self._latency_s, self._drops = 0, 0.0, 0
         self._began = now
         before = self.limit
         self.estimate = next_estimate(self.estimate, samples, now, self.params)
+        if log.isEnabledFor(logging.DEBUG):
+            e = self.estimate
+            log.debug(
+                "adaptive window: %d samples, %.1f ms average, baseline %.1f ms, limit %.2f",
+                samples.count,
+                1000 * samples.latency_s / samples.count if samples.count else 0.0,
+                1000 * e.baseline_s,
+                e.limit,
+            )
         after = self.limit
         if after != before:
             self._resize(after)
