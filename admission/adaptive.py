@@ -20,6 +20,8 @@ queued.
   interval (at least half a request), until it queues. So at a steady capacity the window
   sits at the capacity (up to `tolerance` x it) and, once per `hold_s` and for an interval
   or two, a little above: what finding out whether capacity came back costs.
+- It starts at the minimum, where nothing queues, so the first intervals measure the
+  baseline; and until the first queueing it doubles per interval (a slow start).
 - A deadline hit multiplies the limit by `backoff`, then holds.
 - A window used less than half says nothing about more capacity: the limit stays.
 """
@@ -40,7 +42,9 @@ INF = math.inf
 class LimitParams:
     """LimitParams configures the adaptive limit.
 
-    `minimum`/`maximum` bound the limit; it starts at `initial` (None: 10 within the bounds).
+    `minimum`/`maximum` bound the limit; it starts at `initial` (None: the minimum, so the
+    first intervals see the service unloaded: the baseline) and doubles per interval until it
+    first queues (a slow start, as TCP's).
     `tolerance` (> 1) is the latency, as a multiple of the baseline, still taken for no
     queueing; `smoothing` (0..1] the share of the way to the measured capacity a shrink goes;
     `growth` (> 1) the growth per interval; `hold_s` how long the limit holds after a shrink;
@@ -81,10 +85,8 @@ class LimitParams:
 
     @property
     def start(self) -> int:
-        """start is the limit before any sample: `initial`, else 10 within the bounds."""
-        if self.initial is not None:
-            return self.initial
-        return max(self.minimum, min(self.maximum, 10))
+        """start is the limit before any sample: `initial`, else the minimum."""
+        return self.initial if self.initial is not None else self.minimum
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,7 @@ class Estimate:
     part); the baseline's current and previous windowed minimum and when the current one began
     (`since`; None before the first interval); how many intervals in a row the limit sat at
     its minimum while queueing; until when it holds after a shrink; whether the last interval
-    queued, and whether it grew the limit."""
+    queued, whether it grew the limit, and whether nothing has queued yet (`slow_start`)."""
 
     limit: float
     current_min_s: float = INF
@@ -114,6 +116,7 @@ class Estimate:
     hold_until: float = -INF
     queued: bool = False
     growing: bool = False
+    slow_start: bool = True
 
     @property
     def baseline_s(self) -> float:
@@ -132,7 +135,7 @@ def next_estimate(est: Estimate, s: Samples, now: float, p: LimitParams) -> Esti
     limit = est.limit
     if s.drops:
         limit = _clamp(limit * p.backoff, p)
-        return Estimate(limit, current, previous, since, 0, now + p.hold_s)
+        return Estimate(limit, current, previous, since, 0, now + p.hold_s, slow_start=False)
     if s.count == 0:
         return replace(est, current_min_s=current, previous_min_s=previous, since=since)
     rtt = s.latency_s / s.count
@@ -143,7 +146,7 @@ def next_estimate(est: Estimate, s: Samples, now: float, p: LimitParams) -> Esti
     # of it when requests end in bursts, as they do when they start together.)
     load = s.latency_s / s.elapsed_s if s.elapsed_s > 0 else limit
     queued = ratio > p.tolerance
-    at_floor, hold_until, growing = 0, est.hold_until, False
+    at_floor, hold_until, growing, slow_start = 0, est.hold_until, False, est.slow_start
     if queued and (est.queued or est.growing):
         # Queueing twice in a row, or just after the limit grew: believed. Once alone, it may
         # be a pause of the machine rather than of the service: the limit holds.
@@ -151,16 +154,20 @@ def next_estimate(est: Estimate, s: Samples, now: float, p: LimitParams) -> Esti
             at_floor = est.at_floor + 1
             if at_floor >= p.floor_intervals:
                 # The smallest window still queues: what it sees is the service's best now.
-                return Estimate(float(p.minimum), rtt, INF, now, 0, now + p.hold_s)
+                return Estimate(
+                    float(p.minimum), rtt, INF, now, 0, now + p.hold_s, slow_start=False
+                )
         capacity = load / ratio  # = the rate served x the baseline
         limit = max(limit * 0.5, limit + p.smoothing * (capacity - limit))
-        hold_until = now + p.hold_s
+        hold_until, slow_start = now + p.hold_s, False
     elif not queued and load >= limit / 2 and now >= hold_until:
         # At least half a request per interval: a small window grows a slot in two.
-        limit = max(limit * p.growth, limit + 0.5)
+        limit = max(limit * (2.0 if slow_start else p.growth), limit + 0.5)
         growing = True
     limit = _clamp(limit, p)
-    return Estimate(limit, current, previous, since, at_floor, hold_until, queued, growing)
+    return Estimate(
+        limit, current, previous, since, at_floor, hold_until, queued, growing, slow_start
+    )
 
 
 def _clamp(limit: float, p: LimitParams) -> float:

@@ -25,8 +25,26 @@ def interval(rtt_s: float, load: float, drops: int = 0, elapsed_s: float = STEP_
 
 
 def known(limit: float, **fields: object) -> Estimate:
-    """known is an estimate with a 20 ms baseline measured at time 0."""
-    return dataclasses.replace(Estimate(limit, current_min_s=BASE_S, since=0.0), **fields)
+    """known is an estimate past its slow start, with a 20 ms baseline measured at time 0."""
+    est = Estimate(limit, current_min_s=BASE_S, since=0.0, slow_start=False)
+    return dataclasses.replace(est, **fields)
+
+
+def test_it_starts_at_the_minimum_and_doubles_until_the_first_queueing() -> None:
+    params = LimitParams(minimum=2, maximum=1000)
+    assert params.start == 2
+    est = Estimate(float(params.start))
+    limits = []
+    for step in range(5):
+        est = next_estimate(est, pool(est.limit, 128, 16, BASE_S), STEP_S * step, params)
+        limits.append(est.limit)
+    # 2, 4, 8, 16 in flight do not queue on 16 slots; 32 does, twice the baseline: back
+    # half way to the 16 served, and from then on growth is gentle.
+    assert limits == [4.0, 8.0, 16.0, 32.0, 24.0]
+    assert not est.slow_start
+    est = dataclasses.replace(est, hold_until=0.0, limit=16.0)
+    est = next_estimate(est, pool(16, 128, 16, BASE_S), 1.0, params)
+    assert est.limit == pytest.approx(17.6)
 
 
 def test_an_interval_without_samples_changes_nothing() -> None:
@@ -126,7 +144,7 @@ def test_the_first_interval_sets_the_baseline() -> None:
     after = next_estimate(Estimate(10.0), interval(0.030, load=10), 5.0, P)
     assert after.baseline_s == pytest.approx(0.030)
     assert after.since == 5.0
-    assert after.limit == pytest.approx(11.0)  # no queueing seen: it grows
+    assert after.limit == pytest.approx(20.0)  # no queueing seen: the slow start doubles it
 
 
 def test_the_baseline_is_the_lowest_interval_average_and_forgets_it_after_a_while() -> None:
@@ -194,10 +212,10 @@ def test_record_waits_for_the_interval_and_the_samples_before_resizing() -> None
         limit.record(0.2, i * 0.02)  # 9 samples over 160 ms: too few
     assert sizes == [10]
     limit.record(0.2, 0.18)
-    assert sizes == [10, 11]  # baseline measured, window full (Little: 10 x 200 ms / 180 ms)
+    assert sizes == [10, 20]  # baseline measured, window full (Little: 10 x 200 ms / 180 ms)
     for i in range(20):
         limit.record(0.2, 0.18 + i * 0.001)  # enough samples, only 19 ms
-    assert sizes == [10, 11]
+    assert sizes == [10, 20]
 
 
 def test_drops_end_an_interval_without_enough_samples() -> None:
