@@ -21,7 +21,8 @@ queued.
   sits at the capacity (up to `tolerance` x it) and, once per `hold_s` and for an interval
   or two, a little above: what finding out whether capacity came back costs.
 - It starts at the minimum, where nothing queues, so the first intervals measure the
-  baseline; and until the first queueing it doubles per interval (a slow start).
+  baseline; and until the first queueing it doubles per interval (a slow start), which
+  ends in a shrink without a hold.
 - A deadline hit multiplies the limit by `backoff`, then holds.
 - A window used less than half says nothing about more capacity: the limit stays.
 """
@@ -159,7 +160,9 @@ def next_estimate(est: Estimate, s: Samples, now: float, p: LimitParams) -> Esti
                 )
         capacity = load / ratio  # = the rate served x the baseline
         limit = max(limit * 0.5, limit + p.smoothing * (capacity - limit))
-        hold_until, slow_start = now + p.hold_s, False
+        # The end of the slow start is no probe that failed: growth may go on at once.
+        hold_until = now + p.hold_s if not slow_start else now
+        slow_start = False
     elif not queued and load >= limit / 2 and now >= hold_until:
         # At least half a request per interval: a small window grows a slot in two.
         limit = max(limit * (2.0 if slow_start else p.growth), limit + 0.5)

@@ -42,8 +42,9 @@ def test_it_starts_at_the_minimum_and_doubles_until_the_first_queueing() -> None
     # half way to the 16 served, and from then on growth is gentle.
     assert limits == [4.0, 8.0, 16.0, 32.0, 24.0]
     assert not est.slow_start
-    est = dataclasses.replace(est, hold_until=0.0, limit=16.0)
-    est = next_estimate(est, pool(16, 128, 16, BASE_S), 1.0, params)
+    # No hold after the slow start: the next interval of 16 in flight grows it, gently.
+    est = dataclasses.replace(est, limit=16.0)
+    est = next_estimate(est, pool(16, 128, 16, BASE_S), 0.5, params)
     assert est.limit == pytest.approx(17.6)
 
 
