@@ -50,11 +50,12 @@ class LimitParams:
     queueing; `smoothing` (0..1] the share of the way to the measured capacity a shrink goes;
     `growth` (> 1) the growth per interval; `hold_s` how long the limit holds after a shrink;
     `backoff` (0..1) multiplies the limit after a deadline hit. An interval ends at the first
-    sample at least `interval_s` after it began, once it holds `min_samples` samples or one
-    drop. The baseline forgets a minimum after between `baseline_s` and twice that, so a
-    service that became slower for good is believed within that time; sooner, when the limit
-    has sat at its minimum for `floor_intervals` intervals and still saw queueing: latency at
-    the smallest limit is the best there is.
+    sample at least `interval_s` after it began, once it holds `min_samples` samples (or 2
+    per slot of a smaller window: a window of 1 needs no 400 ms to gather 20 samples of 20 ms)
+    or one drop. The baseline forgets a minimum after between `baseline_s` and twice that, so
+    a service that became slower for good is believed within that time; sooner, when the
+    limit has sat at its minimum for `floor_intervals` intervals and still saw queueing:
+    latency at the smallest limit is the best there is.
     """
 
     minimum: int = 1
@@ -195,6 +196,7 @@ class AdaptiveLimit:
         self._latency_s = 0.0
         self._drops = 0
         self._began: float | None = None
+        self._need = min(params.min_samples, 2 * params.start)
         resize(params.start)
 
     @property
@@ -209,7 +211,7 @@ class AdaptiveLimit:
         began = self._began
         if began is None:
             self._began = now
-        elif now - began >= self.params.interval_s and self._count >= self.params.min_samples:
+        elif now - began >= self.params.interval_s and self._count >= self._need:
             self._update(now)
 
     def drop(self, now: float) -> None:
@@ -240,6 +242,7 @@ class AdaptiveLimit:
         after = self.limit
         if after != before:
             self._resize(after)
+            self._need = min(self.params.min_samples, 2 * after)
             if abs(after - self._logged) > 0.2 * self._logged:
                 log.info(
                     "adaptive window %d -> %d (latency %.1f ms, baseline %.1f ms)",

@@ -314,7 +314,7 @@ async def test_a_failing_application_feeds_nothing(monkeypatch: pytest.MonkeyPat
 
 
 async def test_the_auto_window_shrinks_when_latency_climbs() -> None:
-    from admission.adaptive import LimitParams
+    from admission.adaptive import AdaptiveLimit, LimitParams
 
     service = Service(window="auto", window_min=10, window_max=100)
     adaptive = service.middleware.adaptive
@@ -322,7 +322,8 @@ async def test_the_auto_window_shrinks_when_latency_climbs() -> None:
     assert adaptive is not None and window is not None
     # Every request ends an interval: the arithmetic's timing is tested on a manual clock in
     # test_adaptive.py; here the wiring from the request path to the window's size is.
-    adaptive.params = LimitParams(minimum=1, maximum=100, interval_s=0.0, min_samples=1)
+    params = LimitParams(minimum=1, maximum=100, initial=10, interval_s=0.0, min_samples=1)
+    service.middleware.adaptive = adaptive = AdaptiveLimit(params, window.resize)
     adaptive.estimate = dataclasses.replace(adaptive.estimate, slow_start=False)
     app = service.app
     async with service.client() as client:
