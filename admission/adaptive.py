@@ -14,8 +14,9 @@ queued.
 
 - Queueing (ratio > `tolerance`) in two intervals in a row, or in one just after the limit
   grew: the limit moves `smoothing` of the way to that capacity (at most halving per
-  interval), then holds for `hold_s`. One slow interval alone is taken for a pause of the
-  machine, not of the service: the limit holds.
+  interval). After a step up that queued (a probe that failed), it then holds for `hold_s`.
+  One slow interval alone is taken for a pause of the machine, not of the service: the
+  limit holds.
 - No queueing, the window at least half used, no hold: the limit grows by `growth` per
   interval (at least half a request), until it queues. So at a steady capacity the window
   sits at the capacity (up to `tolerance` x it) and, once per `hold_s` and for an interval
@@ -161,8 +162,11 @@ def next_estimate(est: Estimate, s: Samples, now: float, p: LimitParams) -> Esti
                 )
         capacity = load / ratio  # = the rate served x the baseline
         limit = max(limit * 0.5, limit + p.smoothing * (capacity - limit))
-        # The end of the slow start is no probe that failed: growth may go on at once.
-        hold_until = now + p.hold_s if not slow_start else now
+        # Only a step up that queued (a probe that failed) holds the limit: after the slow
+        # start, or after two slow intervals in a row at a steady limit (a capacity that fell,
+        # or a long pause of the machine), growth may go on at once and find the level again.
+        if est.growing and not slow_start:
+            hold_until = now + p.hold_s
         slow_start = False
     elif not queued and load >= limit / 2 and now >= hold_until:
         # At least half a request per interval: a small window grows a slot in two.

@@ -89,7 +89,11 @@ def test_two_slow_intervals_shrink_the_limit_towards_the_measured_capacity() -> 
     assert est.limit == pytest.approx(10.0)  # 16 + 0.5 x (4 - 16)
     est = next_estimate(est, interval(10 / 4 * BASE_S, load=10), 1.2, P)
     assert est.limit == pytest.approx(7.0)  # 10 + 0.5 x (4 - 10)
-    assert est.hold_until == pytest.approx(1.2 + P.hold_s)
+    # No hold: at a steady limit this was the capacity falling (or a long pause), and the
+    # limit must be free to find its level again.
+    assert est.hold_until == -math.inf
+    est = next_estimate(est, interval(BASE_S, load=7), 1.3, P)
+    assert est.limit == pytest.approx(7.7)
 
 
 def test_one_slow_interval_right_after_growing_is_believed() -> None:
