@@ -171,7 +171,8 @@ def next_estimate(est: Estimate, s: Samples, now: float, p: LimitParams) -> Esti
     elif not queued and load >= limit / 2 and now >= hold_until:
         # At least half a request per interval: a small window grows a slot in two.
         limit = max(limit * (2.0 if slow_start else p.growth), limit + 0.5)
-        growing = True
+        # A step up is a window one slot larger or more, not a larger fraction of one.
+        growing = math.floor(_clamp(limit, p)) > math.floor(est.limit)
     limit = _clamp(limit, p)
     return Estimate(
         limit, current, previous, since, at_floor, hold_until, queued, growing, slow_start

@@ -74,6 +74,13 @@ def test_a_window_less_than_half_used_does_not_grow() -> None:
     assert next_estimate(known(100.0), interval(BASE_S, load=50), 1.0, P).limit > 100.0
 
 
+def test_one_slow_interval_after_growth_within_the_same_window_is_not_believed() -> None:
+    est = next_estimate(known(4.0), interval(BASE_S, load=4), 1.0, P)
+    assert est.limit == pytest.approx(4.5) and not est.growing
+    after = next_estimate(est, interval(2 * BASE_S, load=4), 1.1, P)
+    assert after.limit == pytest.approx(4.5)
+
+
 def test_one_slow_interval_alone_holds_the_limit() -> None:
     # A pause of the machine slows every request in one interval: not the service's doing.
     after = next_estimate(known(16.0), interval(4 * BASE_S, load=16), 1.0, P)
@@ -98,7 +105,9 @@ def test_two_slow_intervals_shrink_the_limit_towards_the_measured_capacity() -> 
 
 def test_one_slow_interval_right_after_growing_is_believed() -> None:
     est = next_estimate(known(4.0), interval(BASE_S, load=4), 1.0, P)
-    assert est.growing and est.limit == pytest.approx(4.5)
+    assert not est.growing and est.limit == pytest.approx(4.5)  # still a window of 4
+    est = next_estimate(est, interval(BASE_S, load=4), 1.05, P)
+    assert est.growing and est.limit == pytest.approx(5.0)  # a window of 5: a step up
     est = dataclasses.replace(est, limit=5.0)
     after = next_estimate(est, interval(1.25 * BASE_S, load=5), 1.1, P)
     assert after.limit == pytest.approx(4.5)  # 5 + 0.5 x (4 - 5)
