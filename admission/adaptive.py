@@ -12,11 +12,12 @@ queueing, its capacity (Vegas's queue estimate, turned around). By Little's law 
 in flight averaged `load` = the sum of their latencies / elapsed; above the capacity, they
 queued.
 
-- Queueing (ratio > `tolerance`) in two intervals in a row, or in one just after the limit
-  grew: the limit moves `smoothing` of the way to that capacity (at most halving per
-  interval). After a step up that queued (a probe that failed), it then holds for `hold_s`.
-  One slow interval alone is taken for a pause of the machine, not of the service: the
-  limit holds.
+- Queueing (ratio > `tolerance`) right after the window grew by a slot or more: a probe
+  that failed. The limit goes back to where it was before the step, and holds for `hold_s`.
+- Queueing in two intervals in a row at a steady window: the capacity fell. The limit moves
+  `smoothing` of the way to the measured capacity (at most halving per interval), and may
+  grow again at once to find the level. One slow interval alone is taken for a pause of
+  the machine, not of the service: the limit holds.
 - No queueing, the window at least half used, no hold: the limit grows by `growth` per
   interval (at least half a request), until it queues. So at a steady capacity the window
   sits at the capacity (up to `tolerance` x it) and, once per `hold_s` and for an interval
@@ -109,7 +110,8 @@ class Estimate:
     part); the baseline's current and previous windowed minimum and when the current one began
     (`since`; None before the first interval); how many intervals in a row the limit sat at
     its minimum while queueing; until when it holds after a shrink; whether the last interval
-    queued, whether it grew the limit, and whether nothing has queued yet (`slow_start`)."""
+    queued, whether it grew the window (and from which limit, `stepped_from`), and whether
+    nothing has queued yet (`slow_start`)."""
 
     limit: float
     current_min_s: float = INF
@@ -120,6 +122,7 @@ class Estimate:
     queued: bool = False
     growing: bool = False
     slow_start: bool = True
+    stepped_from: float = 0.0
 
     @property
     def baseline_s(self) -> float:
@@ -150,9 +153,17 @@ def next_estimate(est: Estimate, s: Samples, now: float, p: LimitParams) -> Esti
     load = s.latency_s / s.elapsed_s if s.elapsed_s > 0 else limit
     queued = ratio > p.tolerance
     at_floor, hold_until, growing, slow_start = 0, est.hold_until, False, est.slow_start
-    if queued and (est.queued or est.growing):
-        # Queueing twice in a row, or just after the limit grew: believed. Once alone, it may
-        # be a pause of the machine rather than of the service: the limit holds.
+    stepped_from = est.stepped_from
+    if queued and est.growing:
+        # A step up that queued, a probe that failed: back to the window that did not, and
+        # (past the slow start) no new probe for `hold_s`.
+        limit = max(est.stepped_from, limit * 0.5)
+        if not slow_start:
+            hold_until = now + p.hold_s
+        slow_start = False
+    elif queued and est.queued:
+        # Queueing twice in a row at a steady window: believed. Once alone, it may be a pause
+        # of the machine rather than of the service: the limit holds.
         if limit <= p.minimum:
             at_floor = est.at_floor + 1
             if at_floor >= p.floor_intervals:
@@ -162,20 +173,28 @@ def next_estimate(est: Estimate, s: Samples, now: float, p: LimitParams) -> Esti
                 )
         capacity = load / ratio  # = the rate served x the baseline
         limit = max(limit * 0.5, limit + p.smoothing * (capacity - limit))
-        # Only a step up that queued (a probe that failed) holds the limit: after the slow
-        # start, or after two slow intervals in a row at a steady limit (a capacity that fell,
-        # or a long pause of the machine), growth may go on at once and find the level again.
-        if est.growing and not slow_start:
-            hold_until = now + p.hold_s
+        # No hold: the capacity fell (or the machine paused for long), and growth must be
+        # free to find the level again.
         slow_start = False
     elif not queued and load >= limit / 2 and now >= hold_until:
         # At least half a request per interval: a small window grows a slot in two.
         limit = max(limit * (2.0 if slow_start else p.growth), limit + 0.5)
         # A step up is a window one slot larger or more, not a larger fraction of one.
         growing = math.floor(_clamp(limit, p)) > math.floor(est.limit)
+        if growing:
+            stepped_from = est.limit
     limit = _clamp(limit, p)
     return Estimate(
-        limit, current, previous, since, at_floor, hold_until, queued, growing, slow_start
+        limit,
+        current,
+        previous,
+        since,
+        at_floor,
+        hold_until,
+        queued,
+        growing,
+        slow_start,
+        stepped_from,
     )
 
 

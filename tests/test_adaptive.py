@@ -38,9 +38,9 @@ def test_it_starts_at_the_minimum_and_doubles_until_the_first_queueing() -> None
     for step in range(5):
         est = next_estimate(est, pool(est.limit, 128, 16, BASE_S), STEP_S * step, params)
         limits.append(est.limit)
-    # 2, 4, 8, 16 in flight do not queue on 16 slots; 32 does, twice the baseline: back
-    # half way to the 16 served, and from then on growth is gentle.
-    assert limits == [4.0, 8.0, 16.0, 32.0, 24.0]
+    # 2, 4, 8, 16 in flight do not queue on 16 slots; 32 does, twice the baseline: back to
+    # 16, the window before the step, and from then on growth is gentle.
+    assert limits == [4.0, 8.0, 16.0, 32.0, 16.0]
     assert not est.slow_start
     # No hold after the slow start: the next interval of 16 in flight grows it, gently.
     est = dataclasses.replace(est, limit=16.0)
@@ -108,9 +108,8 @@ def test_one_slow_interval_right_after_growing_is_believed() -> None:
     assert not est.growing and est.limit == pytest.approx(4.5)  # still a window of 4
     est = next_estimate(est, interval(BASE_S, load=4), 1.05, P)
     assert est.growing and est.limit == pytest.approx(5.0)  # a window of 5: a step up
-    est = dataclasses.replace(est, limit=5.0)
     after = next_estimate(est, interval(1.25 * BASE_S, load=5), 1.1, P)
-    assert after.limit == pytest.approx(4.5)  # 5 + 0.5 x (4 - 5)
+    assert after.limit == pytest.approx(4.5)  # back to before the step: a window of 4
     assert after.hold_until == pytest.approx(1.1 + P.hold_s)
 
 
