@@ -82,16 +82,14 @@ class Window:
         return sum(1 for q in self._queues for w in q if not w.done())
 
     def try_take(self, priority: int = DEFAULT) -> bool:
-        """try_take takes a slot if one is free to `priority` (and no waiter of the same or a
-        more important class is ahead), without waiting."""
-        # The common case is one comparison: nobody is queued.
-        if self.used < self._limits[priority] and (not self._queued or self._clear(priority)):
+        """try_take takes a slot if one is free to `priority`, without waiting. It never
+        overtakes a live waiter of its own or a more important class: `give` and `resize` hand
+        every slot such a waiter may use straight to it, so while one waits, `used` is at or
+        above that class's limit, and so at or above this one's."""
+        if self.used < self._limits[priority]:
             self.used += 1
             return True
         return False
-
-    def _clear(self, priority: int) -> bool:
-        return not any(self._queues[p] for p in range(priority + 1))
 
     async def take(self, timeout_s: float, priority: int = DEFAULT) -> bool:
         """take takes a slot, waiting at most `timeout_s`; False if none came in time."""
