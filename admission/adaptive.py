@@ -167,10 +167,9 @@ def next_estimate(est: Estimate, s: Samples, now: float, p: LimitParams) -> Esti
         if limit <= p.minimum:
             at_floor = est.at_floor + 1
             if at_floor >= p.floor_intervals:
-                # The smallest window still queues: what it sees is the service's best now.
-                return Estimate(
-                    float(p.minimum), rtt, INF, now, 0, now + p.hold_s, slow_start=False
-                )
+                # The smallest window still queues: what it sees is the service's best now,
+                # the baseline to grow from (at once: holding here would starve the service).
+                return Estimate(float(p.minimum), rtt, INF, now, 0, slow_start=False)
         capacity = load / ratio  # = the rate served x the baseline
         limit = max(limit * 0.5, limit + p.smoothing * (capacity - limit))
         # No hold: the capacity fell (or the machine paused for long), and growth must be

@@ -183,8 +183,8 @@ def test_a_limit_stuck_at_its_minimum_while_queueing_takes_its_latency_as_the_ba
         assert est.limit == 2.0 and est.baseline_s == BASE_S
     est = next_estimate(est, slow, 0.4, params)
     assert est.baseline_s == pytest.approx(3 * BASE_S)
-    # From the new baseline, the full window grows again once the hold is over.
-    est = next_estimate(est, slow, 0.4 + params.hold_s, params)
+    # From the new baseline, the full window grows again at once.
+    est = next_estimate(est, slow, 0.5, params)
     assert est.limit == pytest.approx(2.5)
 
 
