@@ -50,5 +50,7 @@ def test_auto_run_serves_the_target_and_reads_the_window_it_settles_on() -> None
     settled = auto.settled()
     assert settled is not None
     median, low, high = settled
-    # 4 slots: the window settles near 4, never near the 16 clients.
-    assert 2 <= low <= median <= high <= 10
+    # 4 slots: the window settles near 4, never near the 16 clients. (A pause of a busy
+    # machine may take it down to its minimum for a moment: the low end is not checked.)
+    assert 1 <= low <= median <= 8
+    assert high <= 10
