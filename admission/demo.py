@@ -15,9 +15,13 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from admission.context import draining
+from admission.window import CRITICAL, Window
 
 MAX_SLOW_MS = 600_000
 MAX_CHUNKS = 100_000
+MAX_BACKEND_CAPACITY = 10_000
+# Calls that may queue for the simulated downstream: beyond it, 503 (a bounded pool queue).
+MAX_BACKEND_WAITERS = 100_000
 
 
 def _int_param(request: Request, name: str, default: int, upper: int) -> int:
@@ -61,6 +65,44 @@ async def stream(request: Request) -> Response:
     return StreamingResponse(body(), media_type="text/plain")  # type: ignore[arg-type]
 
 
+class Downstream:
+    """Downstream is a simulated dependency (a database pool): `capacity` calls at once, the
+    rest wait their turn in arrival order. One per process, shared by every request; each call
+    sets the capacity (so a load can change it halfway), and a larger one lets waiters in."""
+
+    def __init__(self) -> None:
+        self.pool: Window | None = None
+
+    async def call(self, hold_s: float, capacity: int) -> bool:
+        """call holds one slot for `hold_s` seconds; False when the queue is full."""
+        pool = self.pool
+        if pool is None:
+            # Created on first use, on the loop that serves requests; no shedding classes.
+            self.pool = pool = Window(capacity, max_waiters=MAX_BACKEND_WAITERS, shed_at={})
+        pool.resize(capacity)
+        if not await pool.take(float(MAX_SLOW_MS), CRITICAL):
+            return False
+        try:
+            await asyncio.sleep(hold_s)
+        finally:
+            pool.give()
+        return True
+
+
+downstream = Downstream()
+
+
+async def backend(request: Request) -> Response:
+    """backend calls a simulated downstream of `capacity` slots (default 16), each call holding
+    one for `ms` milliseconds (default 20): past `capacity` in flight, calls queue for a slot
+    and latency grows. The latest call's `capacity` is the downstream's."""
+    ms = _int_param(request, "ms", 20, MAX_SLOW_MS)
+    capacity = max(1, _int_param(request, "capacity", 16, MAX_BACKEND_CAPACITY))
+    if not await downstream.call(ms / 1000, capacity):
+        return PlainTextResponse("downstream queue full\n", status_code=503)
+    return PlainTextResponse(f"held a slot of {capacity} for {ms} ms\n")
+
+
 async def echo(request: Request) -> Response:
     """echo answers with the request body it received."""
     body = await request.body()
@@ -97,6 +139,7 @@ app = Starlette(
         Route("/stream", stream),
         Route("/echo", echo, methods=["POST"]),
         Route("/boom", boom),
+        Route("/backend", backend),
         WebSocketRoute("/ws", ws_echo),
     ]
 )

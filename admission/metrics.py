@@ -19,6 +19,7 @@ from prometheus_client.core import (
 )
 
 from admission import reasons
+from admission.window import CLASSES
 
 if TYPE_CHECKING:
     from admission.ledger import Ledger
@@ -35,6 +36,8 @@ class Stats:
     def __init__(self) -> None:
         self.admitted = 0
         self.rejected = dict.fromkeys((reason.label for reason in reasons.ALL), 0)
+        # Requests shed, by priority class (admission.window's CRITICAL, DEFAULT, SHEDDABLE).
+        self.shed = [0, 0, 0]
         self._latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self._latency_sum = 0.0
 
@@ -96,6 +99,13 @@ class AdmissionCollector:
         yield size
         yield used
         yield waiting
+        http = self.windows.get("http")
+        if http is not None:
+            yield GaugeMetricFamily(
+                "admission_window_limit",
+                "The HTTP window's size now: fixed, or where ADMISSION_WINDOW=auto has put it.",
+                value=http.size,
+            )
         yield GaugeMetricFamily(
             "admission_draining", "1 from the start of a drain.", value=int(self.draining())
         )
@@ -110,6 +120,14 @@ class AdmissionCollector:
         for reason, count in s.rejected.items():
             rejected.add_metric([reason], count)
         yield rejected
+        shed = CounterMetricFamily(
+            "admission_shed",
+            "Requests refused to keep the window's last slots for more important classes.",
+            labels=["priority"],
+        )
+        for name, count in zip(CLASSES, s.shed, strict=True):
+            shed.add_metric([name], count)
+        yield shed
         yield CounterMetricFamily(
             "admission_storage_errors",
             "Rate-limit store calls that failed.",

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from time import perf_counter
 
 from admission import context, reasons
+from admission.adaptive import AdaptiveLimit, LimitParams
 from admission.drain import Drain
 from admission.endpoints import PATHS, Endpoints
 from admission.errors import ConfigError
@@ -16,13 +18,14 @@ from admission.keys import make_key_func
 from admission.ledger import Ledger
 from admission.lifespan import Lifespan
 from admission.metrics import AdmissionCollector, Stats
+from admission.priority import priority_from
 from admission.reasons import Reason
 from admission.responses import Receive, Scope, Send, refuse_websocket, send_problem
 from admission.settings import Settings
 from admission.shutdown import SignalDrain
 from admission.stores import GuardedStore, MemoryStore, Store, open_store
 from admission.uvicorn_adapter import abort_connection
-from admission.window import Window
+from admission.window import DEFAULT, Window
 
 __all__ = ["AdmissionMiddleware", "abort_connection"]
 
@@ -67,10 +70,25 @@ class AdmissionMiddleware:
         rate = s.rate_item
         self._policy = policy_header(rate) if rate is not None else None
         self._refill_s = s.emission_interval_s
-        self.window = Window(s.window, max_waiters=s.waiters_cap) if s.window else None
-        ws_size = s.websocket_window or s.window
+        self._priority = priority_from(s.priority)
+        # Without a priority source every request is `default`: nothing to keep slots for.
+        shed_at = s.shed_fractions if self._priority is not None else {}
+        lifo = s.queue_order == "lifo"
+        self.adaptive: AdaptiveLimit | None = None
+        self.window: Window | None = None
+        if s.window == "auto":
+            low, high = s.window_bounds
+            params = LimitParams(minimum=low, maximum=high)
+            self.window = Window(
+                params.start, max_waiters=s.waiters_cap, shed_at=shed_at, lifo=lifo
+            )
+            self.adaptive = AdaptiveLimit(params, self.window.resize)
+        elif s.window is not None:
+            self.window = Window(s.window, max_waiters=s.waiters_cap, shed_at=shed_at, lifo=lifo)
+        ws_size = s.websocket_window or (s.window_bounds[1] if s.window == "auto" else s.window)
         self.websocket_window = Window(ws_size, max_waiters=0) if ws_size else None
         self._window_full = reasons.WINDOW.with_status(s.window_status)
+        self._shed = reasons.SHED.with_status(s.window_status)
         self.timeouts = Timeouts(s.read_timeout, s.idle_timeout, s.write_timeout, s.request_timeout)
         self.ledger = Ledger()
         self.stats = Stats()
@@ -126,13 +144,13 @@ class AdmissionMiddleware:
             await self._refuse(scope, receive, send, reasons.DRAINING)
             return
         window = self.websocket_window if websocket else self.window
-        if (
-            window is not None
-            and not window.try_take()
-            and not await window.take(self.settings.queue_timeout)
-        ):
-            await self._refuse(scope, receive, send, self._window_full)
-            return
+        if window is not None:
+            priority = DEFAULT if self._priority is None or websocket else self._priority(scope)
+            if not window.try_take(priority) and not await window.take(
+                self.settings.queue_timeout, priority
+            ):
+                await self._refuse(scope, receive, send, self._refusal(window, priority))
+                return
         try:
             extra: Sequence[tuple[bytes, bytes]] = ()
             if self.store is not None:
@@ -153,10 +171,35 @@ class AdmissionMiddleware:
                 # It waited for a slot or for Redis while the drain began: it must not start.
                 await self._refuse(scope, receive, send, reasons.DRAINING)
                 return
-            await Exchange(self.shared, scope, receive, send, extra).run(self.app)
+            exchange = Exchange(self.shared, scope, receive, send, extra)
+            await exchange.run(self.app)
+            if self.adaptive is not None and not websocket:
+                # Only what returned: a failure or an outside cancellation says nothing.
+                self._sample(exchange)
         finally:
             if window is not None:
                 window.give()
+
+    def _refusal(self, window: Window, priority: int) -> Reason:
+        """_refusal is why a request of `priority` got no slot: shed, when the window still had
+        room that its class may not use; the window's being full otherwise."""
+        if window.used < window.size and window.limits[priority] < window.size:
+            self.stats.shed[priority] += 1
+            return self._shed
+        return self._window_full
+
+    def _sample(self, exchange: Exchange) -> None:
+        """_sample gives the adaptive window what an admitted request says about capacity: its
+        latency if it completed, a drop if it hit its deadline, nothing if the client went away
+        or admission cut it short for another reason (a slow client, the drain)."""
+        assert self.adaptive is not None
+        now = perf_counter()
+        reason = exchange.reason
+        if reason is None:
+            if not exchange.disconnected:
+                self.adaptive.record(now - exchange.begun_at, now)
+        elif reason is reasons.DEADLINE:
+            self.adaptive.drop(now)
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
         """_other handles what is not an admitted request: a refusal to start on bad settings,

@@ -49,6 +49,14 @@ RATE = Reason(
 WINDOW = Reason(
     "window", 429, 1013, "The service is at capacity; retry after the indicated delay.", (RETRY_1,)
 )
+SHED = Reason(
+    "shed",
+    429,
+    1013,
+    "The service is near capacity and keeps the rest for more important work; retry after "
+    "the indicated delay.",
+    (RETRY_1,),
+)
 DRAINING = Reason(
     "draining",
     503,
@@ -97,6 +105,7 @@ CONFIGURATION = Reason("configuration", 500, 1011, "The service is misconfigured
 ALL = (
     RATE,
     WINDOW,
+    SHED,
     DRAINING,
     READ_TIMEOUT,
     IDLE_TIMEOUT,

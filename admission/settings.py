@@ -314,6 +314,70 @@ class Storage(Parser):
         return _check_storage(raw.strip())
 
 
+class WindowSize(Parser):
+    """WindowSize is a whole number of requests, or 'auto' for a window that sizes itself."""
+
+    def __init__(self) -> None:
+        self.whole = Whole(1, 1_000_000, "requests")
+        self.accepted = (
+            f"{self.whole.accepted}, 'auto' to follow the service's measured capacity, "
+            "or empty for no window"
+        )
+
+    def __call__(self, raw: object) -> int | str | None:
+        if _is_unset(raw):
+            return None
+        if isinstance(raw, str) and raw.strip().lower() == "auto":
+            return "auto"
+        return self.whole(raw)
+
+
+class PriorityFrom(Parser):
+    """PriorityFrom is where a request's priority class is read from."""
+
+    accepted = (
+        "'header:<Header-Name>' such as 'header:X-Priority', or empty for every request 'default'"
+    )
+
+    def __call__(self, raw: object) -> str | None:
+        if _is_unset(raw):
+            return None
+        if not isinstance(raw, str):
+            raise Invalid()
+        text = raw.strip()
+        name = text[len("header:") :].strip() if text.lower().startswith("header:") else ""
+        if not _HEADER_NAME.fullmatch(name):
+            raise Invalid()
+        return "header:" + name
+
+
+class ShedAt(Parser):
+    """ShedAt is the share of the window each class below critical may fill, as
+    'class:fraction' pairs, normalised to 'sheddable:F,default:F'."""
+
+    accepted = (
+        "comma-separated 'class:fraction' for 'sheddable' and 'default', each fraction from "
+        "0.01 to 1, sheddable's at most default's, such as 'sheddable:0.8,default:0.9'"
+    )
+    _PAIR = re.compile(r"(sheddable|default)\s*:\s*(0(?:\.[0-9]{1,6})?|1(?:\.0{1,6})?)")
+
+    def __call__(self, raw: object) -> str:
+        if not isinstance(raw, str):
+            raise Invalid()
+        found: dict[str, float] = {}
+        for item in raw.split(","):
+            pair = self._PAIR.fullmatch(item.strip().lower())
+            if pair is None or pair.group(1) in found:
+                raise Invalid()
+            found[pair.group(1)] = float(pair.group(2))
+        fractions = {"sheddable": 1.0, "default": 1.0, **found}
+        if not all(0.01 <= f <= 1.0 for f in fractions.values()):
+            raise Invalid("each fraction must be from 0.01 to 1")
+        if fractions["sheddable"] > fractions["default"]:
+            raise Invalid("sheddable work must not get more of the window than default work")
+        return f"sheddable:{_fmt(fractions['sheddable'])},default:{_fmt(fractions['default'])}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
     """Spec is how one setting is read, checked and shown: `parse` (with its accepted form),
@@ -358,10 +422,23 @@ def _waiters_fallback(s: Settings) -> str | None:
 
 
 def _ws_fallback(s: Settings) -> str | None:
+    if s.window == "auto":
+        return f"{s.window_bounds[1]} (ADMISSION_WINDOW_MAX)"
     return f"{s.window} (the window size)" if s.window is not None else None
 
 
+def _window_min_fallback(s: Settings) -> str | None:
+    return f"{s.window_bounds[0]}" if s.window == "auto" else None
+
+
+def _window_max_fallback(s: Settings) -> str | None:
+    return f"{s.window_bounds[1]}" if s.window == "auto" else None
+
+
 _TIMEOUT_LIMIT_S = 86400.0
+# The bounds of ADMISSION_WINDOW=auto when ADMISSION_WINDOW_MIN/MAX are unset.
+AUTO_WINDOW_MIN = 1
+AUTO_WINDOW_MAX = 1000
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -392,10 +469,20 @@ class Settings:
     on_storage_error: Literal["local", "allow", "deny"] = setting(
         "local", Choice("local", "allow", "deny"), "what a store failure means for a request"
     )
-    window: int | None = setting(
+    window: int | Literal["auto"] | None = setting(
+        None, WindowSize(), "max requests in flight per process, or 'auto'"
+    )
+    window_min: int | None = setting(
         None,
-        Whole(1, 1_000_000, "requests", unset="for no window"),
-        "max requests in flight per process",
+        Whole(1, 1_000_000, "requests", unset=f"for {AUTO_WINDOW_MIN}"),
+        "smallest size of ADMISSION_WINDOW=auto",
+        fallback=_window_min_fallback,
+    )
+    window_max: int | None = setting(
+        None,
+        Whole(1, 1_000_000, "requests", unset=f"for {AUTO_WINDOW_MAX}"),
+        "largest size of ADMISSION_WINDOW=auto",
+        fallback=_window_max_fallback,
     )
     window_status: int = setting(429, Choice(429, 503), "status when the window is full")
     queue_timeout: float = setting(
@@ -408,6 +495,15 @@ class Settings:
         Whole(0, 1_000_000, "requests", unset="for the window size"),
         "requests that may wait for a slot at once",
         fallback=_waiters_fallback,
+    )
+    queue_order: Literal["fifo", "lifo"] = setting(
+        "fifo", Choice("fifo", "lifo"), "which waiter of a class a freed slot goes to first"
+    )
+    priority: str | None = setting(
+        None, PriorityFrom(), "where a request's class (critical, default, sheddable) is read"
+    )
+    shed_at: str = setting(
+        "sheddable:0.8,default:0.9", ShedAt(), "share of the window each class may fill"
     )
     websocket_window: int | None = setting(
         None,
@@ -489,10 +585,17 @@ class Settings:
             "_networks",
             tuple(ipaddress.ip_network(p, strict=True) for p in self.trusted_proxies),
         )
+        low = self.window_min if self.window_min is not None else AUTO_WINDOW_MIN
+        high = self.window_max if self.window_max is not None else max(AUTO_WINDOW_MAX, low)
+        object.__setattr__(self, "_window_bounds", (low, high))
+        # The largest the window can be: its size, or the adaptive window's maximum.
+        largest = high if self.window == "auto" else self.window
         waiters = 0
-        if self.queue_timeout > 0 and self.window is not None:
-            waiters = self.max_waiters if self.max_waiters is not None else self.window
+        if self.queue_timeout > 0 and largest is not None:
+            waiters = self.max_waiters if self.max_waiters is not None else largest
         object.__setattr__(self, "_waiters_cap", waiters)
+        shares = dict(pair.split(":") for pair in self.shed_at.split(","))
+        object.__setattr__(self, "_shed_fractions", {k: float(v) for k, v in shares.items()})
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -546,6 +649,17 @@ class Settings:
         """waiters_cap is how many requests may wait for a slot at once: `max_waiters`, else the
         window size (so waiters never outnumber the requests being served), 0 without a wait."""
         return self._waiters_cap  # type: ignore[no-any-return,attr-defined]
+
+    @property
+    def window_bounds(self) -> tuple[int, int]:
+        """window_bounds is the smallest and largest size of `window='auto'`: `window_min` and
+        `window_max`, else 1 and 1000 (or the minimum, if that is larger)."""
+        return self._window_bounds  # type: ignore[no-any-return,attr-defined]
+
+    @property
+    def shed_fractions(self) -> dict[str, float]:
+        """shed_fractions is `shed_at` as a mapping from class name to fraction."""
+        return dict(self._shed_fractions)  # type: ignore[attr-defined]
 
     def describe(self) -> list[tuple[str, str]]:
         """describe lists each variable with its effective value, secrets redacted; an unset
@@ -605,6 +719,46 @@ class Rule:
 
 
 RULES: tuple[Rule, ...] = (
+    Rule(
+        ("window_min", "window"),
+        lambda s: (
+            "a minimum window does nothing unless ADMISSION_WINDOW=auto"
+            if s.window_min is not None and s.window != "auto"
+            else None
+        ),
+    ),
+    Rule(
+        ("window_max", "window"),
+        lambda s: (
+            "a maximum window does nothing unless ADMISSION_WINDOW=auto"
+            if s.window_max is not None and s.window != "auto"
+            else None
+        ),
+    ),
+    Rule(
+        ("window_max", "window_min"),
+        lambda s: (
+            f"the maximum is below ADMISSION_WINDOW_MIN={s.window_min}"
+            if s.window_max is not None and s.window_min is not None and s.window_max < s.window_min
+            else None
+        ),
+    ),
+    Rule(
+        ("priority", "window"),
+        lambda s: (
+            "priority classes do nothing without ADMISSION_WINDOW: they share out its slots"
+            if s.priority is not None and s.window is None
+            else None
+        ),
+    ),
+    Rule(
+        ("queue_order", "queue_timeout"),
+        lambda s: (
+            "a queue order does nothing unless requests wait: set ADMISSION_QUEUE_TIMEOUT too"
+            if s.queue_order != "fifo" and (s.queue_timeout <= 0 or s.window is None)
+            else None
+        ),
+    ),
     Rule(
         ("burst", "rate"),
         lambda s: (

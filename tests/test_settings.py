@@ -60,7 +60,35 @@ BAD: dict[str, list[str]] = {
     ],
     "storage_timeout": ["0", "-0.05", "nan", "inf", "soon", "1e-300", "0.0001", "61", "5e-2"],
     "on_storage_error": ["ignore", "LOCAL", "fail-open", "1"],
-    "window": ["0", "-3", "1.5", "many", "1" + "0" * 399, "1000001", "+5", "1_0", "\u0663"],
+    "window": [
+        "0",
+        "-3",
+        "1.5",
+        "many",
+        "1" + "0" * 399,
+        "1000001",
+        "+5",
+        "1_0",
+        "\u0663",
+        "automatic",
+        "auto:5",
+    ],
+    "window_min": ["0", "-1", "x", "1.5", "1000001"],
+    "window_max": ["0", "-1", "x", "1000001"],
+    "queue_order": ["random", "FIFO ", "stack", "1"],
+    "priority": ["cookie:x", "header:", "header:X Priority", "X-Priority", "query:p"],
+    "shed_at": [
+        "sheddable:1.5",
+        "sheddable:0.9,default:0.8",
+        "critical:0.5",
+        "sheddable:0",
+        "sheddable:0.005",
+        "sheddable:0.8,sheddable:0.7",
+        "sheddable=0.8",
+        "sheddable:nan",
+        "sheddable:-0.5",
+        "default:1e-1",
+    ],
     "window_status": ["404", "500", "200", "abc", "429.0"],
     "queue_timeout": ["-0.1", "nan", "inf", "later", "1e-300", "3601", "+1"],
     "max_waiters": ["-1", "2.5", "x", "1000001"],
@@ -114,7 +142,17 @@ GOOD: dict[str, list[tuple[str, object]]] = {
     ],
     "storage_timeout": [("0.05", 0.05), ("2", 2.0)],
     "on_storage_error": [("local", "local"), ("allow", "allow"), ("deny", "deny")],
-    "window": [("64", 64), ("1", 1)],
+    "window": [("64", 64), ("1", 1), ("auto", "auto"), ("AUTO", "auto")],
+    "window_min": [("4", 4)],
+    "window_max": [("256", 256)],
+    "queue_order": [("fifo", "fifo"), ("lifo", "lifo")],
+    "priority": [("header:X-Priority", "header:X-Priority"), ("header: X-Class", "header:X-Class")],
+    "shed_at": [
+        ("sheddable:0.8,default:0.9", "sheddable:0.8,default:0.9"),
+        ("default:0.95, sheddable:0.5", "sheddable:0.5,default:0.95"),
+        ("sheddable:0.7", "sheddable:0.7,default:1"),
+        ("sheddable:1,default:1", "sheddable:1,default:1"),
+    ],
     "window_status": [("429", 429), ("503", 503)],
     "queue_timeout": [("0.1", 0.1), ("0", 0.0), ("3600", 3600.0)],
     "max_waiters": [("1", 1), ("10", 10)],
@@ -140,6 +178,10 @@ NEEDS = {
     "burst": {"ADMISSION_RATE": "10/second"},
     "queue_timeout": {"ADMISSION_WINDOW": "8"},
     "max_waiters": {"ADMISSION_WINDOW": "8", "ADMISSION_QUEUE_TIMEOUT": "0.1"},
+    "window_min": {"ADMISSION_WINDOW": "auto"},
+    "window_max": {"ADMISSION_WINDOW": "auto"},
+    "queue_order": {"ADMISSION_WINDOW": "8", "ADMISSION_QUEUE_TIMEOUT": "0.1"},
+    "priority": {"ADMISSION_WINDOW": "8"},
 }
 
 
@@ -358,6 +400,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "burst": (1, 1_000_000_000),
     "storage_timeout": (0.001, 60),
     "window": (1, 1_000_000),
+    "window_min": (1, 1_000_000),
+    "window_max": (1, 1_000_000),
     "queue_timeout": (0, 3600),
     "max_waiters": (0, 1_000_000),
     "websocket_window": (1, 1_000_000),
@@ -376,7 +420,7 @@ RANGES: dict[str, tuple[float, float]] = {
 def _assert_sane(settings: Settings) -> None:
     for field, (low, high) in RANGES.items():
         value = getattr(settings, field)
-        if value is None:
+        if value is None or (field == "window" and value == "auto"):
             continue
         assert isinstance(value, int | float) and not isinstance(value, bool), field
         assert math.isfinite(value) and low <= value <= high, (field, value)

@@ -242,7 +242,7 @@ async def scenario(
     assert mw.ledger.in_flight == 0
     assert watch.window.used == 0
     assert watch.window.waiting == 0
-    assert not watch.window._waiters
+    assert not watch.window._queued
     await asyncio.wait_for(mw.ledger.wait_empty(), 0.5)
     assert watch.most_in_flight <= window
     if any(r.started or r.client.sent for r in results):

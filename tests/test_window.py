@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from admission.window import Window
+from admission.window import DEFAULT, Window
 
 # Long enough that no test here ever reaches it: a waiter that is served or refused is
 # served or refused by the window, not by its timer.
@@ -203,7 +203,7 @@ async def test_waiter_timed_out_and_cancelled_in_the_same_instant_gives_back_not
     task = asyncio.create_task(window.take(LONG_S))
     await settle()
     assert window.waiting == 1
-    window._waiters[0].set_exception(TimeoutError())  # what the timer does on expiry
+    window._queues[DEFAULT][0].set_exception(TimeoutError())  # what the timer does on expiry
     task.cancel()
     await settle()
     assert task.cancelled()

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
+from admission.bench.auto import format_auto, measure_auto
 from admission.bench.loadgen import LoadError, LoadResult
 from admission.bench.recommend import Row, next_probe, recommend
 from admission.bench.report import BenchReport, format_table, write_json, write_plot
@@ -99,6 +100,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "rejected clients retry at once instead of first waiting the Retry-After they "
             f"were given (at most {RETRY_AFTER_CAP_S:g} s); this measures a retry storm, where "
             "rejecting itself takes the server's time"
+        ),
+    )
+    parser.add_argument(
+        "--no-auto",
+        dest="auto",
+        action="store_false",
+        help=(
+            "skip the last run, with ADMISSION_WINDOW=auto, that the sweep is compared with "
+            "(what the adaptive window gets done and the size it settles on)"
         ),
     )
     parser.add_argument(
@@ -271,6 +281,10 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 f"note: windows above --concurrency ({plan.concurrency}) can never fill, "
                 "so they measure the same as no window."
             )
+    auto = None
+    if not _is_url(target) and getattr(args, "auto", True):
+        print("admission bench: the same load with ADMISSION_WINDOW=auto", file=err, flush=True)
+        auto = measure_auto(target, plan)
     window, explanation = recommend(rows)
     report = BenchReport(
         rows=rows,
@@ -282,6 +296,9 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         duration_s=plan.duration_s,
     )
     _print_report(report, out)
+    if auto is not None:
+        print(file=out)
+        print(format_auto(auto, rows, window), file=out)
     _write_files(args, report, notes, out)
     for note in notes:
         print(note, file=out)
