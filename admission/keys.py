@@ -29,17 +29,16 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MAX_KEY_BYTES = 200
 
 
-def make_key_func(settings: Settings, forwarded_header: str = XFF) -> KeyFunc:
+def make_key_func(settings: Settings) -> KeyFunc:
     """make_key_func builds the function that keys a request per `ADMISSION_KEY`.
 
     `global`: one key for everyone. `ip`: the client address (see `client_address`, which
-    reads only `forwarded_header`, and only from trusted proxies).
+    reads only `ADMISSION_FORWARDED_HEADER`, and only from trusted proxies).
     `header:<Name>`: that header's value; a request without it is keyed by its address, so
     clients lacking the header are not lumped into one shared bucket.
     """
-    if forwarded_header not in _HEADER_NAMES:
-        raise ValueError(f"forwarded_header must be one of {sorted(_HEADER_NAMES)}")
     networks = settings.trusted_networks
+    forwarded_header = settings.forwarded_header
     if settings.key == "global":
         return lambda scope: "global"
 

@@ -1,8 +1,10 @@
-"""tests.forwarding_proxy: a small HTTP/1.1 reverse proxy that appends X-Forwarded-For.
+"""tests.forwarding_proxy: a small HTTP/1.1 reverse proxy that appends to X-Forwarded-For.
 
 It behaves as nginx with `proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for` does:
 the client's own X-Forwarded-For values, then the address the proxy saw, in one header; every
-other header (a client's `Forwarded` included) passes through unchanged. One request per
+other header (a client's `Forwarded` included) passes through unchanged. With
+`header="forwarded"` it does the same to `Forwarded` (RFC 7239 `for=`) and passes a client's
+X-Forwarded-For through instead. One request per
 connection (`Connection: close` both ways), bodies by Content-Length only: enough for tests.
 It connects to the upstream from `source` so that the upstream sees the proxy at an address
 of its own, apart from the clients on other loopback addresses.
@@ -18,8 +20,16 @@ from types import TracebackType
 class ForwardingProxy:
     """ForwardingProxy listens on (`host`, a free port) and forwards to `upstream`."""
 
-    def __init__(self, upstream: tuple[str, int], *, host: str, source: str) -> None:
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        *,
+        host: str,
+        source: str,
+        header: str = "x-forwarded-for",
+    ) -> None:
         self.upstream = upstream
+        self.header = header.encode()
         self.source = source
         self._listener = socket.create_server((host, 0))
         self.address: tuple[str, int] = self._listener.getsockname()[:2]
@@ -67,7 +77,7 @@ class ForwardingProxy:
             for line in lines:
                 name, _, value = line.partition(b":")
                 lowered = name.strip().lower()
-                if lowered == b"x-forwarded-for":
+                if lowered == self.header:
                     forwarded_for.append(value.strip())
                     continue
                 if lowered == b"connection":
@@ -80,8 +90,12 @@ class ForwardingProxy:
                 if not chunk:
                     return
                 body += chunk
-            forwarded_for.append(peer.encode())
-            kept.append(b"X-Forwarded-For: " + b", ".join(forwarded_for))
+            if self.header == b"forwarded":
+                node = f'"[{peer}]"' if ":" in peer else peer
+                forwarded_for.append(f"for={node}".encode())
+            else:
+                forwarded_for.append(peer.encode())
+            kept.append(self.header + b": " + b", ".join(forwarded_for))
             kept.append(b"Connection: close")
             upstream = socket.create_connection(
                 self.upstream, timeout=10, source_address=(self.source, 0)

@@ -3,8 +3,9 @@
 The app is `tests.apps.counted:app` (the middleware added as a user adds it) under plain
 `uvicorn --no-proxy-headers`, so the client address reaching admission is the socket's. The
 clients and the proxy use addresses of their own on the loopback network (127.0.0.2 and up);
-the proxy reaches the server from 127.0.0.1, the only trusted address, and appends
-X-Forwarded-For as nginx does, passing a client's `Forwarded` through.
+the proxy reaches the server from 127.0.0.1, the only trusted address, and appends to the
+header admission believes (X-Forwarded-For, or `Forwarded` with ADMISSION_FORWARDED_HEADER)
+as nginx does, passing the other through from the client.
 """
 
 from __future__ import annotations
@@ -57,11 +58,20 @@ def test_spoofed_headers_from_a_loopback_client_never_change_its_bucket(trusted:
         assert got == [200] * 3 + [429] * 7, got
 
 
-def test_spoofed_headers_behind_a_trusted_appending_proxy_never_change_a_bucket() -> None:
-    env = {**RATE, "ADMISSION_TRUSTED_PROXIES": "127.0.0.1/32"}
+@pytest.mark.parametrize("header", ["x-forwarded-for", "forwarded"])
+def test_spoofed_headers_behind_a_trusted_appending_proxy_never_change_a_bucket(
+    header: str,
+) -> None:
+    env = {
+        **RATE,
+        "ADMISSION_TRUSTED_PROXIES": "127.0.0.1/32",
+        "ADMISSION_FORWARDED_HEADER": header,
+    }
     with (
         run_server(plain_uvicorn("tests.apps.counted:app", "--no-proxy-headers"), env) as server,
-        ForwardingProxy(("127.0.0.1", server.port), host="127.0.0.3", source="127.0.0.1") as proxy,
+        ForwardingProxy(
+            ("127.0.0.1", server.port), host="127.0.0.3", source="127.0.0.1", header=header
+        ) as proxy,
         client_from("127.0.0.2", proxy.url) as alice,
         client_from("127.0.0.4", proxy.url) as bob,
         client_from("127.0.0.1", server.url) as from_the_proxy_address,

@@ -234,6 +234,14 @@ async def test_clients_behind_a_trusted_proxy_get_a_bucket_each() -> None:
     assert bob == [200, 429]
 
 
+async def test_forwarded_ipv6_client_behind_a_trusted_proxy_is_limited_alone() -> None:
+    app = middleware(trusted_proxies="10.0.0.0/8", forwarded_header="forwarded")
+    header = {"Forwarded": 'for="[2001:db8:cafe::17]:4711"', "X-Forwarded-For": "192.0.2.1"}
+    assert await statuses(app, "10.0.0.2", 2, header) == [200, 429]
+    other = {"Forwarded": 'for="[2001:db8:cafe::18]:4711"', "X-Forwarded-For": "192.0.2.1"}
+    assert await statuses(app, "10.0.0.2", 1, other) == [200]
+
+
 async def test_ipv6_client_behind_a_trusted_proxy_is_limited_alone() -> None:
     app = middleware(trusted_proxies="10.0.0.0/8")
     header = {"X-Forwarded-For": "[2001:db8:cafe::17]:4711"}
