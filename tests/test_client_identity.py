@@ -164,3 +164,35 @@ def test_two_clients_behind_one_proxy_with_hidden_names_get_two_buckets(header: 
     b = key(request(PROXY, [(header.encode(), prefix + b"_bob")]))
     unknown = key(request(PROXY, [(header.encode(), prefix + b"unknown")]))
     assert len({a, b, unknown, f"ip:{PROXY}"}) == 4
+
+
+NOT_ADDRESSES = [
+    "unknown",
+    "UNKNOWN",
+    "_hidden",
+    "_hidden:_port",
+    "",
+    " ",
+    '"',
+    "[",
+    "]",
+    "[::1",
+    "999.1.1.1",
+    "1.2.3",
+    "localhost",
+    "example.com",
+    "\x00",
+    "\xff",
+    "x" * 5000,
+]
+
+
+@pytest.mark.parametrize("header", HEADERS)
+@pytest.mark.parametrize("hop", NOT_ADDRESSES)
+def test_every_hop_that_is_no_address_gets_a_bucket_apart_from_the_proxy(
+    header: str, hop: str
+) -> None:
+    value = ("for=" + hop if header == "forwarded" else hop).encode("latin-1")
+    key = key_funcs(header)(request(PROXY, [(header.encode(), value)]))
+    assert key != f"ip:{PROXY}"
+    assert key.startswith(f"ip:{PROXY}/") or key.startswith("ip:sha256:")
