@@ -80,6 +80,9 @@ class MemoryStore:
         self.max_keys = max_keys
         self.clock = clock
         self._generation_s = bucket.fill_time_s
+        # Generations of about half the cap keep each dict (and the copy turned around for
+        # eviction) half the size: a flood at a cap of a million costs 141 MiB with them, 181
+        # MiB with generations as large as the cap (benchmarks/memory_store.py).
         self._half = max(1, max_keys // 2)
         self._current: dict[str | int, float] = {}
         # The older generation; once eviction has started on it, in reverse (newest first).
