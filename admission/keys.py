@@ -1,8 +1,9 @@
 """admission.keys: which client a request comes from, as a rate-limit key.
 
-`X-Forwarded-For` and `Forwarded` are written by whoever sends them, so they are believed only
-when the peer is a trusted proxy, and only as far as the chain of trusted proxies goes: walking
-from the right (the hop our proxy added) to the first address that is not a trusted proxy.
+`X-Forwarded-For` and `Forwarded` are written by whoever sends them, so one of them (the one
+the proxies write) is believed, only when the peer is a trusted proxy, and only as far as the
+chain of trusted proxies goes: walking from the right (the hop our proxy added) to the first
+hop that is not a trusted proxy. This module is the one place that decides who the client is.
 """
 
 from __future__ import annotations
@@ -16,6 +17,11 @@ from admission.responses import Scope
 from admission.settings import Network, Settings
 
 KeyFunc = Callable[[Scope], str]
+
+XFF = "x-forwarded-for"
+FORWARDED = "forwarded"
+# The forwarded headers a proxy may be trusted for, by their ADMISSION_FORWARDED_HEADER name.
+_HEADER_NAMES = {XFF: b"x-forwarded-for", FORWARDED: b"forwarded"}
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 # A client-chosen header value becomes a key; past this length it is hashed so that keys stay
@@ -26,16 +32,18 @@ MAX_KEY_BYTES = 200
 def make_key_func(settings: Settings) -> KeyFunc:
     """make_key_func builds the function that keys a request per `ADMISSION_KEY`.
 
-    `global`: one key for everyone. `ip`: the client address (see `client_address`).
+    `global`: one key for everyone. `ip`: the client address (see `client_address`, which
+    reads only `ADMISSION_FORWARDED_HEADER`, and only from trusted proxies).
     `header:<Name>`: that header's value; a request without it is keyed by its address, so
     clients lacking the header are not lumped into one shared bucket.
     """
     networks = settings.trusted_networks
+    forwarded_header = settings.forwarded_header
     if settings.key == "global":
         return lambda scope: "global"
 
     def address(scope: Scope) -> str:
-        return "ip:" + client_address(scope, networks)
+        return "ip:" + bounded(client_address(scope, networks, forwarded_header))
 
     if settings.key == "ip":
         if not networks:
@@ -67,14 +75,24 @@ def bounded(text: str) -> str:
     return "sha256:" + hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def client_address(scope: Scope, trusted: Sequence[Network]) -> str:
-    """client_address is the address of the client that sent the request.
+def client_address(scope: Scope, trusted: Sequence[Network], forwarded_header: str = XFF) -> str:
+    """client_address is the address of the client that sent the request, as key material.
 
-    Without trusted proxies, or when the peer is not one, it is the peer (`scope["client"]`).
-    From a trusted peer, the forwarding chain (`Forwarded` if present, else `X-Forwarded-For`)
-    is walked from the right past trusted proxies; the first other address is the client. A
-    malformed hop on that walk means the chain can't be believed: the peer address is used.
-    A request with no peer at all (a unix socket) is keyed "unknown".
+    Without trusted proxies, or when the peer is not one, it is the peer (`scope["client"]`),
+    whatever headers the request carries. From a trusted peer, the one header named by
+    `forwarded_header` is read (`x-forwarded-for`, or `forwarded` for RFC 7239 `for=`); the
+    other is never looked at, since a proxy that writes one passes the other through from the
+    client. The hops are walked from the right, each written by the trusted proxy to its
+    right, past trusted proxies; the first other address is the client. If every hop is
+    trusted, the leftmost is.
+
+    A hop on that walk that is not an address (`unknown`, an obfuscated `_name`, junk, an
+    element without `for=`) is the nearest trusted proxy's only word about its client: the
+    result is that proxy's address and the hop as written, `"10.0.0.5/_hidden"` (never an
+    address: there is a "/"). Falling back to the proxy's own address instead, as nginx's
+    realip and Envoy do, would put that client in one bucket with everyone behind the proxy.
+
+    A request with no peer at all (a unix socket) is "unknown".
     """
     client = scope.get("client")
     peer: str | None = str(client[0]) if client else None
@@ -83,30 +101,24 @@ def client_address(scope: Scope, trusted: Sequence[Network]) -> str:
     peer_ip = _parse_ip(peer)
     if peer_ip is None or not _trusted(peer_ip, trusted):
         return peer
-    forwarded: list[bytes] = []
-    xff: list[bytes] = []
-    for name, value in scope.get("headers", ()):
-        if name == b"forwarded":
-            forwarded.append(value)
-        elif name == b"x-forwarded-for":
-            xff.append(value)
-    if forwarded:
-        hops = _forwarded_for(b",".join(forwarded).decode("latin-1"))
-    elif xff:
-        hops = [h.strip() for h in b",".join(xff).decode("latin-1").split(",")]
-    else:
-        return peer
-    if hops is None:
-        return peer
-    chosen = peer_ip
+    name = _HEADER_NAMES[forwarded_header]
+    values = [value for key, value in scope.get("headers", ()) if key == name]
+    if not values:
+        return _ip_text(peer_ip)
+    # Split on every comma, quoted or not: a proxy appends its hop after the last comma, and
+    # nothing a client writes earlier in the header, even an unclosed quote, can move it.
+    hops = b",".join(values).decode("latin-1").split(",")
+    forwarded = name == b"forwarded"
+    writer = peer_ip
     for hop in reversed(hops):
-        ip = _parse_ip(hop)
+        node = _forwarded_for(hop) if forwarded else hop.strip()
+        ip = _parse_ip(node)
         if ip is None:
-            return peer
-        chosen = ip
+            return f"{_ip_text(writer)}/{_node_name(node) if node else hop.strip()}"
         if not _trusted(ip, trusted):
-            break
-    return _ip_text(chosen)
+            return _ip_text(ip)
+        writer = ip
+    return _ip_text(writer)
 
 
 # Parsing an address with `ipaddress` costs microseconds, and behind a proxy every request
@@ -151,21 +163,28 @@ def _parse_ip_uncached(text: str) -> IPAddress | None:
     return ip
 
 
+def _node_name(node: str) -> str:
+    """_node_name is a hop that is not an address, unquoted and without its port: the name a
+    proxy gave its client (`_hidden`, `unknown`), whatever port it came from."""
+    node = node.strip().strip('"')
+    if node.startswith("["):
+        end = node.find("]")
+        return node[: end + 1] if end >= 0 else node
+    return node.partition(":")[0]
+
+
 def _trusted(ip: IPAddress, networks: Sequence[Network]) -> bool:
     return any(ip.version == net.version and ip in net for net in networks)
 
 
-def _forwarded_for(value: str) -> list[str] | None:
-    """_forwarded_for lists the `for=` values of a `Forwarded` header (RFC 7239), in order;
-    None when an element has no `for=`, since the chain then has a gap."""
-    hops = []
-    for element in value.split(","):
-        found = None
-        for pair in element.split(";"):
-            name, sep, val = pair.strip().partition("=")
-            if sep and name.strip().lower() == "for":
-                found = val.strip()
-        if found is None:
-            return None
-        hops.append(found)
-    return hops
+def _forwarded_for(element: str) -> str:
+    """_forwarded_for is the `for=` value of one `Forwarded` element (RFC 7239), unquoted; ""
+    when it has none or more than one, which no address parses as."""
+    found = None
+    for pair in element.split(";"):
+        name, sep, value = pair.partition("=")
+        if sep and name.strip().lower() == "for":
+            if found is not None:
+                return ""
+            found = value.strip()
+    return found or ""

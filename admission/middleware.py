@@ -9,6 +9,7 @@ from time import perf_counter
 
 from admission import context, reasons
 from admission.adaptive import AdaptiveLimit, LimitParams
+from admission.body import buffer_body
 from admission.drain import Drain
 from admission.endpoints import PATHS, Endpoints
 from admission.errors import ConfigError
@@ -101,6 +102,7 @@ class AdmissionMiddleware:
         )
         self.shared = Shared(self.timeouts, self.drain_state, ledger=self.ledger, stats=self.stats)
         self._key = make_key_func(s)
+        self._buffer_body = s.buffer_body
         self._exempt = s.exempt
         windows = {
             k: w for k, w in (("http", self.window), ("websocket", self.websocket_window)) if w
@@ -122,9 +124,9 @@ class AdmissionMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """__call__ is the order of the layers for http and websocket, outermost first: own
-        endpoints, exempt paths, drain gate, window, rate limit, then the application inside
-        its exchange, which finishes the request. Lifespan and other scope types go to
-        `_other`."""
+        endpoints, exempt paths, drain gate, the body read ahead (`ADMISSION_BUFFER_BODY`),
+        window, rate limit, then the application inside its exchange, which finishes the
+        request. Lifespan and other scope types go to `_other`."""
         kind = scope["type"]
         if (kind != "http" and kind != "websocket") or self._config_error is not None:
             await self._other(scope, receive, send)
@@ -143,6 +145,22 @@ class AdmissionMiddleware:
         if not drain.accepting:
             await self._refuse(scope, receive, send, reasons.DRAINING)
             return
+        if self._buffer_body is not None and not websocket:
+            # The body first, holding nothing: a slow one must not keep a slot from others.
+            read = await buffer_body(
+                scope,
+                receive,
+                self._buffer_body,
+                timeout_s=self.timeouts.read_s,
+                idle_s=self.timeouts.idle_s,
+            )
+            if isinstance(read, Reason):
+                if read.status is None:
+                    self.stats.reject(read)
+                else:
+                    await self._refuse(scope, receive, send, read)
+                return
+            receive = read
         window = self.websocket_window if websocket else self.window
         if window is not None:
             priority = DEFAULT if self._priority is None or websocket else self._priority(scope)

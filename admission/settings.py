@@ -462,6 +462,11 @@ class Settings:
     trusted_proxies: tuple[str, ...] | str = setting(
         (), Networks(), "proxies whose X-Forwarded-For/Forwarded is believed"
     )
+    forwarded_header: Literal["x-forwarded-for", "forwarded"] = setting(
+        "x-forwarded-for",
+        Choice("x-forwarded-for", "forwarded"),
+        "the one forwarded header believed from trusted proxies",
+    )
     storage: str = setting(
         "memory://", Storage(), "where the buckets live", redact=lambda v: redact_uri(v)
     )
@@ -513,6 +518,11 @@ class Settings:
     )
     read_timeout: float | None = setting(
         None, Seconds(0.001, _TIMEOUT_LIMIT_S, unset="for none"), "seconds to read the body"
+    )
+    buffer_body: int | None = setting(
+        None,
+        Whole(1, 1 << 30, "bytes", unset="for none"),
+        "bytes of body read before a request takes a slot and a token",
     )
     write_timeout: float | None = setting(
         None, Seconds(0.001, _TIMEOUT_LIMIT_S, unset="for none"), "seconds one send may block"

@@ -1,14 +1,18 @@
 """benchmarks/memory_store.py: resident memory of the MemoryStore with one million active keys.
 
 Each measurement runs in a fresh Python process: it imports admission, creates an empty
-MemoryStore, reads its resident set size (/proc/self/statm), then makes one decision for
-each of one million distinct client keys shaped like real ones ("ip:10.x.y.z"), all still
-active (a fixed clock, so no bucket refills and nothing is forgotten), and
-reads the RSS again. The difference is what the store holds: dict slots, key strings and
-TAT floats. The same process then times decisions at 1M keys (existing keys, random order)
-and on an almost empty store, for comparison. Repeated in several processes; medians.
+MemoryStore holding at most `--keys` keys, reads its resident set size (/proc/self/statm),
+then makes one decision for each of that many distinct client keys, all still active (a
+fixed clock, so no bucket refills and nothing is forgotten), and reads the RSS again. The
+difference is what the store holds: dict slots, key digests and TAT floats. Each key is a
+new string, as a request's key is, either shaped like an address ("ip:10.x.y.z") or padded
+to `--key-bytes` (200) like a long header value. A flood of as many fresh keys again
+follows, each forgetting the least recently used one, and the RSS is read a third time:
+what the store costs at its cap while it churns. The same process then times decisions at
+the cap (held keys, random order) and on an almost empty store, for comparison. Repeated in
+several processes; medians.
 
-Run: python benchmarks/memory_store.py [--keys 1000000] [--runs 3]
+Run: python benchmarks/memory_store.py [--keys 1000000] [--runs 3] [--key-bytes 200]
 """
 
 from __future__ import annotations
@@ -44,6 +48,11 @@ def key(i: int) -> str:
     return f"ip:10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
 
 
+def long_key(i: int, length: int) -> str:
+    """long_key is the i-th client key padded to `length` characters, like a long header."""
+    return f"h:{i:010d}".ljust(length, "x")
+
+
 def time_decisions(store: MemoryStore, keys: list[str], repeats: int = 5) -> float:
     """time_decisions is the best mean seconds per decision over `repeats` passes on `keys`."""
     best = float("inf")
@@ -56,23 +65,29 @@ def time_decisions(store: MemoryStore, keys: list[str], repeats: int = 5) -> flo
     return best
 
 
-def child(n: int) -> dict[str, float]:
-    """child is one measurement in this (fresh) process."""
+def child(n: int, key_bytes: int) -> dict[str, float]:
+    """child is one measurement in this (fresh) process; `key_bytes` 0 means address keys."""
+    make = key if key_bytes == 0 else (lambda i: long_key(i, key_bytes))
     store = MemoryStore(BUCKET, max_keys=max(n, 1), clock=lambda: NOW)
     before = rss_bytes()
     for i in range(n):
-        store.decide_at(key(i), NOW)
+        store.decide_at(make(i), NOW)
     after = rss_bytes()
     assert len(store) == n, f"the store holds {len(store)} keys, not {n}"
+    for i in range(n, 2 * n):
+        store.decide_at(make(i), NOW)
+    flooded = rss_bytes()
+    assert len(store) == n, f"the store holds {len(store)} keys, not {n}"
     rng = random.Random(1)
-    sample = [key(rng.randrange(n)) for _ in range(200_000)]
+    sample = [make(n + rng.randrange(n)) for _ in range(200_000)]
     full_s = time_decisions(store, sample)
     small = MemoryStore(BUCKET, clock=lambda: NOW)
-    few = [key(i) for i in range(100)] * 2000
+    few = [make(i) for i in range(100)] * 2000
     small_s = time_decisions(small, few)
     return {
         "keys": n,
         "rss_delta_bytes": after - before,
+        "rss_flooded_bytes": flooded - before,
         "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         "decide_full_s": full_s,
         "decide_small_s": small_s,
@@ -84,15 +99,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=3, help="fresh processes")
+    parser.add_argument("--key-bytes", type=int, default=200, help="key length; 0 for address keys")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.keys)))
+        print(json.dumps(child(args.keys, args.key_bytes)))
         return 0
     results = []
     for _ in range(args.runs):
         out = subprocess.run(
-            [sys.executable, __file__, "--child", "--keys", str(args.keys)],
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                "--keys",
+                str(args.keys),
+                "--key-bytes",
+                str(args.key_bytes),
+            ],
             check=True,
             capture_output=True,
             text=True,
@@ -102,11 +126,18 @@ def main(argv: list[str] | None = None) -> int:
     per_million = delta / args.keys * 1_000_000
     full = statistics.median(r["decide_full_s"] for r in results)
     small = statistics.median(r["decide_small_s"] for r in results)
-    print(f"python {sys.version.split()[0]}, {args.runs} fresh processes, {args.keys} keys")
+    shape = f"{args.key_bytes}-byte keys" if args.key_bytes else "address keys (ip:10.x.y.z)"
+    print(f"python {sys.version.split()[0]}, {args.runs} fresh processes, {args.keys} {shape}")
     print(f"RSS delta per run: {[round(r['rss_delta_bytes'] / 2**20, 1) for r in results]} MiB")
     print(
         f"resident memory: {delta / 2**20:.1f} MiB for {args.keys} keys "
         f"= {per_million / 2**20:.1f} MiB per million keys ({delta / args.keys:.0f} bytes/key)"
+    )
+    flooded = statistics.median(r["rss_flooded_bytes"] for r in results)
+    print(
+        f"after a flood of {args.keys} fresh keys at the cap: {flooded / 2**20:.1f} MiB "
+        f"({flooded / args.keys:.0f} bytes/key); peak RSS "
+        f"{statistics.median(r['maxrss_kb'] for r in results) / 1024:.1f} MiB"
     )
     print(
         f"time per decision: {full * 1e6:.2f} µs with {args.keys} keys held, "

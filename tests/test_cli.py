@@ -32,6 +32,8 @@ FIRST_BAD = {
     "shed_at": "sheddable:1.5",
     "websocket_window": "0",
     "read_timeout": "0",
+    "buffer_body": "0",
+    "forwarded_header": "x-real-ip",
     "write_timeout": "0",
     "idle_timeout": "0",
     "request_timeout": "0",

@@ -78,30 +78,47 @@ def test_trusted_peer_without_forwarding_headers_is_the_client() -> None:
     ],
 )
 def test_forwarded_header_rfc7239_is_walked_like_x_forwarded_for(header: str, client: str) -> None:
-    assert client_address(scope("10.0.0.2", [("Forwarded", header)]), TRUSTED) == client
+    request = scope("10.0.0.2", [("Forwarded", header)])
+    assert client_address(request, TRUSTED, "forwarded") == client
 
 
-def test_forwarded_wins_over_x_forwarded_for() -> None:
-    request = scope("10.0.0.2", [("X-Forwarded-For", "1.1.1.1"), ("Forwarded", "for=192.0.2.43")])
-    assert client_address(request, TRUSTED) == "192.0.2.43"
+def test_only_the_configured_forwarded_header_is_believed() -> None:
+    request = scope("10.0.0.2", [("X-Forwarded-For", "192.0.2.60"), ("Forwarded", "for=1.1.1.1")])
+    assert client_address(request, TRUSTED) == "192.0.2.60"
+    assert client_address(request, TRUSTED, "x-forwarded-for") == "192.0.2.60"
+    assert client_address(request, TRUSTED, "forwarded") == "1.1.1.1"
+    # The one not configured is ignored even when the configured one is absent.
+    forwarded_only = scope("10.0.0.2", [("Forwarded", "for=1.1.1.1")])
+    assert client_address(forwarded_only, TRUSTED) == "10.0.0.2"
+    xff_only = scope("10.0.0.2", [("X-Forwarded-For", "1.1.1.1")])
+    assert client_address(xff_only, TRUSTED, "forwarded") == "10.0.0.2"
 
 
 @pytest.mark.parametrize(
-    ("name", "value"),
+    ("header", "value", "expected"),
     [
-        ("X-Forwarded-For", "not-an-address"),
-        ("X-Forwarded-For", "192.0.2.60, garbage"),
-        ("X-Forwarded-For", ""),
-        ("X-Forwarded-For", "192.0.2.60,"),
-        ("Forwarded", "for=unknown"),
-        ("Forwarded", "for=_hidden"),
-        ("Forwarded", "proto=https"),
-        ("Forwarded", 'for="[2001:db8::1'),
-        ("Forwarded", "for=192.0.2.43, proto=http"),
+        ("x-forwarded-for", "not-an-address", "10.0.0.2/not-an-address"),
+        ("x-forwarded-for", "192.0.2.60, garbage", "10.0.0.2/garbage"),
+        ("x-forwarded-for", "", "10.0.0.2/"),
+        ("x-forwarded-for", "192.0.2.60,", "10.0.0.2/"),
+        ("x-forwarded-for", "unknown, 10.0.0.5", "10.0.0.5/unknown"),
+        ("forwarded", "for=unknown", "10.0.0.2/unknown"),
+        ("forwarded", "for=_hidden", "10.0.0.2/_hidden"),
+        ("forwarded", 'for="_hidden:_port9"', "10.0.0.2/_hidden"),
+        ("forwarded", 'for="_hidden:4711";proto=https', "10.0.0.2/_hidden"),
+        ("forwarded", "proto=https", "10.0.0.2/proto=https"),
+        ("forwarded", 'for="[2001:db8::1', "10.0.0.2/[2001:db8::1"),
+        ("forwarded", "for=192.0.2.43, proto=http", "10.0.0.2/proto=http"),
+        ("forwarded", "for=192.0.2.43;for=192.0.2.44", "10.0.0.2/for=192.0.2.43;for=192.0.2.44"),
+        ("forwarded", "for=_a, for=10.0.0.5", "10.0.0.5/_a"),
     ],
 )
-def test_malformed_chain_falls_back_to_the_peer_address(name: str, value: str) -> None:
-    assert client_address(scope("10.0.0.2", [(name, value)]), TRUSTED) == "10.0.0.2"
+def test_a_hop_that_is_not_an_address_is_keyed_by_the_proxy_that_wrote_it_and_the_hop(
+    header: str, value: str, expected: str
+) -> None:
+    """The nearest trusted proxy's word about its client: never its own shared bucket."""
+    request = scope("10.0.0.2", [(header, value)])
+    assert client_address(request, TRUSTED, header) == expected
 
 
 def test_malformed_hop_beyond_the_first_untrusted_one_does_not_matter() -> None:
@@ -218,10 +235,18 @@ async def test_clients_behind_a_trusted_proxy_get_a_bucket_each() -> None:
 
 
 async def test_forwarded_ipv6_client_behind_a_trusted_proxy_is_limited_alone() -> None:
-    app = middleware(trusted_proxies="10.0.0.0/8")
-    header = {"Forwarded": 'for="[2001:db8:cafe::17]:4711"'}
+    app = middleware(trusted_proxies="10.0.0.0/8", forwarded_header="forwarded")
+    header = {"Forwarded": 'for="[2001:db8:cafe::17]:4711"', "X-Forwarded-For": "192.0.2.1"}
     assert await statuses(app, "10.0.0.2", 2, header) == [200, 429]
-    other = {"Forwarded": 'for="[2001:db8:cafe::18]:4711"'}
+    other = {"Forwarded": 'for="[2001:db8:cafe::18]:4711"', "X-Forwarded-For": "192.0.2.1"}
+    assert await statuses(app, "10.0.0.2", 1, other) == [200]
+
+
+async def test_ipv6_client_behind_a_trusted_proxy_is_limited_alone() -> None:
+    app = middleware(trusted_proxies="10.0.0.0/8")
+    header = {"X-Forwarded-For": "[2001:db8:cafe::17]:4711"}
+    assert await statuses(app, "10.0.0.2", 2, header) == [200, 429]
+    other = {"X-Forwarded-For": "2001:db8:cafe::18"}
     assert await statuses(app, "10.0.0.2", 1, other) == [200]
 
 

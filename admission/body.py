@@ -1,0 +1,86 @@
+"""admission.body: reading a request's body before it is admitted (`ADMISSION_BUFFER_BODY`).
+
+A client that sends its body slowly holds whatever the request was given for as long as it
+trickles: with a window, a slot that an honest client could have used. Read first, up to a
+limit and under the read timeout, the body costs the service nothing but the bytes until it
+is all there; only then does the request take a window slot and a token. The application
+receives the very messages the server sent, in order; the part of a larger body past the limit
+streams through after admission as usual (under the exchange's own read timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from admission.reasons import DISCONNECT, IDLE_TIMEOUT, READ_TIMEOUT, Reason
+from admission.responses import Message, Receive, Scope
+
+
+class Replay:
+    """Replay is a `receive` that hands out `messages` first, then the server's `receive`."""
+
+    __slots__ = ("_messages", "_receive")
+
+    def __init__(self, messages: deque[Message], receive: Receive) -> None:
+        self._messages = messages
+        self._receive = receive
+
+    async def __call__(self) -> Message:
+        if self._messages:
+            return self._messages.popleft()
+        return await self._receive()
+
+
+def has_body(scope: Scope) -> bool:
+    """has_body says whether the request announces a body (a Content-Length other than 0, or
+    a Transfer-Encoding); one that doesn't is admitted without waiting for anything."""
+    for name, value in scope.get("headers", ()):
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0"):
+            return True
+    return False
+
+
+async def buffer_body(
+    scope: Scope,
+    receive: Receive,
+    limit: int,
+    *,
+    timeout_s: float | None,
+    idle_s: float | None = None,
+) -> Receive | Reason:
+    """buffer_body reads an HTTP request's body until it is complete or `limit` bytes are in,
+    and returns a `receive` that replays what it read, then goes on to the server's.
+
+    The reading is bounded by `timeout_s` in all (the read timeout) and `idle_s` between two
+    messages (the idle timeout); None leaves either off. When one runs out the result is that
+    timeout's `Reason` (408) instead; a client that hangs up meanwhile gives `DISCONNECT`.
+    A request that announces no body, or a websocket, gets its `receive` back untouched.
+    Memory: at most `limit` bytes plus the last message the server handed over.
+    """
+    if scope["type"] != "http" or not has_body(scope):
+        return receive
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout_s is None else loop.time() + timeout_s
+    messages: deque[Message] = deque()
+    read = 0
+    while read < limit:
+        wait, reason = idle_s, IDLE_TIMEOUT
+        if deadline is not None:
+            left = deadline - loop.time()
+            if wait is None or left <= wait:
+                wait, reason = max(0.0, left), READ_TIMEOUT
+        try:
+            message = await asyncio.wait_for(receive(), wait)
+        except asyncio.TimeoutError:
+            return reason
+        messages.append(message)
+        kind = message["type"]
+        if kind == "http.disconnect":
+            return DISCONNECT
+        if kind != "http.request":
+            break
+        read += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return Replay(messages, receive)

@@ -1,0 +1,117 @@
+"""Slow bodies against a real `admission serve`: with ADMISSION_BUFFER_BODY they hold no window
+slot while they trickle in, so an honest client is served all along.
+
+Eight connections each announce a 100-byte body and send it a byte every 50 ms, which would
+take 5 s; the read timeout of 2 s ends them with 408. Meanwhile an honest client posts small
+bodies for 1.2 s. With a window of 8 and no buffering, the eight trickles hold every slot and
+the honest client is refused; with buffering it is served every time.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support import admission_serve, run_server, wait_until
+
+pytestmark = pytest.mark.process
+
+TRICKLES = 8
+
+
+class Trickle:
+    """Trickle is one connection sending a POST's body a byte at a time, in a thread."""
+
+    def __init__(self, port: int, stop: threading.Event) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.sendall(
+            b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: 100\r\n\r\nx"
+        )
+        self.stop = stop
+        self.answer = b""
+        self.answered_at = 0.0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.sock.settimeout(0.05)
+        try:
+            while not self.stop.is_set():
+                try:
+                    data = self.sock.recv(4096)
+                except TimeoutError:
+                    self.sock.sendall(b"x")
+                    continue
+                if data:
+                    self.answer += data
+                    self.answered_at = self.answered_at or time.monotonic()
+                if not data or b"\r\n\r\n" in self.answer:
+                    return
+        except OSError:
+            return
+        finally:
+            self.sock.close()
+
+
+def rejected(url: str, reason: str) -> float:
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=5).text):
+        for sample in family.samples:
+            if sample.name == "admission_rejected_total" and sample.labels["reason"] == reason:
+                return sample.value
+    return 0.0
+
+
+@pytest.mark.parametrize("buffer", ["65536", ""])
+def test_an_honest_client_is_served_while_eight_bodies_trickle_into_a_window_of_eight(
+    buffer: str,
+) -> None:
+    env = {
+        "ADMISSION_WINDOW": "8",
+        "ADMISSION_READ_TIMEOUT": "2",
+        "ADMISSION_BUFFER_BODY": buffer,
+    }
+    stop = threading.Event()
+    with (
+        run_server(admission_serve(), env) as server,
+        httpx.Client(base_url=server.url, timeout=5) as honest,
+    ):
+        try:
+            started = time.monotonic()
+            trickles = [Trickle(server.port, stop) for _ in range(TRICKLES)]
+            if not buffer:
+                # Unbuffered, the trickles are admitted at once and fill the window.
+                wait_until(
+                    lambda: honest.get("/readyz").json()["in_flight"] == TRICKLES,
+                    5,
+                    "the trickles to fill the window",
+                )
+            statuses = []
+            while time.monotonic() - started < 1.2:
+                response = honest.post("/echo", content=b"hello")
+                statuses.append(response.status_code)
+                if response.status_code == 200:
+                    assert response.content == b"hello"
+            honest_done = time.monotonic()
+            for trickle in trickles:
+                trickle.thread.join(timeout=10)
+        finally:
+            stop.set()
+        print(f"\nbuffer={buffer or 'off'}: honest {statuses.count(200)}/{len(statuses)} admitted")
+        # Every trickle was still sending while the honest client was served, and ended 408.
+        assert all(t.answer.startswith(b"HTTP/1.1 408") for t in trickles), [
+            t.answer[:20] for t in trickles
+        ]
+        assert all(t.answered_at > honest_done for t in trickles)
+        assert len(statuses) >= 10
+        if buffer:
+            assert statuses == [200] * len(statuses)
+            assert rejected(server.url, "window") == 0
+        else:
+            assert statuses.count(429) == len(statuses)
+        assert rejected(server.url, "read_timeout") == TRICKLES

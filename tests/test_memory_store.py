@@ -1,0 +1,188 @@
+"""The memory store under pressure: least recently used keys go first, long keys cost what
+short ones do, and a flood of keys through a real server forgets the oldest."""
+
+from __future__ import annotations
+
+import gc
+import os
+import subprocess
+import sys
+import tracemalloc
+from collections import OrderedDict
+from collections.abc import Callable
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from admission.bucket import Bucket
+from admission.stores.memory import MemoryStore
+from tests.support import admission_serve, run_server
+
+
+class ManualClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# One token a minute: every key used stays held for a minute, so with a frozen clock only the
+# cap ever forgets one.
+ONE_A_MINUTE = Bucket(interval_s=60.0, capacity=1)
+
+
+@pytest.mark.parametrize("already_full", [False, True])
+@pytest.mark.parametrize("fresh_between", [1, 2, 5, 8])
+def test_a_client_interleaving_fresh_keys_stays_limited(
+    fresh_between: int, already_full: bool
+) -> None:
+    clock = ManualClock()
+    store = MemoryStore(ONE_A_MINUTE, max_keys=10, clock=clock)
+    for i in range(10 if already_full else 0):
+        store.decide_at(f"other-{i}", clock.now)
+    admitted = 0
+    fresh = 0
+    for _ in range(100):
+        admitted += store.decide_at("abuser", clock.now).allowed
+        for _ in range(fresh_between):
+            assert store.decide_at(f"fresh-{fresh}", clock.now).allowed
+            fresh += 1
+        assert len(store) <= 10
+    assert admitted == 1
+
+
+def test_the_oldest_keys_go_first_under_a_flood() -> None:
+    clock = ManualClock()
+    store = MemoryStore(ONE_A_MINUTE, max_keys=100, clock=clock)
+    for i in range(100):
+        store.decide_at(f"old-{i}", clock.now)
+    store.decide_at("old-0", clock.now)  # used again: now the most recent
+    for i in range(30):
+        store.decide_at(f"flood-{i}", clock.now)
+    held = [i for i in range(100) if f"old-{i}" in store]
+    assert held == [0, *range(31, 100)]
+    assert all(f"flood-{i}" in store for i in range(30))
+    # A key still held is still limited; a forgotten one has its full bucket back.
+    assert not store.decide_at("old-99", clock.now).allowed
+    assert store.decide_at("old-1", clock.now).allowed
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    max_keys=st.integers(min_value=1, max_value=12),
+    uses=st.lists(st.integers(min_value=0, max_value=30), min_size=1, max_size=200),
+)
+def test_the_store_holds_exactly_the_most_recently_used_keys(
+    max_keys: int, uses: list[int]
+) -> None:
+    """Against a reference LRU list: after every decision the store holds the same keys."""
+    clock = ManualClock()
+    store = MemoryStore(ONE_A_MINUTE, max_keys=max_keys, clock=clock)
+    reference: OrderedDict[str, None] = OrderedDict()
+    for who in uses:
+        key = f"k{who}"
+        store.decide_at(key, clock.now)
+        reference[key] = None
+        reference.move_to_end(key)
+        if len(reference) > max_keys:
+            reference.popitem(last=False)
+        assert len(store) == len(reference)
+        assert all(k in store for k in reference)
+
+
+def test_a_refused_request_counts_as_a_use() -> None:
+    clock = ManualClock()
+    store = MemoryStore(ONE_A_MINUTE, max_keys=3, clock=clock)
+    for key in ("a", "b", "c"):
+        store.decide_at(key, clock.now)
+    assert not store.decide_at("a", clock.now).allowed
+    store.decide_at("d", clock.now)
+    assert "a" in store
+    assert "b" not in store
+
+
+def test_forgetting_full_buckets_still_works_with_the_cap() -> None:
+    clock = ManualClock()
+    bucket = Bucket(interval_s=1.0, capacity=2)
+    store = MemoryStore(bucket, max_keys=4, clock=clock)
+    for i in range(20):
+        store.decide_at(f"k{i}", clock.now)
+        assert len(store) <= 4
+    clock.now += 2 * bucket.fill_time_s
+    store.decide_at("probe", clock.now, cost=0)
+    assert len(store) == 0
+
+
+def _traced_bytes_held_for(n: int, make_key: Callable[[int], str]) -> int:
+    """_traced_bytes_held_for is what a store holding `n` keys allocated for them; each key is
+    a new string, as each request's key is, and dropped once decided."""
+    store = MemoryStore(ONE_A_MINUTE, max_keys=n, clock=ManualClock())
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(n):
+            store.decide_at(make_key(i), 1000.0)
+        gc.collect()
+        assert len(store) == n
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_long_key_costs_what_a_short_one_does() -> None:
+    n = 2000
+    short_bytes = _traced_bytes_held_for(n, lambda i: f"ip:10.0.{i >> 8}.{i & 255}")
+    long_bytes = _traced_bytes_held_for(n, lambda i: f"h:{i:08d}" + "x" * 10_000)
+    assert long_bytes <= short_bytes * 1.1 + 4096
+    assert long_bytes / n < 200, f"{long_bytes / n:.0f} bytes per key"
+
+
+@pytest.mark.process
+def test_a_header_key_flood_through_a_server_forgets_the_oldest_keys_first() -> None:
+    env = {
+        "ADMISSION_RATE": "1/minute",
+        "ADMISSION_KEY": "header:X-API-Key",
+        "ADMISSION_MAX_KEYS": "50",
+    }
+    with (
+        run_server(admission_serve(), env) as server,
+        httpx.Client(base_url=server.url, timeout=5) as client,
+    ):
+
+        def status(key: str) -> int:
+            return client.get("/", headers={"X-API-Key": key}).status_code
+
+        assert [status(f"old-{i}") for i in range(50)] == [200] * 50
+        assert status("old-0") == 429  # used again: the most recent now
+        assert [status(f"flood-{i}") for i in range(20)] == [200] * 20
+        # old-1 .. old-20 were forgotten, oldest first; the rest are still limited.
+        assert status("old-49") == 429
+        assert status("old-21") == 429
+        assert status("old-0") == 429
+        assert status("old-20") == 200
+        assert "forgetting the least recently used" in server.log()
+
+
+def test_keys_are_digested_with_a_keyed_hash_even_without_hash_randomisation() -> None:
+    code = (
+        "from admission.stores import memory\n"
+        "from admission.bucket import Bucket\n"
+        "assert not memory._HASH_IS_KEYED\n"
+        "s = memory.MemoryStore(Bucket(interval_s=60.0, capacity=1), clock=lambda: 0.0)\n"
+        "a, b = 'a' * 100, 'b' * 100\n"
+        "assert s.decide_at(a, 0.0).allowed and not s.decide_at(a, 0.0).allowed\n"
+        "assert s.decide_at(b, 0.0).allowed\n"
+        "print(memory.slot_of(a))\n"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    runs = [
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+        for _ in range(2)
+    ]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    # The same key digests differently in two processes: the secret is the store's own.
+    assert runs[0].stdout != runs[1].stdout
