@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import logging
 import math
 import os
 import re
@@ -683,6 +684,39 @@ class Settings:
             rows.append((_env_name(field), shown))
         return rows
 
+    def summary(self) -> str:
+        """summary is one line of the settings that differ from their defaults, secrets
+        redacted, as start-up logs it."""
+        changed = [
+            f"{_env_name(f.name)}={quote(f.metadata['spec'].show(getattr(self, f.name)))}"
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != f.default
+        ]
+        if not changed:
+            return "settings in effect: all defaults (no rate limit, no window, no timeouts)"
+        return f"settings in effect: {' '.join(changed)}; the rest at their defaults"
+
+    def overridden(self, environ: Mapping[str, str] | None = None) -> list[str]:
+        """overridden lists the `ADMISSION_*` variables of `environ` (default: the process
+        environment) that these settings, given in code, override: each set to another value
+        than the one in effect (or not valid, or not a setting at all), as `VAR='value'`.
+        Empty when the two agree."""
+        env = os.environ if environ is None else environ
+        names = {_env_name(name): name for name in specs()}
+        found = []
+        for var, raw in sorted(env.items()):
+            if not var.startswith(ENV_PREFIX) or raw.strip() == "":
+                continue
+            field = names.get(var)
+            if field is not None:
+                try:
+                    if specs()[field].parse(raw.strip()) == getattr(self, field):
+                        continue
+                except Invalid:
+                    pass
+            found.append(f"{var}={quote(redact_uri(raw.strip()))}")
+        return found
+
     def __repr__(self) -> str:
         """__repr__ shows the fields that differ from their defaults, secrets redacted, so
         that a settings object in a log or a traceback never shows a password."""
@@ -695,6 +729,19 @@ class Settings:
             shown = spec.show(value) if spec.redact is not None else value
             parts.append(f"{f.name}={shown!r}")
         return f"Settings({', '.join(parts)})"
+
+
+def announce(settings: Settings, *, in_code: bool, log: logging.Logger) -> None:
+    """announce logs, once at start-up, the one line of settings in effect, and a warning when
+    settings given in code override `ADMISSION_*` variables set to something else (code wins:
+    the variables are then ignored, whatever `admission config` shows)."""
+    log.info("%s", settings.summary())
+    ignored = settings.overridden() if in_code else []
+    if ignored:
+        log.warning(
+            "settings given in code win over the environment: %s ignored",
+            ", ".join(ignored),
+        )
 
 
 def specs() -> dict[str, Spec]:
@@ -880,8 +927,12 @@ def _check_storage(uri: str) -> str:
     if "#" in uri:
         # A fragment means nothing to Redis: it is a password with an unencoded '#'.
         raise Invalid("a '#' must be percent-encoded as %23 in a password")
+    parts = urllib.parse.urlsplit(uri)
+    if "@" in uri and "@" not in parts.netloc:
+        # The userinfo ended early at an unencoded '/' or '?': redis-py would connect to the
+        # wrong host with part of the password.
+        raise Invalid("a '/' or '?' must be percent-encoded (%2F, %3F) in a password")
     try:
-        parts = urllib.parse.urlsplit(uri)
         if scheme in ("redis+cluster", "redis+sentinel"):
             hosts = parts.netloc.rpartition("@")[2]
             for loc in hosts.split(","):

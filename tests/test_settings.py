@@ -604,3 +604,54 @@ def test_the_documented_ranges_are_the_ones_enforced() -> None:
     end = text.index("<!-- accepted:end -->")
     # Regenerate with the command in the marker when a setting is added or changed.
     assert text[start:end].strip() == accepted_markdown()
+
+
+# --- precedence: code over environment ---------------------------------------------------------
+
+
+def test_summary_is_one_line_of_what_differs_from_the_defaults() -> None:
+    assert "all defaults" in Settings().summary()
+    line = Settings(rate="10/second", window=8, storage="redis://:pw@db:6379/0").summary()
+    assert "\n" not in line
+    assert "ADMISSION_RATE='10/second'" in line and "ADMISSION_WINDOW='8'" in line
+    assert "ADMISSION_STORAGE='redis://:***@db:6379/0'" in line
+    assert "pw@" not in line and "ADMISSION_DRAIN_TIMEOUT" not in line
+
+
+def test_code_settings_list_the_environment_they_override() -> None:
+    settings = Settings(window=64, rate="10/second")
+    env = {
+        "ADMISSION_WINDOW": "8",  # differs: ignored
+        "ADMISSION_RATE": "10/second",  # agrees
+        "ADMISSION_BURST": "oops",  # not even valid
+        "ADMISSION_STORAGE": "redis://:pw@db:6379/0",
+        "ADMISSION_DRAIN_DELAY": "",  # empty is unset
+        "PATH": "/bin",
+    }
+    assert settings.overridden(env) == [
+        "ADMISSION_BURST='oops'",
+        "ADMISSION_STORAGE='redis://:***@db:6379/0'",
+        "ADMISSION_WINDOW='8'",
+    ]
+    assert Settings(window=8).overridden({"ADMISSION_WINDOW": "8"}) == []
+
+
+def test_announce_logs_the_summary_and_warns_once_when_code_overrides_the_environment(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from admission.settings import announce
+
+    monkeypatch.setenv("ADMISSION_WINDOW", "8")
+    log = logging.getLogger("admission.test.announce")
+    with caplog.at_level(logging.INFO, logger="admission.test.announce"):
+        announce(Settings(window=64), in_code=True, log=log)
+    records = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert records[0] == (logging.INFO, Settings(window=64).summary())
+    assert records[1][0] == logging.WARNING
+    assert "ADMISSION_WINDOW='8'" in records[1][1] and len(records) == 2
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="admission.test.announce"):
+        announce(Settings.from_env(), in_code=False, log=log)
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
