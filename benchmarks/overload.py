@@ -38,12 +38,12 @@ Run: python benchmarks/overload.py [--duration S] [--window N] [--factor F]
 from __future__ import annotations
 
 import argparse
-import textwrap
 import contextlib
 import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import urllib.error
 import urllib.request
