@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
@@ -25,15 +26,15 @@ MAX_BACKEND_WAITERS = 100_000
 
 
 def _int_param(request: Request, name: str, default: int, upper: int) -> int:
-    """_int_param reads a non-negative integer query parameter, clamped to `upper`."""
+    """_int_param reads a whole-number query parameter from 0 to `upper`, or `default` when it
+    is absent; anything else (`abc`, `-5`, `1e3`, a number above `upper`) is a 400 that says
+    what was expected, rather than a silent default."""
     raw = request.query_params.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        return default
-    return max(0, min(value, upper))
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 12 and int(raw) <= upper):
+        raise HTTPException(400, f"{name} must be a whole number from 0 to {upper}, got {raw!r}")
+    return int(raw)
 
 
 async def index(request: Request) -> Response:
