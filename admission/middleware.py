@@ -25,6 +25,7 @@ from admission.responses import Receive, Scope, Send, refuse_websocket, send_pro
 from admission.settings import Settings
 from admission.shutdown import SignalDrain
 from admission.stores import GuardedStore, MemoryStore, Store, open_store
+from admission.stores.guard import StorageDenial
 from admission.uvicorn_adapter import abort_connection
 from admission.window import DEFAULT, Window
 
@@ -179,6 +180,12 @@ class AdmissionMiddleware:
                 else:
                     decision = await store.decide(self._key(scope))
                 assert self._policy is not None
+                if type(decision) is StorageDenial:
+                    # The store failed: nothing is known of the client's bucket to tell it.
+                    retry = retry_after_seconds(decision.retry_after_s, self._refill_s)
+                    headers = [(b"retry-after", str(retry).encode())]
+                    await self._refuse(scope, receive, send, reasons.STORAGE, headers)
+                    return
                 extra = [self._policy, ratelimit_header(decision)]
                 if not decision.allowed:
                     retry = retry_after_seconds(decision.retry_after_s, self._refill_s)
