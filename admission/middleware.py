@@ -70,7 +70,11 @@ class AdmissionMiddleware:
         self.lifetime = context.adopt_service_lifetime(s.cleanup_timeout)
         self.store = open_store(s, store)
         rate = s.rate_item
-        self._policy = policy_header(rate) if rate is not None else None
+        self._policy = (
+            policy_header(s.capacity, s.capacity * s.emission_interval_s)
+            if rate is not None
+            else None
+        )
         self._refill_s = s.emission_interval_s
         self._priority = priority_from(s.priority)
         # Without a priority source every request is `default`: nothing to keep slots for.
