@@ -7,11 +7,13 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
 
+from prometheus_client import CollectorRegistry
+
 from admission import context, reasons
 from admission.adaptive import AdaptiveLimit, LimitParams
 from admission.body import buffer_body
 from admission.drain import Drain
-from admission.endpoints import PATHS, Endpoints
+from admission.endpoints import METHODS, Endpoints
 from admission.errors import ConfigError
 from admission.exchange import Exchange, Shared, Timeouts
 from admission.headers import policy_header, ratelimit_header, retry_after_seconds
@@ -42,7 +44,9 @@ class AdmissionMiddleware:
     `settings` default to `Settings.from_env()`. `store` replaces the one `ADMISSION_STORAGE`
     names (a store that can fail is wrapped in the `ADMISSION_ON_STORAGE_ERROR` policy).
     `handle_signals=False` leaves SIGTERM/SIGINT alone, for programs that call `drain()`
-    themselves. Scope types other than http, websocket and lifespan pass straight through.
+    themselves. `metrics_registry` (say prometheus_client.REGISTRY) gets admission's metrics
+    too, and the metrics endpoint then shows that whole registry: the application's metrics with
+    admission's. Scope types other than http, websocket and lifespan pass straight through.
     """
 
     def __init__(
@@ -52,6 +56,7 @@ class AdmissionMiddleware:
         settings: Settings | None = None,
         store: Store | None = None,
         handle_signals: bool = True,
+        metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         self.app = app
         self._config_error: ConfigError | None = None
@@ -120,9 +125,24 @@ class AdmissionMiddleware:
             self.drain_state.draining,
             storage_errors=(lambda: guard.errors) if guard is not None else (lambda: 0),
         )
-        self.endpoints = Endpoints(
-            self.drain_state, self.ledger, self.window, self.store, self.collector
+        if metrics_registry is not None:
+            # Admission's metrics join the application's, on its endpoint and on ours.
+            metrics_registry.register(self.collector)
+        endpoints = (
+            ("health", s.health_path),
+            ("ready", s.ready_path),
+            ("metrics", s.metrics_path),
         )
+        self.endpoints = Endpoints(
+            self.drain_state,
+            self.ledger,
+            self.window,
+            self.store,
+            self.collector,
+            paths={path: kind for kind, path in endpoints if path is not None},
+            registry=metrics_registry,
+        )
+        self._endpoint_paths = self.endpoints.paths
         self.lifespan = Lifespan(self.drain_state, self._startup)
         self.signal_drain = SignalDrain(self.drain_state, self.lifespan) if handle_signals else None
         self._started = False
@@ -140,8 +160,8 @@ class AdmissionMiddleware:
             self._start()
         path = scope["path"]
         websocket = kind == "websocket"
-        if path in PATHS and not websocket:
-            await self.endpoints.answer(path, send)
+        if path in self._endpoint_paths and not websocket and scope["method"] in METHODS:
+            await self.endpoints.answer(path, send, scope["method"])
             return
         if self._exempt and path.startswith(self._exempt):
             await self.app(scope, receive, send)

@@ -295,6 +295,25 @@ class KeyPrefix(Parser):
         return raw
 
 
+class EndpointPath(Parser):
+    """EndpointPath is the path of one of admission's own endpoints, or 'off'."""
+
+    accepted = "a path such as '/healthz', other than '/' alone, or 'off' for none"
+    _PATH = re.compile(r"/[!-~]{1,255}")
+
+    def __call__(self, raw: object) -> str | None:
+        if raw is None or (isinstance(raw, str) and raw.strip() == "off"):
+            return None
+        if not isinstance(raw, str):
+            raise Invalid()
+        path = raw.strip()
+        if path == "/":
+            raise Invalid("'/' would answer every request for the application's root")
+        if not self._PATH.fullmatch(path) or "?" in path or "#" in path:
+            raise Invalid()
+        return path
+
+
 MAX_URI_LENGTH = 4096
 _PRINTABLE = re.compile(r"[!-~]+")
 
@@ -436,6 +455,10 @@ def _window_max_fallback(s: Settings) -> str | None:
     return f"{s.window_bounds[1]}" if s.window == "auto" else None
 
 
+def _off(s: Settings) -> str:
+    return "off"
+
+
 _TIMEOUT_LIMIT_S = 86400.0
 # The bounds of ADMISSION_WINDOW=auto when ADMISSION_WINDOW_MIN/MAX are unset.
 AUTO_WINDOW_MIN = 1
@@ -559,6 +582,24 @@ class Settings:
         1_000_000, Whole(1, 100_000_000, "keys"), "client keys the memory store remembers"
     )
     key_prefix: str = setting("admission", KeyPrefix(), "prefix of the Redis keys")
+    health_path: str | None = setting(
+        "/healthz",
+        EndpointPath(),
+        "path of the liveness endpoint (GET and HEAD only)",
+        fallback=_off,
+    )
+    ready_path: str | None = setting(
+        "/readyz",
+        EndpointPath(),
+        "path of the readiness endpoint (GET and HEAD only)",
+        fallback=_off,
+    )
+    metrics_path: str | None = setting(
+        "/metrics",
+        EndpointPath(),
+        "path of the Prometheus endpoint (GET and HEAD only)",
+        fallback=_off,
+    )
 
     def __post_init__(self) -> None:
         problems: list[Problem] = []
@@ -775,7 +816,20 @@ class Rule:
     check: Callable[[Settings], str | None]
 
 
+def _same_path(field: str, other: str) -> Rule:
+    def check(s: Settings) -> str | None:
+        path = getattr(s, field)
+        if path is None or path != getattr(s, other):
+            return None
+        return f"{_env_name(other)} is the same path: give each endpoint its own, or 'off'"
+
+    return Rule((field, other), check)
+
+
 RULES: tuple[Rule, ...] = (
+    _same_path("ready_path", "health_path"),
+    _same_path("metrics_path", "health_path"),
+    _same_path("metrics_path", "ready_path"),
     Rule(
         ("window_min", "window"),
         lambda s: (

@@ -44,6 +44,9 @@ FIRST_BAD = {
     "exempt": "static",
     "max_keys": "0",
     "key_prefix": "has space",
+    "health_path": "/",
+    "ready_path": "readyz",
+    "metrics_path": "/a b",
 }
 
 

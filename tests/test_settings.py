@@ -105,6 +105,9 @@ BAD: dict[str, list[str]] = {
     "cleanup_timeout": ["0", "-1", "nan", "x"],
     "exempt": ["static", "/ok,bad", "healthz", "/", "/a b", ",".join(["/x"] * 257)],
     "max_keys": ["0", "-1", "x", "1.5", "100000001"],
+    "health_path": ["/", "healthz", "/a b", "/x?y", "none", "/" + "x" * 300],
+    "ready_path": ["/", "readyz", "OFF"],
+    "metrics_path": ["/", "metrics", "\u0663"],
     "key_prefix": ["has space", "pre{fix", "fix}", "a\tb", "x" * 65, "caf\u00e9"],
 }
 
@@ -175,6 +178,9 @@ GOOD: dict[str, list[tuple[str, object]]] = {
     ],
     "max_keys": [("1000", 1000)],
     "key_prefix": [("admission", "admission"), ("svc:prod", "svc:prod")],
+    "health_path": [("/livez", "/livez"), ("off", None), ("/-/health", "/-/health")],
+    "ready_path": [("/ready", "/ready"), ("off", None)],
+    "metrics_path": [("/internal/metrics", "/internal/metrics"), ("off", None)],
 }
 
 # Variables that only make sense together with others: those others, set to good values.
@@ -524,6 +530,13 @@ def test_a_zero_rate_says_the_amount_must_be_at_least_1() -> None:
         ({"ADMISSION_EXEMPT": "/"}, "ADMISSION_EXEMPT", "every path"),
         ({"ADMISSION_EXEMPT": "/static, /"}, "ADMISSION_EXEMPT", "every path"),
         ({"ADMISSION_TRUSTED_PROXIES": "0.0.0.0/0"}, "ADMISSION_TRUSTED_PROXIES", "every"),
+        ({"ADMISSION_READY_PATH": "/healthz"}, "ADMISSION_READY_PATH", "same path"),
+        ({"ADMISSION_METRICS_PATH": "/readyz"}, "ADMISSION_METRICS_PATH", "same path"),
+        (
+            {"ADMISSION_HEALTH_PATH": "/metrics", "ADMISSION_METRICS_PATH": "/metrics"},
+            "ADMISSION_METRICS_PATH",
+            "ADMISSION_HEALTH_PATH is the same path",
+        ),
         (
             {"ADMISSION_WINDOW": "8", "ADMISSION_QUEUE_TIMEOUT": "1", "ADMISSION_MAX_WAITERS": "0"},
             "ADMISSION_MAX_WAITERS",

@@ -372,7 +372,7 @@ async def test_a_failing_store_given_to_the_middleware_is_guarded_and_its_errors
     async def receive() -> dict[str, object]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    scope = {"type": "http", "path": "/", "headers": [], "client": ("10.0.0.1", 1)}
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "client": ("10.0.0.1", 1)}
     await mw(dict(scope), receive, send)  # type: ignore[arg-type]
     statuses.append(int(sent[0]["status"]))  # type: ignore[call-overload]
     # Denied by the policy, the store having failed: a storage refusal, not a rate one.
