@@ -24,7 +24,7 @@ from admission.metrics import AdmissionCollector, Stats
 from admission.priority import priority_from
 from admission.reasons import Reason
 from admission.responses import Receive, Scope, Send, refuse_websocket, send_problem
-from admission.settings import Settings
+from admission.settings import Settings, announce
 from admission.shutdown import SignalDrain
 from admission.stores import GuardedStore, MemoryStore, Store, open_store
 from admission.stores.guard import StorageDenial
@@ -60,6 +60,7 @@ class AdmissionMiddleware:
     ) -> None:
         self.app = app
         self._config_error: ConfigError | None = None
+        self._settings_in_code = settings is not None
         if settings is None:
             try:
                 settings = Settings.from_env()
@@ -143,7 +144,7 @@ class AdmissionMiddleware:
             registry=metrics_registry,
         )
         self._endpoint_paths = self.endpoints.paths
-        self.lifespan = Lifespan(self.drain_state, self._startup)
+        self.lifespan = Lifespan(self.drain_state, self._startup, self._served)
         self.signal_drain = SignalDrain(self.drain_state, self.lifespan) if handle_signals else None
         self._started = False
 
@@ -283,9 +284,14 @@ class AdmissionMiddleware:
             except Exception as exc:
                 log.warning("rate-limit storage is not reachable at start-up: %s", exc)
 
+    def _served(self) -> bool:
+        """_served is True once any request was admitted or refused."""
+        return self.stats.admitted > 0 or any(self.stats.rejected.values())
+
     def _start(self) -> None:
         self._started = True
         _ensure_logging()
+        announce(self.settings, in_code=self._settings_in_code, log=log)
         if self.signal_drain is not None:
             self.signal_drain.install()
 
