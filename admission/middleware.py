@@ -299,14 +299,17 @@ class AdmissionMiddleware:
         """_refuse_to_start answers every call of a middleware whose settings were bad: the
         lifespan start-up fails with the one-line error (the server exits), and any request
         that still arrives (a server without lifespan) gets 500."""
-        message = str(self._config_error)
+        assert self._config_error is not None
+        # One line per bad variable, each naming its source, as `admission serve` prints them.
+        message = "\n".join(f"admission: {line}" for line in self._config_error.lines)
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.startup":
                 pass
-            await send({"type": "lifespan.startup.failed", "message": f"admission: {message}"})
+            await send({"type": "lifespan.startup.failed", "message": message})
         elif scope["type"] == "http":
-            log.error("admission: %s", message)
-            await send_problem(send, reasons.CONFIGURATION, detail=message)
+            log.error("%s", message)
+            # The client learns that the service is misconfigured, not how: that is in the log.
+            await send_problem(send, reasons.CONFIGURATION)
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": reasons.CONFIGURATION.ws_close})
 

@@ -273,6 +273,7 @@ def test_bad_windows_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_the_plot_stands_alone_every_window_refusals_and_the_reason_on_it() -> None:
+    pytest.importorskip("matplotlib")  # the bench extra
     windows = [1, 2, 4, 8, 16, 32, 57, 58, 59, 60, 61, 64, 128]
     rows = [
         Row(w, 100.0 * min(w, 60), 1.0, 2.0 + w / 10, rejected_ratio=max(0.0, 1 - w / 64))
