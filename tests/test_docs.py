@@ -45,3 +45,16 @@ def test_a_page_that_runs_the_commands_says_where_they_are(page: object) -> None
     if BARE.search(text) is None:
         return
     assert ". .venv/bin/activate" in text or ".venv/bin/admission" in text, page
+
+
+def test_ci_tests_every_version_the_classifiers_name() -> None:
+    pyproject = (REPO / "pyproject.toml").read_text()
+    named = re.findall(r'"Programming Language :: Python :: (3\.\d+)"', pyproject)
+    ci = (REPO / ".ci" / "run").read_text()
+    supported = re.search(r'^SUPPORTED="([^"]+)"', ci, re.MULTILINE)
+    assert supported is not None
+    assert named == supported.group(1).split() == ["3.10", "3.11", "3.12", "3.13"]
+    assert 'requires-python = ">=3.10"' in pyproject
+    # The README's test command is what CI runs.
+    assert ".venv/bin/python -m pytest\n" in ci
+    assert ".venv/bin/python -m pytest\n" in (REPO / "README.md").read_text()
