@@ -414,6 +414,8 @@ class Spec:
         """show is `value` as any output may print it: secrets redacted."""
         if isinstance(value, tuple):
             text = ",".join(as_text(v) for v in value)
+        elif isinstance(value, float) and math.isfinite(value):
+            text = _fmt(value)  # as it would be written: 30, 0.05
         else:
             text = "" if value is None else as_text(value)
         return self.redact(text) if self.redact is not None else text
@@ -826,7 +828,21 @@ def _same_path(field: str, other: str) -> Rule:
     return Rule((field, other), check)
 
 
+def _burst_refills_within_a_year(s: Settings) -> str | None:
+    if s.burst is None or s.rate is None:
+        return None
+    item = limits.parse(s.rate)
+    if s.burst * item.get_expiry() / item.amount <= MAX_RATE_PERIOD_S:
+        return None
+    most = int(MAX_RATE_PERIOD_S * item.amount / item.get_expiry())
+    return (
+        f"a bucket of {s.burst} tokens at {s.rate} takes more than a year to fill again: "
+        f"at this rate the burst can be at most {most}"
+    )
+
+
 RULES: tuple[Rule, ...] = (
+    Rule(("burst", "rate"), _burst_refills_within_a_year),
     _same_path("ready_path", "health_path"),
     _same_path("metrics_path", "health_path"),
     _same_path("metrics_path", "ready_path"),

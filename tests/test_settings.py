@@ -439,6 +439,8 @@ def _assert_sane(settings: Settings) -> None:
     if settings.rate is not None:
         assert 1e-9 <= settings.emission_interval_s <= 366 * 86400
         assert 1 <= settings.capacity <= 1_000_000_000
+        # Every bucket fills within a year: the RateLimit fields stay within 15 digits.
+        assert settings.capacity * settings.emission_interval_s <= 366 * 86400
     assert "\n" not in "".join(value for _, value in settings.describe())
 
 
@@ -530,6 +532,11 @@ def test_a_zero_rate_says_the_amount_must_be_at_least_1() -> None:
         ({"ADMISSION_EXEMPT": "/"}, "ADMISSION_EXEMPT", "every path"),
         ({"ADMISSION_EXEMPT": "/static, /"}, "ADMISSION_EXEMPT", "every path"),
         ({"ADMISSION_TRUSTED_PROXIES": "0.0.0.0/0"}, "ADMISSION_TRUSTED_PROXIES", "every"),
+        (
+            {"ADMISSION_RATE": "1/day", "ADMISSION_BURST": "1000"},
+            "ADMISSION_BURST",
+            "more than a year to fill again: at this rate the burst can be at most 366",
+        ),
         ({"ADMISSION_READY_PATH": "/healthz"}, "ADMISSION_READY_PATH", "same path"),
         ({"ADMISSION_METRICS_PATH": "/readyz"}, "ADMISSION_METRICS_PATH", "same path"),
         (
