@@ -8,7 +8,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from admission.errors import ConfigError
+from admission.errors import ConfigError, quote
 from admission.settings import Settings
 
 DEMO_TARGET = "admission.demo:app"
@@ -37,13 +37,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import_from_string(target)
     except ImportFromStringError as exc:
-        print(f"admission: cannot load the app {target!r}: {exc}", file=sys.stderr)
+        print(f"admission: cannot load the app {quote(target)}: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
         # The module was found but failed while importing: its traceback is the useful part.
         traceback.print_exc()
         print(
-            f"admission: cannot load the app {target!r}: importing it raised {exc!r}",
+            f"admission: cannot load the app {quote(target)}: importing it raised {exc!r}",
             file=sys.stderr,
         )
         return 2

@@ -123,3 +123,20 @@ def test_log_records_of_settings_hold_no_credential(caplog: pytest.LogCaptureFix
     with caplog.at_level(logging.INFO):
         logging.getLogger("admission.test").info("settings %s / %r", settings, settings)
     assert not leaks(caplog.text)
+
+
+@pytest.mark.parametrize(
+    "url", [f"http://user:{SECRET}@127.0.0.1:8000", f"http://127.0.0.1:8000/?token={SECRET}"]
+)
+def test_admission_bench_never_prints_a_credential_of_its_target(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from admission.bench import command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    assert command.run(parser.parse_args([url])) == 2
+    err = capsys.readouterr().err
+    assert "admission bench: " in err and not leaks(err), err

@@ -27,6 +27,7 @@ from admission.bench.sweep import (
     sweep_app,
     sweep_url,
 )
+from admission.errors import quote
 
 DEFAULT_TARGET = "admission.demo:app"
 DEFAULT_WINDOWS = "1,2,4,8,16,32,64"
@@ -148,7 +149,7 @@ def parse_windows(text: str) -> list[int]:
             window = 0
         if window < 1:
             raise UsageError(
-                f"--windows: {item!r} is not a positive integer "
+                f"--windows: {quote(item)} is not a positive integer "
                 "(expected a comma-separated list such as 1,2,4,8)"
             )
         windows.add(window)
@@ -166,11 +167,11 @@ def _plan(args: argparse.Namespace) -> LoadPlan:
     if args.load_processes < 1:
         raise UsageError(f"--load-processes: must be at least 1, got {args.load_processes}")
     if not args.path.startswith("/"):
-        raise UsageError(f"--path: must start with '/', got {args.path!r}")
+        raise UsageError(f"--path: must start with '/', got {quote(args.path)}")
     # Checked before measuring, so a typo does not throw away minutes of load.
     for option, value in (("--json", args.json), ("--plot", args.plot)):
         if value and not Path(value).parent.is_dir():
-            raise UsageError(f"{option}: directory of {value!r} does not exist")
+            raise UsageError(f"{option}: directory of {quote(value)} does not exist")
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         raise UsageError(f"--plot: matplotlib is not installed; install it with {PLOT_INSTALL}")
     return LoadPlan(
@@ -200,7 +201,7 @@ def _check_app_target(target: str) -> None:
     """_check_app_target rejects a target that cannot be MODULE:APP before any process starts."""
     module, sep, attribute = target.partition(":")
     if not sep or not module or not attribute:
-        raise UsageError(f"TARGET: {target!r} is neither MODULE:APP nor an http:// URL")
+        raise UsageError(f"TARGET: {quote(target)} is neither MODULE:APP nor an http:// URL")
 
 
 def _progress_printer(stream: TextIO, total: int, label: str = "") -> Progress:
