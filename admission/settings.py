@@ -3,7 +3,9 @@
 Every setting is one entry in the body of `Settings`: its name, type and default, and a
 `setting(...)` spec holding the parser (which also states the accepted form and its range)
 and, for secrets, the redaction. Adding a setting is adding one such entry (and, when it only
-makes sense together with another, one `Rule`).
+makes sense together with another, one `Rule` in `RULES`). The tests then ask for what every
+setting must have: good and bad values (`GOOD`, `BAD` in tests/test_settings.py, `FIRST_BAD` in
+tests/test_cli.py), and the regenerated table of accepted values in docs/configuration.md.
 """
 
 from __future__ import annotations
