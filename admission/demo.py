@@ -25,9 +25,9 @@ MAX_BACKEND_CAPACITY = 10_000
 MAX_BACKEND_WAITERS = 100_000
 
 
-def _int_param(request: Request, name: str, default: int, upper: int) -> int:
-    """_int_param reads a whole-number query parameter from 0 to `upper`, or `default` when it
-    is absent; anything else (`abc`, `-5`, `1e3`, a number above `upper`) is a 400 that says
+def _strict_param(request: Request, name: str, default: int, upper: int) -> int:
+    """_strict_param reads a whole-number query parameter from 0 to `upper`, or `default` when
+    it is absent; anything else (`abc`, `-5`, `1e3`, a number above `upper`) is a 400 that says
     what was expected, rather than a silent default."""
     raw = request.query_params.get(name)
     if raw is None:
@@ -37,6 +37,19 @@ def _int_param(request: Request, name: str, default: int, upper: int) -> int:
     return int(raw)
 
 
+def _int_param(request: Request, name: str, default: int, upper: int) -> int:
+    """_int_param reads a non-negative integer query parameter, clamped to `upper`; `default`
+    when absent or not an integer (the `/backend` simulation's documented leniency)."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        return default
+    return max(0, min(value, upper))
+
+
 async def index(request: Request) -> Response:
     """index answers at once: the cheapest request there is."""
     return PlainTextResponse("ok\n")
@@ -44,15 +57,15 @@ async def index(request: Request) -> Response:
 
 async def slow(request: Request) -> Response:
     """slow sleeps `ms` milliseconds (default 100) before answering."""
-    ms = _int_param(request, "ms", 100, MAX_SLOW_MS)
+    ms = _strict_param(request, "ms", 100, MAX_SLOW_MS)
     await asyncio.sleep(ms / 1000)
     return PlainTextResponse(f"slept {ms} ms\n")
 
 
 async def stream(request: Request) -> Response:
     """stream sends `chunks` chunks `gap_ms` apart; it stops early once a drain has begun."""
-    chunks = _int_param(request, "chunks", 10, MAX_CHUNKS)
-    gap_ms = _int_param(request, "gap_ms", 100, MAX_SLOW_MS)
+    chunks = _strict_param(request, "chunks", 10, MAX_CHUNKS)
+    gap_ms = _strict_param(request, "gap_ms", 100, MAX_SLOW_MS)
 
     async def body() -> object:
         for i in range(chunks):
