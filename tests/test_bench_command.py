@@ -85,6 +85,7 @@ def test_a_short_sweep_writes_json_and_a_png_that_agree_with_what_it_printed(
             "0.4",
             "--refine",
             "0",
+            "--no-auto",
             "--path",
             "/slow?ms=5",
             "--json",
