@@ -8,8 +8,10 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from admission.errors import ConfigError
+from admission.errors import ConfigError, quote
 from admission.settings import Settings
+
+DEMO_TARGET = "admission.demo:app"
 
 
 def _settings_or_exit() -> Settings:
@@ -35,13 +37,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import_from_string(target)
     except ImportFromStringError as exc:
-        print(f"admission: cannot load the app {target!r}: {exc}", file=sys.stderr)
+        print(f"admission: cannot load the app {quote(target)}: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
         # The module was found but failed while importing: its traceback is the useful part.
         traceback.print_exc()
         print(
-            f"admission: cannot load the app {target!r}: importing it raised {exc!r}",
+            f"admission: cannot load the app {quote(target)}: importing it raised {exc!r}",
             file=sys.stderr,
         )
         return 2
@@ -71,19 +73,47 @@ def cmd_config(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """build_parser is the whole command line."""
     parser = argparse.ArgumentParser(
-        prog="admission", description="Admission control for ASGI services."
+        prog="admission",
+        description="Admission control for ASGI services. Settings come from ADMISSION_* "
+        "variables (see `admission config` and docs/configuration.md).",
     )
+    parser.add_argument("--version", action="version", version=f"admission {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="serve an ASGI app (default: the demo) under admission")
-    serve.add_argument("app", nargs="?", help="MODULE:APP (default: admission.demo:app)")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--workers", type=int, default=1)
+    serve = sub.add_parser(
+        "serve",
+        help="serve an ASGI app (default: the demo) under admission",
+        description="Serve an ASGI app under uvicorn with AdmissionMiddleware applied (unless "
+        "the app already has it) and the drain wired to SIGTERM/SIGINT. Settings come from the "
+        "ADMISSION_* variables; a bad one stops start-up with one line per bad variable and "
+        "exit status 2.",
+    )
     serve.add_argument(
-        "--no-access-log", action="store_true", help="turn off uvicorn's per-request access log"
+        "app", nargs="?", help=f"the app to serve, as MODULE:APP (default: {DEMO_TARGET})"
+    )
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
+    )
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes, each with its own window and memory store (default: 1)",
+    )
+    serve.add_argument(
+        "--no-access-log",
+        action="store_true",
+        help="turn off uvicorn's per-request access log (default: on)",
     )
     serve.set_defaults(func=cmd_serve)
-    config = sub.add_parser("config", help="print the effective settings; exit 2 on a bad one")
+    config = sub.add_parser(
+        "config",
+        help="print the settings the ADMISSION_* variables give; exit 2 on a bad one",
+        description="Print every ADMISSION_* setting with the value the environment gives it "
+        "(a default when unset), credentials shown as ***. Exit status 2, with one line per "
+        "bad variable, when any is invalid. Settings passed in code to AdmissionMiddleware "
+        "win over these variables; the server then logs a warning naming the ones it ignores.",
+    )
     config.set_defaults(func=cmd_config)
     bench = sub.add_parser("bench", help="sweep window sizes against an app and recommend one")
     from admission.bench import command as bench_command
@@ -91,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench_command.add_arguments(bench)
     bench.set_defaults(func=bench_command.run)
     return parser
+
+
+def version() -> str:
+    """version is the installed package's version, or "unknown" when it isn't installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("admission")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

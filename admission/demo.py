@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
@@ -24,8 +25,21 @@ MAX_BACKEND_CAPACITY = 10_000
 MAX_BACKEND_WAITERS = 100_000
 
 
+def _strict_param(request: Request, name: str, default: int, upper: int) -> int:
+    """_strict_param reads a whole-number query parameter from 0 to `upper`, or `default` when
+    it is absent; anything else (`abc`, `-5`, `1e3`, a number above `upper`) is a 400 that says
+    what was expected, rather than a silent default."""
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 12 and int(raw) <= upper):
+        raise HTTPException(400, f"{name} must be a whole number from 0 to {upper}, got {raw!r}")
+    return int(raw)
+
+
 def _int_param(request: Request, name: str, default: int, upper: int) -> int:
-    """_int_param reads a non-negative integer query parameter, clamped to `upper`."""
+    """_int_param reads a non-negative integer query parameter, clamped to `upper`; `default`
+    when absent or not an integer (the `/backend` simulation's documented leniency)."""
     raw = request.query_params.get(name)
     if raw is None:
         return default
@@ -43,15 +57,15 @@ async def index(request: Request) -> Response:
 
 async def slow(request: Request) -> Response:
     """slow sleeps `ms` milliseconds (default 100) before answering."""
-    ms = _int_param(request, "ms", 100, MAX_SLOW_MS)
+    ms = _strict_param(request, "ms", 100, MAX_SLOW_MS)
     await asyncio.sleep(ms / 1000)
     return PlainTextResponse(f"slept {ms} ms\n")
 
 
 async def stream(request: Request) -> Response:
     """stream sends `chunks` chunks `gap_ms` apart; it stops early once a drain has begun."""
-    chunks = _int_param(request, "chunks", 10, MAX_CHUNKS)
-    gap_ms = _int_param(request, "gap_ms", 100, MAX_SLOW_MS)
+    chunks = _strict_param(request, "chunks", 10, MAX_CHUNKS)
+    gap_ms = _strict_param(request, "gap_ms", 100, MAX_SLOW_MS)
 
     async def body() -> object:
         for i in range(chunks):

@@ -95,13 +95,16 @@ class Drain:
         """draining is True from the first moment of the drain."""
         return self.begun
 
-    def begin(self, *, delay_s: float | None = None) -> asyncio.Task[None]:
+    def begin(self, *, delay_s: float | None = None, quiet: bool = False) -> asyncio.Task[None]:
         """begin starts the drain (with `delay_s` instead of the configured delay, if given)
-        and returns its task; later calls return the same task."""
+        and returns its task; later calls return the same task. `quiet` logs its progress at
+        DEBUG: for a shutdown before anything was served, when there is nothing to drain and
+        "readiness fails now" would describe a server that never was ready to anyone."""
         if self._task is None:
             self._hurry = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(
-                self._drain(self.delay_s if delay_s is None else delay_s), name="admission-drain"
+                self._drain(self.delay_s if delay_s is None else delay_s, quiet),
+                name="admission-drain",
             )
         return self._task
 
@@ -111,23 +114,24 @@ class Drain:
         assert self._hurry is not None
         self._hurry.set()
 
-    async def until_drained(self, *, delay_s: float | None = None) -> None:
+    async def until_drained(self, *, delay_s: float | None = None, quiet: bool = False) -> None:
         """until_drained starts the drain if needed and returns once nothing is in flight."""
-        await asyncio.shield(self.begin(delay_s=delay_s))
+        await asyncio.shield(self.begin(delay_s=delay_s, quiet=quiet))
 
-    async def run(self, *, delay_s: float | None = None) -> None:
+    async def run(self, *, delay_s: float | None = None, quiet: bool = False) -> None:
         """run drains and then closes; concurrent and repeated calls share one run."""
-        await self.until_drained(delay_s=delay_s)
+        await self.until_drained(delay_s=delay_s, quiet=quiet)
         if self._close_task is None:
             self._close_task = asyncio.get_running_loop().create_task(self._close())
         await asyncio.shield(self._close_task)
 
-    async def _drain(self, delay_s: float) -> None:
+    async def _drain(self, delay_s: float, quiet: bool = False) -> None:
         assert self._hurry is not None
         loop = asyncio.get_running_loop()
         started = loop.time()
         self.phase = Phase.PRE_DRAIN
-        log.info(
+        say = log.debug if quiet else log.info
+        say(
             "drain started: %d in flight; readiness fails now%s",
             self.ledger.in_flight,
             f", still serving for {delay_s:g}s" if delay_s > 0 else "",
@@ -163,7 +167,7 @@ class Drain:
             )
             await _wait(self.ledger.wait_empty(), STRAGGLER_UNWIND_S)
         self.phase = Phase.DRAINED
-        log.info("drained in %.2fs (%d cancelled)", loop.time() - started, self.cancelled)
+        say("drained in %.2fs (%d cancelled)", loop.time() - started, self.cancelled)
 
     async def _close(self) -> None:
         try:

@@ -1,24 +1,30 @@
-"""admission.endpoints: the paths the middleware answers itself, `/healthz`, `/readyz` and
-`/metrics`, for HTTP requests; they are never limited, timed or counted."""
+"""admission.endpoints: the paths the middleware answers itself (by default `/healthz`,
+`/readyz` and `/metrics`), for HTTP GET and HEAD requests only; they are never limited, timed or
+counted. Any other method on those paths, and any path switched off, goes to the application."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+
+from prometheus_client import CollectorRegistry, generate_latest
 
 from admission.drain import Drain
 from admission.ledger import Ledger
 from admission.metrics import AdmissionCollector, render
-from admission.responses import Send, send_bytes, send_json
+from admission.responses import Message, Send, send_bytes, send_json
 from admission.stores import GuardedStore, Store
 from admission.window import Window
 
-PATHS = frozenset(("/healthz", "/readyz", "/metrics"))
 METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+METHODS = frozenset(("GET", "HEAD"))
 
 
 class Endpoints:
-    """Endpoints answers admission's own paths: `/healthz` 200 while the process is up,
-    `/readyz` 200 until the drain begins and 503 from then on (with the phase, the requests in
-    flight, the window's size and whether the store is degraded), `/metrics` the Prometheus
-    text of `collector`."""
+    """Endpoints answers admission's own paths: `paths` maps each path to "health" (200 while
+    the process is up), "ready" (200 until the drain begins and 503 from then on, with the
+    phase, the requests in flight, the window's size and whether the store is degraded) or
+    "metrics" (the Prometheus text of `registry` when given, the application's metrics with
+    admission's, else of `collector` alone). A HEAD request gets the same head, no body."""
 
     def __init__(
         self,
@@ -27,18 +33,34 @@ class Endpoints:
         window: Window | None,
         store: Store | None,
         collector: AdmissionCollector,
+        *,
+        paths: Mapping[str, str] | None = None,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.drain = drain
         self.ledger = ledger
         self.window = window
         self.store = store
         self.collector = collector
+        self.registry = registry
+        self.paths: Mapping[str, str] = (
+            {"/healthz": "health", "/readyz": "ready", "/metrics": "metrics"}
+            if paths is None
+            else paths
+        )
 
-    async def answer(self, path: str, send: Send) -> None:
-        """answer sends the response for `path`, one of PATHS."""
-        if path == "/healthz":
+    def serves(self, path: str, method: str) -> bool:
+        """serves is True for a request admission answers itself."""
+        return path in self.paths and method in METHODS
+
+    async def answer(self, path: str, send: Send, method: str = "GET") -> None:
+        """answer sends the response for `path`, one of `paths`."""
+        if method == "HEAD":
+            send = _without_body(send)
+        kind = self.paths[path]
+        if kind == "health":
             await send_json(send, 200, {"status": "ok"})
-        elif path == "/readyz":
+        elif kind == "ready":
             ready = self.drain.ready
             degraded = isinstance(self.store, GuardedStore) and self.store.degraded
             await send_json(
@@ -53,4 +75,19 @@ class Endpoints:
                 },
             )
         else:
-            await send_bytes(send, 200, render(self.collector), METRICS_TYPE)
+            text = (
+                render(self.collector) if self.registry is None else generate_latest(self.registry)
+            )
+            await send_bytes(send, 200, text, METRICS_TYPE)
+
+
+def _without_body(send: Send) -> Send:
+    """_without_body is `send` with every body emptied: the answer to a HEAD request keeps the
+    GET answer's head, its content-length included."""
+
+    async def head_only(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return head_only

@@ -244,10 +244,22 @@ class Exchange:
                 if not self.completed and not self.disconnected:
                     await send({"type": "websocket.close", "code": reason.ws_close})
                 return
-            if reason.drop_connection and not self.disconnected:
-                self.shared.drop_connection(send)
+            if (reason.drop_connection or self.started) and not self.disconnected:
+                # A response under way can only be ended with its connection. Dropped here,
+                # the server sees a client gone, not an application that "returned without
+                # completing response" (an ERROR per cut); the cut is admission's to report.
+                if self.shared.drop_connection(send):
+                    log.info(
+                        "%s %s cut short after its response started: %s; connection closed",
+                        self.scope.get("method", "WEBSOCKET"),
+                        self.scope.get("path"),
+                        reason.label,
+                    )
+                    # One turn of the loop: the server learns of the closed connection before
+                    # it looks at how the application ended.
+                    await asyncio.sleep(0)
                 return
-            if reason.status is None or self.started or self.disconnected:
+            if reason.status is None or self.disconnected:
                 return
             await asyncio.wait_for(send_problem(send, reason), self.timeouts.write_s or 5.0)
 

@@ -2,15 +2,16 @@
 
 draft-ietf-httpapi-ratelimit-headers: `RateLimit-Policy: "<name>";q=<quota>;w=<window s>`
 and `RateLimit: "<name>";r=<remaining>;t=<seconds until full>`, both Structured Field lists.
-The policy states the sustained rate as configured (`q` per `w` seconds); `r` counts whole
-tokens left in the bucket (up to the burst), and `t` is the seconds until it is full again.
+The policy states the bucket: its quota `q` is the burst (the most a rested client may send at
+once) and `w` the seconds an empty bucket takes to fill again, so `q / w` is the sustained rate
+(exactly when `w` is whole; `w` is rounded up otherwise). `r` counts whole tokens left, never
+more than `q`, so a client's "used = q - r" is never negative; `t` is the seconds until the
+bucket is full again.
 """
 
 from __future__ import annotations
 
 import math
-
-import limits
 
 from admission.bucket import Decision
 
@@ -18,10 +19,12 @@ POLICY_NAME = "default"
 RawHeaders = list[tuple[bytes, bytes]]
 
 
-def policy_header(rate: limits.RateLimitItem) -> tuple[bytes, bytes]:
-    """policy_header is the RateLimit-Policy field for `rate`: its sustained quota `q` per
-    `w` seconds, as configured (the burst shows in `r`, which may exceed `q`)."""
-    return (b"ratelimit-policy", f'"{POLICY_NAME}";q={rate.amount};w={rate.get_expiry()}'.encode())
+def policy_header(capacity: int, fill_time_s: float) -> tuple[bytes, bytes]:
+    """policy_header is the RateLimit-Policy field of a bucket of `capacity` tokens that fills
+    in `fill_time_s`: quota `q` = the capacity (the burst), `w` = the fill time in whole
+    seconds, rounded up, at least 1."""
+    window = max(1, math.ceil(fill_time_s - 1e-9))
+    return (b"ratelimit-policy", f'"{POLICY_NAME}";q={capacity};w={window}'.encode())
 
 
 # Formatted RateLimit fields by (remaining, seconds): a handful of pairs recur for every client,

@@ -21,9 +21,15 @@ class Lifespan:
     once a lifespan has begun: the server will run its shutdown, which releases the resources.
     """
 
-    def __init__(self, drain: Drain, startup: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        drain: Drain,
+        startup: Callable[[], Awaitable[None]],
+        served: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.drain = drain
         self.startup = startup
+        self.served = served
         self.running = False
 
     async def __call__(self, app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
@@ -39,7 +45,12 @@ class Lifespan:
                 await self.startup()
             elif message["type"] == "lifespan.shutdown":
                 seen["shutdown"] = True
-                await drain.until_drained(delay_s=0)
+                quiet = not drain.begun and not self.served()
+                if quiet:
+                    # No signal began a drain and nothing was admitted: the server is stopping
+                    # before it served (its port was taken, say), so there is nothing to drain.
+                    log.info("shutting down before any request was admitted: nothing to drain")
+                await drain.until_drained(delay_s=0, quiet=quiet)
             return message
 
         async def send_(message: Message) -> None:

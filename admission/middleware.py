@@ -7,11 +7,13 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
 
+from prometheus_client import CollectorRegistry
+
 from admission import context, reasons
 from admission.adaptive import AdaptiveLimit, LimitParams
 from admission.body import buffer_body
 from admission.drain import Drain
-from admission.endpoints import PATHS, Endpoints
+from admission.endpoints import METHODS, Endpoints
 from admission.errors import ConfigError
 from admission.exchange import Exchange, Shared, Timeouts
 from admission.headers import policy_header, ratelimit_header, retry_after_seconds
@@ -22,9 +24,10 @@ from admission.metrics import AdmissionCollector, Stats
 from admission.priority import priority_from
 from admission.reasons import Reason
 from admission.responses import Receive, Scope, Send, refuse_websocket, send_problem
-from admission.settings import Settings
+from admission.settings import Settings, announce
 from admission.shutdown import SignalDrain
 from admission.stores import GuardedStore, MemoryStore, Store, open_store
+from admission.stores.guard import StorageDenial
 from admission.uvicorn_adapter import abort_connection
 from admission.window import DEFAULT, Window
 
@@ -41,7 +44,9 @@ class AdmissionMiddleware:
     `settings` default to `Settings.from_env()`. `store` replaces the one `ADMISSION_STORAGE`
     names (a store that can fail is wrapped in the `ADMISSION_ON_STORAGE_ERROR` policy).
     `handle_signals=False` leaves SIGTERM/SIGINT alone, for programs that call `drain()`
-    themselves. Scope types other than http, websocket and lifespan pass straight through.
+    themselves. `metrics_registry` (say prometheus_client.REGISTRY) gets admission's metrics
+    too, and the metrics endpoint then shows that whole registry: the application's metrics with
+    admission's. Scope types other than http, websocket and lifespan pass straight through.
     """
 
     def __init__(
@@ -51,9 +56,11 @@ class AdmissionMiddleware:
         settings: Settings | None = None,
         store: Store | None = None,
         handle_signals: bool = True,
+        metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         self.app = app
         self._config_error: ConfigError | None = None
+        self._settings_in_code = settings is not None
         if settings is None:
             try:
                 settings = Settings.from_env()
@@ -69,7 +76,11 @@ class AdmissionMiddleware:
         self.lifetime = context.adopt_service_lifetime(s.cleanup_timeout)
         self.store = open_store(s, store)
         rate = s.rate_item
-        self._policy = policy_header(rate) if rate is not None else None
+        self._policy = (
+            policy_header(s.capacity, s.capacity * s.emission_interval_s)
+            if rate is not None
+            else None
+        )
         self._refill_s = s.emission_interval_s
         self._priority = priority_from(s.priority)
         # Without a priority source every request is `default`: nothing to keep slots for.
@@ -115,10 +126,25 @@ class AdmissionMiddleware:
             self.drain_state.draining,
             storage_errors=(lambda: guard.errors) if guard is not None else (lambda: 0),
         )
-        self.endpoints = Endpoints(
-            self.drain_state, self.ledger, self.window, self.store, self.collector
+        if metrics_registry is not None:
+            # Admission's metrics join the application's, on its endpoint and on ours.
+            metrics_registry.register(self.collector)
+        endpoints = (
+            ("health", s.health_path),
+            ("ready", s.ready_path),
+            ("metrics", s.metrics_path),
         )
-        self.lifespan = Lifespan(self.drain_state, self._startup)
+        self.endpoints = Endpoints(
+            self.drain_state,
+            self.ledger,
+            self.window,
+            self.store,
+            self.collector,
+            paths={path: kind for kind, path in endpoints if path is not None},
+            registry=metrics_registry,
+        )
+        self._endpoint_paths = self.endpoints.paths
+        self.lifespan = Lifespan(self.drain_state, self._startup, self._served)
         self.signal_drain = SignalDrain(self.drain_state, self.lifespan) if handle_signals else None
         self._started = False
 
@@ -135,8 +161,8 @@ class AdmissionMiddleware:
             self._start()
         path = scope["path"]
         websocket = kind == "websocket"
-        if path in PATHS and not websocket:
-            await self.endpoints.answer(path, send)
+        if path in self._endpoint_paths and not websocket and scope["method"] in METHODS:
+            await self.endpoints.answer(path, send, scope["method"])
             return
         if self._exempt and path.startswith(self._exempt):
             await self.app(scope, receive, send)
@@ -179,6 +205,12 @@ class AdmissionMiddleware:
                 else:
                     decision = await store.decide(self._key(scope))
                 assert self._policy is not None
+                if type(decision) is StorageDenial:
+                    # The store failed: nothing is known of the client's bucket to tell it.
+                    retry = retry_after_seconds(decision.retry_after_s, self._refill_s)
+                    headers = [(b"retry-after", str(retry).encode())]
+                    await self._refuse(scope, receive, send, reasons.STORAGE, headers)
+                    return
                 extra = [self._policy, ratelimit_header(decision)]
                 if not decision.allowed:
                     retry = retry_after_seconds(decision.retry_after_s, self._refill_s)
@@ -252,9 +284,14 @@ class AdmissionMiddleware:
             except Exception as exc:
                 log.warning("rate-limit storage is not reachable at start-up: %s", exc)
 
+    def _served(self) -> bool:
+        """_served is True once any request was admitted or refused."""
+        return self.stats.admitted > 0 or any(self.stats.rejected.values())
+
     def _start(self) -> None:
         self._started = True
         _ensure_logging()
+        announce(self.settings, in_code=self._settings_in_code, log=log)
         if self.signal_drain is not None:
             self.signal_drain.install()
 
@@ -262,14 +299,17 @@ class AdmissionMiddleware:
         """_refuse_to_start answers every call of a middleware whose settings were bad: the
         lifespan start-up fails with the one-line error (the server exits), and any request
         that still arrives (a server without lifespan) gets 500."""
-        message = str(self._config_error)
+        assert self._config_error is not None
+        # One line per bad variable, each naming its source, as `admission serve` prints them.
+        message = "\n".join(f"admission: {line}" for line in self._config_error.lines)
         if scope["type"] == "lifespan":
             while (await receive())["type"] != "lifespan.startup":
                 pass
-            await send({"type": "lifespan.startup.failed", "message": f"admission: {message}"})
+            await send({"type": "lifespan.startup.failed", "message": message})
         elif scope["type"] == "http":
-            log.error("admission: %s", message)
-            await send_problem(send, reasons.CONFIGURATION, detail=message)
+            log.error("%s", message)
+            # The client learns that the service is misconfigured, not how: that is in the log.
+            await send_problem(send, reasons.CONFIGURATION)
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": reasons.CONFIGURATION.ws_close})
 

@@ -57,6 +57,14 @@ SHED = Reason(
     "the indicated delay.",
     (RETRY_1,),
 )
+# The rate-limit store failed and ADMISSION_ON_STORAGE_ERROR=deny: the service, not the client,
+# is the cause, so 503 rather than 429.
+STORAGE = Reason(
+    "storage",
+    503,
+    1013,
+    "The rate-limit store is unavailable; retry after the indicated delay.",
+)
 DRAINING = Reason(
     "draining",
     503,
@@ -104,6 +112,7 @@ CONFIGURATION = Reason("configuration", 500, 1011, "The service is misconfigured
 #: Every reason a request is refused or cut short for, in the order the metrics list them.
 ALL = (
     RATE,
+    STORAGE,
     WINDOW,
     SHED,
     DRAINING,

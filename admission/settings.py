@@ -3,7 +3,9 @@
 Every setting is one entry in the body of `Settings`: its name, type and default, and a
 `setting(...)` spec holding the parser (which also states the accepted form and its range)
 and, for secrets, the redaction. Adding a setting is adding one such entry (and, when it only
-makes sense together with another, one `Rule`).
+makes sense together with another, one `Rule` in `RULES`). The tests then ask for what every
+setting must have: good and bad values (`GOOD`, `BAD` in tests/test_settings.py, `FIRST_BAD` in
+tests/test_cli.py), and the regenerated table of accepted values in docs/configuration.md.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import logging
 import math
 import os
 import re
@@ -294,6 +297,25 @@ class KeyPrefix(Parser):
         return raw
 
 
+class EndpointPath(Parser):
+    """EndpointPath is the path of one of admission's own endpoints, or 'off'."""
+
+    accepted = "a path such as '/healthz', other than '/' alone, or 'off' for none"
+    _PATH = re.compile(r"/[!-~]{1,255}")
+
+    def __call__(self, raw: object) -> str | None:
+        if raw is None or (isinstance(raw, str) and raw.strip() == "off"):
+            return None
+        if not isinstance(raw, str):
+            raise Invalid()
+        path = raw.strip()
+        if path == "/":
+            raise Invalid("'/' would answer every request for the application's root")
+        if not self._PATH.fullmatch(path) or "?" in path or "#" in path:
+            raise Invalid()
+        return path
+
+
 MAX_URI_LENGTH = 4096
 _PRINTABLE = re.compile(r"[!-~]+")
 
@@ -394,6 +416,8 @@ class Spec:
         """show is `value` as any output may print it: secrets redacted."""
         if isinstance(value, tuple):
             text = ",".join(as_text(v) for v in value)
+        elif isinstance(value, float) and math.isfinite(value):
+            text = _fmt(value)  # as it would be written: 30, 0.05
         else:
             text = "" if value is None else as_text(value)
         return self.redact(text) if self.redact is not None else text
@@ -433,6 +457,10 @@ def _window_min_fallback(s: Settings) -> str | None:
 
 def _window_max_fallback(s: Settings) -> str | None:
     return f"{s.window_bounds[1]}" if s.window == "auto" else None
+
+
+def _off(s: Settings) -> str:
+    return "off"
 
 
 _TIMEOUT_LIMIT_S = 86400.0
@@ -558,6 +586,24 @@ class Settings:
         1_000_000, Whole(1, 100_000_000, "keys"), "client keys the memory store remembers"
     )
     key_prefix: str = setting("admission", KeyPrefix(), "prefix of the Redis keys")
+    health_path: str | None = setting(
+        "/healthz",
+        EndpointPath(),
+        "path of the liveness endpoint (GET and HEAD only)",
+        fallback=_off,
+    )
+    ready_path: str | None = setting(
+        "/readyz",
+        EndpointPath(),
+        "path of the readiness endpoint (GET and HEAD only)",
+        fallback=_off,
+    )
+    metrics_path: str | None = setting(
+        "/metrics",
+        EndpointPath(),
+        "path of the Prometheus endpoint (GET and HEAD only)",
+        fallback=_off,
+    )
 
     def __post_init__(self) -> None:
         problems: list[Problem] = []
@@ -683,6 +729,39 @@ class Settings:
             rows.append((_env_name(field), shown))
         return rows
 
+    def summary(self) -> str:
+        """summary is one line of the settings that differ from their defaults, secrets
+        redacted, as start-up logs it."""
+        changed = [
+            f"{_env_name(f.name)}={quote(f.metadata['spec'].show(getattr(self, f.name)))}"
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != f.default
+        ]
+        if not changed:
+            return "settings in effect: all defaults (no rate limit, no window, no timeouts)"
+        return f"settings in effect: {' '.join(changed)}; the rest at their defaults"
+
+    def overridden(self, environ: Mapping[str, str] | None = None) -> list[str]:
+        """overridden lists the `ADMISSION_*` variables of `environ` (default: the process
+        environment) that these settings, given in code, override: each set to another value
+        than the one in effect (or not valid, or not a setting at all), as `VAR='value'`.
+        Empty when the two agree."""
+        env = os.environ if environ is None else environ
+        names = {_env_name(name): name for name in specs()}
+        found = []
+        for var, raw in sorted(env.items()):
+            if not var.startswith(ENV_PREFIX) or raw.strip() == "":
+                continue
+            field = names.get(var)
+            if field is not None:
+                try:
+                    if specs()[field].parse(raw.strip()) == getattr(self, field):
+                        continue
+                except Invalid:
+                    pass
+            found.append(f"{var}={quote(redact_uri(raw.strip()))}")
+        return found
+
     def __repr__(self) -> str:
         """__repr__ shows the fields that differ from their defaults, secrets redacted, so
         that a settings object in a log or a traceback never shows a password."""
@@ -695,6 +774,19 @@ class Settings:
             shown = spec.show(value) if spec.redact is not None else value
             parts.append(f"{f.name}={shown!r}")
         return f"Settings({', '.join(parts)})"
+
+
+def announce(settings: Settings, *, in_code: bool, log: logging.Logger) -> None:
+    """announce logs, once at start-up, the one line of settings in effect, and a warning when
+    settings given in code override `ADMISSION_*` variables set to something else (code wins:
+    the variables are then ignored, whatever `admission config` shows)."""
+    log.info("%s", settings.summary())
+    ignored = settings.overridden() if in_code else []
+    if ignored:
+        log.warning(
+            "settings given in code win over the environment: %s ignored",
+            ", ".join(ignored),
+        )
 
 
 def specs() -> dict[str, Spec]:
@@ -728,7 +820,34 @@ class Rule:
     check: Callable[[Settings], str | None]
 
 
+def _same_path(field: str, other: str) -> Rule:
+    def check(s: Settings) -> str | None:
+        path = getattr(s, field)
+        if path is None or path != getattr(s, other):
+            return None
+        return f"{_env_name(other)} is the same path: give each endpoint its own, or 'off'"
+
+    return Rule((field, other), check)
+
+
+def _burst_refills_within_a_year(s: Settings) -> str | None:
+    if s.burst is None or s.rate is None:
+        return None
+    item = limits.parse(s.rate)
+    if s.burst * item.get_expiry() / item.amount <= MAX_RATE_PERIOD_S:
+        return None
+    most = int(MAX_RATE_PERIOD_S * item.amount / item.get_expiry())
+    return (
+        f"a bucket of {s.burst} tokens at {s.rate} takes more than a year to fill again: "
+        f"at this rate the burst can be at most {most}"
+    )
+
+
 RULES: tuple[Rule, ...] = (
+    Rule(("burst", "rate"), _burst_refills_within_a_year),
+    _same_path("ready_path", "health_path"),
+    _same_path("metrics_path", "health_path"),
+    _same_path("metrics_path", "ready_path"),
     Rule(
         ("window_min", "window"),
         lambda s: (
@@ -880,8 +999,12 @@ def _check_storage(uri: str) -> str:
     if "#" in uri:
         # A fragment means nothing to Redis: it is a password with an unencoded '#'.
         raise Invalid("a '#' must be percent-encoded as %23 in a password")
+    parts = urllib.parse.urlsplit(uri)
+    if "@" in uri and "@" not in parts.netloc:
+        # The userinfo ended early at an unencoded '/' or '?': redis-py would connect to the
+        # wrong host with part of the password.
+        raise Invalid("a '/' or '?' must be percent-encoded (%2F, %3F) in a password")
     try:
-        parts = urllib.parse.urlsplit(uri)
         if scheme in ("redis+cluster", "redis+sentinel"):
             hosts = parts.netloc.rpartition("@")[2]
             for loc in hosts.split(","):

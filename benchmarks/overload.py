@@ -43,6 +43,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import urllib.error
 import urllib.request
@@ -163,12 +164,44 @@ def table(lines: list[Line]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds per overload run")
-    parser.add_argument("--sweep-duration", type=float, default=1.5, help="seconds per sweep step")
-    parser.add_argument("--unloaded-duration", type=float, default=4.0)
-    parser.add_argument("--factor", type=float, default=4.0, help="load, in multiples of the knee")
-    parser.add_argument("--window", type=int, help="use this window instead of the measured knee")
+    parser = argparse.ArgumentParser(
+        prog="benchmarks/overload.py",
+        # The docstring's first paragraph (one sentence over two lines) is the description;
+        # the rest, the method, is the epilog, kept as written.
+        description=textwrap.fill(
+            " ".join(__doc__.split("\n\n")[0].split())
+            .removeprefix("benchmarks/overload.py: ")
+            .capitalize()
+        ),
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--duration", type=float, default=5.0, help="seconds per overload run (default: 5)"
+    )
+    parser.add_argument(
+        "--sweep-duration",
+        type=float,
+        default=1.5,
+        help="seconds per step of the concurrency sweep that finds the knee (default: 1.5)",
+    )
+    parser.add_argument(
+        "--unloaded-duration",
+        type=float,
+        default=4.0,
+        help="seconds of the one-client run that measures the unloaded latency (default: 4)",
+    )
+    parser.add_argument(
+        "--factor",
+        type=float,
+        default=4.0,
+        help="overload clients, in multiples of the knee (default: 4)",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        help="use this window instead of the measured knee (default: measure the knee)",
+    )
     args = parser.parse_args()
 
     lines: list[Line] = []

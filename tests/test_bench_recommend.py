@@ -11,7 +11,7 @@ import pytest
 from admission.bench.command import UsageError, add_arguments, parse_windows, run
 from admission.bench.loadgen import LoadResult
 from admission.bench.recommend import Row, percentile, recommend
-from admission.bench.report import BenchReport, format_table, tick_labels, write_json
+from admission.bench.report import BenchReport, format_table, plot_figure, write_json
 from admission.bench.sweep import to_row
 
 
@@ -136,17 +136,35 @@ def test_explanation_puts_the_knee_at_best_throughput_times_unloaded_latency() -
     assert "try larger ones" not in explanation
 
 
-def test_no_admitted_requests_recommends_smallest_window_and_says_so() -> None:
+def test_no_admitted_requests_recommends_nothing_and_says_so() -> None:
     window, explanation = recommend([row(8, 0, None, None), row(2, 0, None, None)])
-    assert window == 2
-    assert "No window size admitted any request" in explanation
-
-
-def test_single_row_with_unknown_window_recommends_unknown() -> None:
-    window, explanation = recommend([row(None, 1234, 5.0, 9.0)])
     assert window is None
-    assert "Window unknown" in explanation
-    assert "1,234 req/s x 5.0 ms" in explanation
+    assert "no window size admitted any request" in explanation
+
+
+def test_a_single_configuration_is_not_a_recommendation_and_says_so() -> None:
+    for rows in ([row(None, 1234, 5.0, 9.0)], [row(8, 1234, 5.0, 9.0)]):
+        window, explanation = recommend(rows)
+        assert window is None
+        assert "only one configuration" in explanation
+        assert explanation.count(". ") == 0 and explanation.endswith(".")
+
+
+def test_windows_the_load_cannot_fill_are_never_recommended() -> None:
+    # The case: --windows 4,32 --concurrency 8 recommended 32.
+    rows = [row(4, 1000, 4.0, 8.0), row(32, 1100, 4.0, 9.0)]
+    window, explanation = recommend(rows, concurrency=8)
+    assert window is None
+    assert "can't fill with 8 clients" in explanation
+    assert "measure larger" not in explanation
+    # With two fillable windows, the recommendation comes from those alone.
+    rows = [row(4, 800, 4.0, 8.0), row(8, 1040, 4.0, 8.0), row(32, 1300, 4.0, 9.0)]
+    window, explanation = recommend(rows, concurrency=8)
+    assert window == 8
+    assert "largest window 8 clients can fill" in explanation
+    assert "measure larger ones too" not in explanation
+    window, explanation = recommend([row(32, 10), row(64, 20)], concurrency=8)
+    assert window is None and "could fill" in explanation
 
 
 def test_no_rows_is_an_error() -> None:
@@ -189,6 +207,7 @@ def test_json_document_has_the_documented_keys(tmp_path: Path) -> None:
         "path",
         "concurrency",
         "duration_s",
+        "notes",
     }
     assert document["rows"] == [
         {"window": 4, "throughput_rps": 100.0, "p50_ms": 1.0, "p99_ms": 2.0, "rejected_ratio": 0.0}
@@ -216,9 +235,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def test_defaults_match_the_documented_ones() -> None:
     args = parse([])
+    # --windows unset means the documented default list (and "was not used" is never said).
     assert (args.target, args.windows, args.duration, args.concurrency, args.path) == (
         "admission.demo:app",
-        "1,2,4,8,16,32,64",
+        None,
         5.0,
         64,
         "/",
@@ -252,9 +272,32 @@ def test_bad_windows_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert "'eight' is not a positive integer" in capsys.readouterr().err
 
 
-def test_plot_labels_leave_out_those_that_would_overlap_but_never_the_recommended_window() -> None:
-    windows = [1, 2, 4, 8, 16, 32, 57, 58, 59, 60, 64]
-    labels = tick_labels(windows, 60)
-    assert labels == ["1", "2", "4", "8", "16", "32", "", "", "", "60", ""]
-    # Spread-out windows all keep their labels.
-    assert tick_labels([1, 2, 4, 8], None) == ["1", "2", "4", "8"]
+def test_the_plot_stands_alone_every_window_refusals_and_the_reason_on_it() -> None:
+    pytest.importorskip("matplotlib")  # the bench extra
+    windows = [1, 2, 4, 8, 16, 32, 57, 58, 59, 60, 61, 64, 128]
+    rows = [
+        Row(w, 100.0 * min(w, 60), 1.0, 2.0 + w / 10, rejected_ratio=max(0.0, 1 - w / 64))
+        for w in windows
+    ]
+    report = BenchReport(
+        rows=rows,
+        recommended_window=60,
+        explanation="Window 60 reaches 98% of the best throughput measured.",
+        target="admission.demo:app",
+        path="/",
+        concurrency=64,
+        duration_s=1.0,
+    )
+    figure = plot_figure(report)
+    top, _, bottom = figure.axes
+    # Every measured window has its own labelled slot, however close the sizes.
+    assert [t.get_text() for t in bottom.get_xticklabels()] == [str(w) for w in windows]
+    assert list(bottom.get_xticks()) == list(range(len(windows)))
+    # The rejected share is plotted, one bar per window, in percent.
+    heights = [patch.get_height() for patch in bottom.patches if patch.get_width() < 1]
+    assert heights == pytest.approx([100 * r.rejected_ratio for r in rows])
+    # The recommendation and its reason are on the picture.
+    texts = " ".join(t.get_text() for t in figure.texts).replace("\n", " ")
+    assert "Recommended window: 60." in texts and "98% of the best" in texts
+    labels = [t.get_text() for t in top.get_legend().get_texts()]
+    assert "recommended: 60" in labels and "can't fill with 64 clients" in labels

@@ -44,6 +44,9 @@ FIRST_BAD = {
     "exempt": "static",
     "max_keys": "0",
     "key_prefix": "has space",
+    "health_path": "/",
+    "ready_path": "readyz",
+    "metrics_path": "/a b",
 }
 
 
@@ -221,3 +224,46 @@ def test_config_process_with_every_variable_bad_prints_one_line_for_each() -> No
     assert {line.split("=", 1)[0] for line in lines} == {
         "admission: ADMISSION_" + f.upper() for f in FIRST_BAD
     }
+
+
+def test_version_prints_the_installed_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"admission {version('admission')}"
+
+
+@pytest.mark.parametrize("command", ["serve", "config", "bench"])
+def test_every_option_says_what_it_does_and_its_default(command: str) -> None:
+    import argparse
+
+    from admission.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    commands = sub.choices
+    assert commands[command].description or command == "bench"
+    for action in commands[command]._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help, (command, action.dest)
+        if not action.option_strings or (action.default is not None and action.nargs != 0):
+            assert "default" in action.help.lower(), (command, action.dest, action.help)
+
+
+def test_overload_benchmark_help_is_complete() -> None:
+    done = subprocess.run(
+        [sys.executable, "benchmarks/overload.py", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    description = done.stdout.split("\n\n")[1]
+    assert description.rstrip().endswith("processes."), description
+    for option in ("--duration", "--sweep-duration", "--unloaded-duration", "--factor"):
+        block = done.stdout.split(option, 2)[2].split("\n  -")[0]
+        assert "default" in block, (option, block)

@@ -188,6 +188,34 @@ async def test_over_limit_request_gets_429_with_retry_after_and_ratelimit_fields
     assert limit == {"r": 0, "t": 60}
 
 
+@pytest.mark.parametrize(
+    ("rate", "burst", "q", "w"),
+    [
+        ("5/second", 10, 10, 2),  # the case: r=9 with q=5 read as -4 used
+        ("5/second", 2, 2, 1),
+        ("5/second", None, 5, 1),
+        ("6000/minute", 200, 200, 2),
+        ("3/second", 10, 10, 4),  # 3.33 s to fill, rounded up
+    ],
+)
+async def test_remaining_never_exceeds_the_quota_a_buckets_quota_is_its_burst(
+    rate: str, burst: int | None, q: int, w: int
+) -> None:
+    service = Service(rate, burst=burst)
+    async with service.client() as client:
+        used = 0
+        for _ in range(q + 2):
+            response = await client.get("/")
+            policy, limit = ratelimit_fields(response)
+            assert policy == {"q": q, "w": w}
+            assert isinstance(limit["r"], int) and 0 <= limit["r"] <= q
+            if response.status_code == 200:
+                used += 1
+                assert q - limit["r"] == used  # "used = q - r" counts what was sent
+            else:
+                assert limit["r"] == 0
+
+
 async def test_retry_after_is_whole_seconds_rounded_up_and_at_least_one() -> None:
     service = Service("2/minute")
     async with service.client() as client:
@@ -251,12 +279,12 @@ async def test_admitted_responses_carry_the_ratelimit_fields_counting_down() -> 
     assert all("retry-after" not in r.headers for r in responses)
 
 
-async def test_policy_states_the_configured_rate_and_remaining_may_exceed_it() -> None:
+async def test_policy_states_the_bucket_burst_over_its_fill_time() -> None:
     service = Service("10 per 2 seconds", burst=25)
     async with service.client() as client:
         response = await client.get("/")
     policy, limit = ratelimit_fields(response)
-    assert policy == {"q": 10, "w": 2}
+    assert policy == {"q": 25, "w": 5}  # 25 tokens at 5 a second: the configured rate
     assert limit["r"] == 24
     assert limit["t"] == 1  # 0.2 s until full, rounded up
 

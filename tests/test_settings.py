@@ -105,6 +105,9 @@ BAD: dict[str, list[str]] = {
     "cleanup_timeout": ["0", "-1", "nan", "x"],
     "exempt": ["static", "/ok,bad", "healthz", "/", "/a b", ",".join(["/x"] * 257)],
     "max_keys": ["0", "-1", "x", "1.5", "100000001"],
+    "health_path": ["/", "healthz", "/a b", "/x?y", "none", "/" + "x" * 300],
+    "ready_path": ["/", "readyz", "OFF"],
+    "metrics_path": ["/", "metrics", "\u0663"],
     "key_prefix": ["has space", "pre{fix", "fix}", "a\tb", "x" * 65, "caf\u00e9"],
 }
 
@@ -175,6 +178,9 @@ GOOD: dict[str, list[tuple[str, object]]] = {
     ],
     "max_keys": [("1000", 1000)],
     "key_prefix": [("admission", "admission"), ("svc:prod", "svc:prod")],
+    "health_path": [("/livez", "/livez"), ("off", None), ("/-/health", "/-/health")],
+    "ready_path": [("/ready", "/ready"), ("off", None)],
+    "metrics_path": [("/internal/metrics", "/internal/metrics"), ("off", None)],
 }
 
 # Variables that only make sense together with others: those others, set to good values.
@@ -433,6 +439,8 @@ def _assert_sane(settings: Settings) -> None:
     if settings.rate is not None:
         assert 1e-9 <= settings.emission_interval_s <= 366 * 86400
         assert 1 <= settings.capacity <= 1_000_000_000
+        # Every bucket fills within a year: the RateLimit fields stay within 15 digits.
+        assert settings.capacity * settings.emission_interval_s <= 366 * 86400
     assert "\n" not in "".join(value for _, value in settings.describe())
 
 
@@ -525,6 +533,18 @@ def test_a_zero_rate_says_the_amount_must_be_at_least_1() -> None:
         ({"ADMISSION_EXEMPT": "/static, /"}, "ADMISSION_EXEMPT", "every path"),
         ({"ADMISSION_TRUSTED_PROXIES": "0.0.0.0/0"}, "ADMISSION_TRUSTED_PROXIES", "every"),
         (
+            {"ADMISSION_RATE": "1/day", "ADMISSION_BURST": "1000"},
+            "ADMISSION_BURST",
+            "more than a year to fill again: at this rate the burst can be at most 366",
+        ),
+        ({"ADMISSION_READY_PATH": "/healthz"}, "ADMISSION_READY_PATH", "same path"),
+        ({"ADMISSION_METRICS_PATH": "/readyz"}, "ADMISSION_METRICS_PATH", "same path"),
+        (
+            {"ADMISSION_HEALTH_PATH": "/metrics", "ADMISSION_METRICS_PATH": "/metrics"},
+            "ADMISSION_METRICS_PATH",
+            "ADMISSION_HEALTH_PATH is the same path",
+        ),
+        (
             {"ADMISSION_WINDOW": "8", "ADMISSION_QUEUE_TIMEOUT": "1", "ADMISSION_MAX_WAITERS": "0"},
             "ADMISSION_MAX_WAITERS",
             "no request ever waits",
@@ -604,3 +624,54 @@ def test_the_documented_ranges_are_the_ones_enforced() -> None:
     end = text.index("<!-- accepted:end -->")
     # Regenerate with the command in the marker when a setting is added or changed.
     assert text[start:end].strip() == accepted_markdown()
+
+
+# --- precedence: code over environment ---------------------------------------------------------
+
+
+def test_summary_is_one_line_of_what_differs_from_the_defaults() -> None:
+    assert "all defaults" in Settings().summary()
+    line = Settings(rate="10/second", window=8, storage="redis://:pw@db:6379/0").summary()
+    assert "\n" not in line
+    assert "ADMISSION_RATE='10/second'" in line and "ADMISSION_WINDOW='8'" in line
+    assert "ADMISSION_STORAGE='redis://:***@db:6379/0'" in line
+    assert "pw@" not in line and "ADMISSION_DRAIN_TIMEOUT" not in line
+
+
+def test_code_settings_list_the_environment_they_override() -> None:
+    settings = Settings(window=64, rate="10/second")
+    env = {
+        "ADMISSION_WINDOW": "8",  # differs: ignored
+        "ADMISSION_RATE": "10/second",  # agrees
+        "ADMISSION_BURST": "oops",  # not even valid
+        "ADMISSION_STORAGE": "redis://:pw@db:6379/0",
+        "ADMISSION_DRAIN_DELAY": "",  # empty is unset
+        "PATH": "/bin",
+    }
+    assert settings.overridden(env) == [
+        "ADMISSION_BURST='oops'",
+        "ADMISSION_STORAGE='redis://:***@db:6379/0'",
+        "ADMISSION_WINDOW='8'",
+    ]
+    assert Settings(window=8).overridden({"ADMISSION_WINDOW": "8"}) == []
+
+
+def test_announce_logs_the_summary_and_warns_once_when_code_overrides_the_environment(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from admission.settings import announce
+
+    monkeypatch.setenv("ADMISSION_WINDOW", "8")
+    log = logging.getLogger("admission.test.announce")
+    with caplog.at_level(logging.INFO, logger="admission.test.announce"):
+        announce(Settings(window=64), in_code=True, log=log)
+    records = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert records[0] == (logging.INFO, Settings(window=64).summary())
+    assert records[1][0] == logging.WARNING
+    assert "ADMISSION_WINDOW='8'" in records[1][1] and len(records) == 2
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="admission.test.announce"):
+        announce(Settings.from_env(), in_code=False, log=log)
+    assert [r.levelno for r in caplog.records] == [logging.INFO]

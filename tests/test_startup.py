@@ -60,3 +60,59 @@ def test_a_closed_lifetime_is_never_handed_out_again() -> None:
     asyncio.run(first.close())
     fresh = service_lifetime()
     assert isinstance(fresh, Lifetime) and fresh is not first and not fresh.closed
+
+
+@pytest.mark.process
+@pytest.mark.parametrize("lifespan", [[], ["--lifespan", "on"]])
+def test_bad_variables_under_plain_uvicorn_exit_3_with_one_prefixed_line_each(
+    lifespan: list[str],
+) -> None:
+    # What docs/deployment.md says: Starlette builds the middleware in the lifespan, whose
+    # start-up admission fails; uvicorn then exits 3, under --lifespan auto (the default) too.
+    argv = [
+        a.replace("{port}", str(free_port()))
+        for a in plain_uvicorn("tests.apps.counted:app", *lifespan)
+    ]
+    env = {"ADMISSION_WINDOW": "zero", "ADMISSION_RATE": "0/second", "PATH": ""}
+    done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 3, done.stderr
+    lines = [line for line in done.stderr.splitlines() if "is invalid" in line]
+    assert len(lines) == 2, done.stderr
+    assert all("admission: ADMISSION_" in line for line in lines)
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.process
+def test_bad_variables_with_lifespan_off_answer_500_without_the_configuration() -> None:
+    import httpx
+
+    from tests.support import wait_until
+
+    port = free_port()
+    argv = [
+        a.replace("{port}", str(port))
+        for a in plain_uvicorn("tests.apps.counted:app", "--lifespan", "off")
+    ]
+    env = {"ADMISSION_WINDOW": "zero", "PATH": ""}
+    server = subprocess.Popen(
+        argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    answers: list[httpx.Response] = []
+
+    def answered() -> bool:
+        try:
+            answers.append(httpx.get(f"http://127.0.0.1:{port}/", timeout=2))
+        except httpx.HTTPError:
+            return False
+        return True
+
+    try:
+        wait_until(answered, 20, "an answer")
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=20)
+    response = answers[-1]
+    assert response.status_code == 500
+    assert response.json()["reason"] == "configuration"
+    assert "ADMISSION_WINDOW" not in response.text
+    assert "admission: ADMISSION_WINDOW='zero' is invalid" in output

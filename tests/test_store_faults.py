@@ -372,12 +372,20 @@ async def test_a_failing_store_given_to_the_middleware_is_guarded_and_its_errors
     async def receive() -> dict[str, object]:
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    scope = {"type": "http", "path": "/", "headers": [], "client": ("10.0.0.1", 1)}
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "client": ("10.0.0.1", 1)}
     await mw(dict(scope), receive, send)  # type: ignore[arg-type]
     statuses.append(int(sent[0]["status"]))  # type: ignore[call-overload]
-    assert statuses == [429]  # denied by the policy, the store having failed
+    # Denied by the policy, the store having failed: a storage refusal, not a rate one.
+    assert statuses == [503]
+    body = bytes(sent[1]["body"]).decode()  # type: ignore[call-overload]
+    assert '"reason":"storage"' in body.replace(" ", "")
+    assert "rate-limit store is unavailable" in body
+    headers = dict(sent[0]["headers"])  # type: ignore[call-overload]
+    assert b"retry-after" in headers and b"ratelimit" not in headers
     assert isinstance(mw.endpoints, Endpoints)
     sent.clear()
     await mw(dict(scope, path="/metrics"), receive, send)  # type: ignore[arg-type]
     metrics = bytes(sent[1]["body"]).decode()  # type: ignore[call-overload]
     assert "admission_storage_errors_total 1.0" in metrics
+    assert 'admission_rejected_total{reason="storage"} 1.0' in metrics
+    assert 'admission_rejected_total{reason="rate"} 0.0' in metrics

@@ -9,6 +9,7 @@ interrupted.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -26,9 +27,12 @@ from admission.bench.sweep import (
     sweep_app,
     sweep_url,
 )
+from admission.errors import quote
 
 DEFAULT_TARGET = "admission.demo:app"
 DEFAULT_WINDOWS = "1,2,4,8,16,32,64"
+#: How to get matplotlib, which --plot needs.
+PLOT_INSTALL = "pip install 'admission[bench]' (from a clone: .venv/bin/pip install -e '.[bench]')"
 
 #: Longest Retry-After a rejected client honours; the window's own is 1 s.
 RETRY_AFTER_CAP_S = 1.0
@@ -58,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--windows",
-        default=DEFAULT_WINDOWS,
+        default=None,
         metavar="LIST",
         help=f"comma-separated window sizes to measure (default: {DEFAULT_WINDOWS})",
     )
@@ -81,7 +85,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
     parser.add_argument(
-        "--plot", metavar="FILE", help="write throughput and p99 against window as a PNG to FILE"
+        "--plot",
+        metavar="FILE",
+        help=(
+            "write throughput, latency and the rejected share against window, with the "
+            f"recommendation and its reason, as a PNG to FILE (needs matplotlib: {PLOT_INSTALL})"
+        ),
     )
     parser.add_argument(
         "--refine",
@@ -140,7 +149,7 @@ def parse_windows(text: str) -> list[int]:
             window = 0
         if window < 1:
             raise UsageError(
-                f"--windows: {item!r} is not a positive integer "
+                f"--windows: {quote(item)} is not a positive integer "
                 "(expected a comma-separated list such as 1,2,4,8)"
             )
         windows.add(window)
@@ -158,11 +167,13 @@ def _plan(args: argparse.Namespace) -> LoadPlan:
     if args.load_processes < 1:
         raise UsageError(f"--load-processes: must be at least 1, got {args.load_processes}")
     if not args.path.startswith("/"):
-        raise UsageError(f"--path: must start with '/', got {args.path!r}")
+        raise UsageError(f"--path: must start with '/', got {quote(args.path)}")
     # Checked before measuring, so a typo does not throw away minutes of load.
     for option, value in (("--json", args.json), ("--plot", args.plot)):
         if value and not Path(value).parent.is_dir():
-            raise UsageError(f"{option}: directory of {value!r} does not exist")
+            raise UsageError(f"{option}: directory of {quote(value)} does not exist")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        raise UsageError(f"--plot: matplotlib is not installed; install it with {PLOT_INSTALL}")
     return LoadPlan(
         path=args.path,
         concurrency=args.concurrency,
@@ -190,7 +201,7 @@ def _check_app_target(target: str) -> None:
     """_check_app_target rejects a target that cannot be MODULE:APP before any process starts."""
     module, sep, attribute = target.partition(":")
     if not sep or not module or not attribute:
-        raise UsageError(f"TARGET: {target!r} is neither MODULE:APP nor an http:// URL")
+        raise UsageError(f"TARGET: {quote(target)} is neither MODULE:APP nor an http:// URL")
 
 
 def _progress_printer(stream: TextIO, total: int, label: str = "") -> Progress:
@@ -254,13 +265,20 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             flush=True,
         )
         rows = sweep_url(url_target, plan, _progress_printer(err, 1))
+        used = "; --windows was not used" if args.windows is not None else ""
         notes.append(
-            "note: a URL target is measured as it is configured and can't be swept; "
-            "--windows was not used. Serve MODULE:APP to compare window sizes."
+            f"note: a URL target is measured as it is configured and can't be swept{used}. "
+            "Serve MODULE:APP to compare window sizes."
         )
     else:
         _check_app_target(target)
-        windows = parse_windows(args.windows)
+        windows = parse_windows(DEFAULT_WINDOWS if args.windows is None else args.windows)
+        if windows[0] > plan.concurrency:
+            raise UsageError(
+                f"--windows: none of {args.windows or DEFAULT_WINDOWS} can fill with "
+                f"--concurrency {plan.concurrency} (a window fills only with at least as many "
+                "clients): measure smaller windows or raise --concurrency"
+            )
         print(
             f"admission bench: serving {target} under {ADMISSION_SERVE.name} for "
             f"{_count(len(windows), 'window size')}: {plan.concurrency} clients on {plan.path} "
@@ -271,7 +289,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         rows = sweep_app(target, windows, plan, progress=_progress_printer(err, len(windows)))
         refine = _progress_printer(err, max(0, args.refine), label="refine")
         for _ in range(max(0, args.refine)):
-            probe = next_probe(rows)
+            probe = next_probe(rows, plan.concurrency)
             if probe is None:
                 break
             rows += sweep_app(target, [probe], plan, progress=refine)
@@ -279,13 +297,13 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         if windows[-1] > plan.concurrency:
             notes.append(
                 f"note: windows above --concurrency ({plan.concurrency}) can never fill, "
-                "so they measure the same as no window."
+                "so they measure the same as no window and are not recommended."
             )
     auto = None
     if not _is_url(target) and getattr(args, "auto", True):
         print("admission bench: the same load with ADMISSION_WINDOW=auto", file=err, flush=True)
         auto = measure_auto(target, plan)
-    window, explanation = recommend(rows)
+    window, explanation = recommend(rows, plan.concurrency)
     report = BenchReport(
         rows=rows,
         recommended_window=window,
@@ -294,6 +312,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         path=plan.path,
         concurrency=plan.concurrency,
         duration_s=plan.duration_s,
+        notes=tuple(notes),
     )
     _print_report(report, out)
     if auto is not None:
@@ -309,7 +328,7 @@ def _print_report(report: BenchReport, out: TextIO) -> None:
     """_print_report writes the table and the recommendation to `out`."""
     print(format_table(report.rows, report.recommended_window), file=out)
     print(file=out)
-    shown = "unknown" if report.recommended_window is None else str(report.recommended_window)
+    shown = "none" if report.recommended_window is None else str(report.recommended_window)
     print(f"recommended window: {shown}", file=out)
     print(report.explanation, file=out)
 

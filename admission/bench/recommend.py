@@ -64,33 +64,58 @@ def percentile(sorted_values: Sequence[float], q: float) -> float | None:
     return sorted_values[lower] + (sorted_values[upper] - sorted_values[lower]) * fraction
 
 
-def recommend(rows: Sequence[Row]) -> tuple[int | None, str]:
+def recommend(rows: Sequence[Row], concurrency: int | None = None) -> tuple[int | None, str]:
     """recommend picks the smallest window reaching 95 % of the best throughput, and says why.
 
-    The explanation is one sentence applying Little's law (requests in flight = throughput
-    x latency, with the median latency standing in for the mean) to the chosen row. Rows
-    are considered in ascending window order; rows with an unknown window (None) are only
-    used when no row has a known one. If no row admitted anything (best throughput 0), the
-    smallest window is returned with an explanation saying the measurement is unusable. An
-    empty sequence is a ValueError.
+    Only windows the load could fill take part: with `concurrency` closed-loop clients, a
+    window larger than that never fills and measures the same as no window. The explanation is
+    one sentence applying Little's law (requests in flight = throughput x latency, with the
+    median latency standing in for the mean) to the chosen row. Rows are considered in
+    ascending window order; rows with an unknown window (None) are only used when no row has a
+    known one. There is no recommendation (None, with the reason) when no window could fill,
+    when fewer than two configurations were measured (nothing to compare), or when none
+    admitted a request. An empty sequence is a ValueError.
     """
     if not rows:
         raise ValueError("recommend: no rows were measured")
     known = sorted((r for r in rows if r.window is not None), key=lambda r: r.window or 0)
+    if concurrency is not None and known:
+        fillable = [r for r in known if (r.window or 0) <= concurrency]
+        if not fillable:
+            return None, (
+                f"No window is recommended: {concurrency} clients never have more than "
+                f"{concurrency} requests in flight, so none of the windows measured (the "
+                f"smallest is {known[0].window}) could fill; measure windows of at most "
+                f"{concurrency}, or raise --concurrency."
+            )
+        known = fillable
     candidates = known or list(rows)
+    if len(candidates) < 2:
+        only = candidates[0]
+        unfilled = len([r for r in rows if r.window is not None]) - len(known)
+        beyond = (
+            f" the load could fill (the {unfilled} larger can't fill with {concurrency} clients)"
+            if unfilled
+            else ""
+        )
+        return None, (
+            f"No window is recommended: only one configuration{beyond} was measured (window "
+            f"{_window_text(only.window)}, {_rps(only.throughput_rps)}), and a recommendation "
+            "needs at least two window sizes to compare."
+        )
     best = max(candidates, key=lambda r: r.throughput_rps)
     if best.throughput_rps <= 0:
-        chosen = candidates[0]
-        return chosen.window, (
-            f"No window size admitted any request ({_reject_pct(chosen)} rejected at window "
-            f"{_window_text(chosen.window)}), so there is nothing to recommend from: check the "
-            "target path and that the service answers 2xx."
+        return None, (
+            f"No window is recommended: no window size admitted any request "
+            f"({_reject_pct(candidates[0])} rejected at window "
+            f"{_window_text(candidates[0].window)}), so there is nothing to recommend from: "
+            "check the target path and that the service answers 2xx."
         )
     chosen = next(r for r in candidates if r.throughput_rps >= GOOD_ENOUGH * best.throughput_rps)
-    return chosen.window, _explain(chosen, best, known)
+    return chosen.window, _explain(chosen, best, known, concurrency)
 
 
-def _explain(chosen: Row, best: Row, known: Sequence[Row]) -> str:
+def _explain(chosen: Row, best: Row, known: Sequence[Row], concurrency: int | None) -> str:
     """_explain writes the one-sentence Little's-law reason for choosing `chosen`.
 
     It ends with what the numbers say beyond the choice: that the requests in flight
@@ -136,10 +161,18 @@ def _explain(chosen: Row, best: Row, known: Sequence[Row]) -> str:
             "little throughput for much lower latency"
         )
     elif largest is chosen and len(known) > 1:
-        text += (
-            "; it is the largest window measured, so measure larger ones too (with at least as "
-            "many clients, --concurrency, as the largest window: a window never fills otherwise)"
-        )
+        if concurrency is not None and (chosen.window or 0) >= concurrency:
+            text += (
+                f"; it is the largest window {concurrency} clients can fill, so whether a "
+                "larger one does better needs more clients (--concurrency) as well as larger "
+                "windows"
+            )
+        else:
+            text += (
+                "; it is the largest window measured, so measure larger ones too (with at least "
+                "as many clients, --concurrency, as the largest window: a window never fills "
+                "otherwise)"
+            )
     elif (
         largest is not None
         and largest is not chosen
@@ -169,7 +202,7 @@ def _window_text(window: int | None) -> str:
     return "unknown" if window is None else str(window)
 
 
-def next_probe(rows: Sequence[Row]) -> int | None:
+def next_probe(rows: Sequence[Row], concurrency: int | None = None) -> int | None:
     """next_probe is the window worth measuring next to sharpen the recommendation, or None.
 
     A sweep in powers of two can't see a knee that lies between two of its windows: the
@@ -182,7 +215,7 @@ def next_probe(rows: Sequence[Row]) -> int | None:
     known = sorted({r.window for r in rows if r.window is not None})
     if len(known) < 2:
         return None
-    chosen, _ = recommend(rows)
+    chosen, _ = recommend(rows, concurrency)
     if chosen is None:
         return None
     below = [w for w in known if w < chosen]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ class BenchReport:
     path: str
     concurrency: int
     duration_s: float
+    notes: Sequence[str] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """as_dict returns the JSON document `--json` writes."""
@@ -37,6 +38,7 @@ class BenchReport:
             "path": self.path,
             "concurrency": self.concurrency,
             "duration_s": self.duration_s,
+            "notes": list(self.notes),
         }
 
 
@@ -82,42 +84,45 @@ def write_json(report: BenchReport, path: Path) -> None:
     path.write_text(json.dumps(report.as_dict(), indent=2) + "\n", encoding="utf-8")
 
 
-#: Octaves (on the plot's log-2 axis) between two labelled ticks: closer labels would overlap.
-MIN_LABEL_GAP_OCTAVES = 0.25
-
-
-def tick_labels(windows: list[int], recommended: int | None) -> list[str]:
-    """tick_labels labels the window ticks of the plot, leaving out a label that would overlap
-    one already placed: the recommended window's first, then the others from the smallest.
-    Refinement clusters windows (57, 58, 59, 60, 64); every one keeps its tick."""
-    placed: list[int] = []
-    order = sorted(windows, key=lambda w: (w != recommended, w))
-    for window in order:
-        if all(abs(math.log2(window / other)) >= MIN_LABEL_GAP_OCTAVES for other in placed):
-            placed.append(window)
-    return [str(w) if w in placed else "" for w in windows]
-
-
 def write_plot(report: BenchReport, path: Path) -> bool:
-    """write_plot draws throughput and p99 latency against window size into a PNG at `path`.
+    """write_plot draws the sweep into a PNG at `path` that stands alone.
 
-    Two panels share a log2 window axis; the recommended window is marked in both. Rows
-    with an unknown window cannot be placed on the axis and are left out; if that leaves
+    Three panels share one axis with a slot per measured window, each labelled, so windows
+    that refinement packs together (58, 60, 61, 62, 64) stay apart and findable: throughput
+    (with the 95 % of best line), latency (p50, p99) and the rejected share. The recommended
+    window is marked in all three; windows the load could not fill (above the number of
+    clients) are shaded; the recommendation and its one-sentence reason are written under the
+    panels. Rows with an unknown window cannot be placed and are left out; if that leaves
     nothing, no file is written and the result is False (True when the plot was written).
     """
+    figure = plot_figure(report)
+    if figure is None:
+        return False
+    import matplotlib.pyplot as plt
+
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return True
+
+
+def plot_figure(report: BenchReport) -> Any:
+    """plot_figure is the matplotlib figure `write_plot` saves, or None with nothing to plot."""
     rows = sorted((r for r in report.rows if r.window is not None), key=lambda r: r.window or 0)
     if not rows:
-        return False
+        return None
     # Imported here: matplotlib is slow to import and only this function needs it.
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    windows = [r.window for r in rows]
-    figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7.0, 6.5))
+    slots = list(range(len(rows)))
+    windows = [r.window or 0 for r in rows]
+    figure, (top, middle, bottom) = plt.subplots(
+        3, 1, sharex=True, figsize=(8.0, 9.0), height_ratios=(3, 3, 2)
+    )
     best = max(r.throughput_rps for r in rows)
-    top.plot(windows, [r.throughput_rps for r in rows], marker="o", color="tab:blue", label="2xx")
+    top.plot(slots, [r.throughput_rps for r in rows], marker="o", color="tab:blue", label="2xx")
     top.axhline(
         GOOD_ENOUGH * best,
         color="tab:blue",
@@ -127,46 +132,60 @@ def write_plot(report: BenchReport, path: Path) -> bool:
     )
     top.set_ylabel("throughput (req/s)")
     # Headroom above the best point keeps it clear of the legend.
-    top.set_ylim(0, best * 1.15 if best > 0 else 1.0)
-    top.grid(True, alpha=0.3)
-    latency_rows = [r for r in rows if r.p99_ms is not None]
-    bottom.plot(
-        [r.window for r in latency_rows],
-        [r.p99_ms for r in latency_rows],
+    top.set_ylim(0, best * 1.25 if best > 0 else 1.0)
+    latency = [(i, r) for i, r in zip(slots, rows, strict=True) if r.p99_ms is not None]
+    middle.plot(
+        [i for i, _ in latency],
+        [r.p99_ms for _, r in latency],
         marker="o",
         color="tab:red",
         label="p99",
     )
-    bottom.plot(
-        [r.window for r in latency_rows],
-        [r.p50_ms for r in latency_rows],
+    middle.plot(
+        [i for i, _ in latency],
+        [r.p50_ms for _, r in latency],
         marker=".",
         linestyle="--",
         color="tab:gray",
         label="p50",
     )
-    bottom.set_ylabel("latency of 2xx (ms)")
-    bottom.set_ylim(0, max((r.p99_ms or 0.0 for r in rows), default=0.0) * 1.15 or 1.0)
-    bottom.grid(True, alpha=0.3)
-    bottom.set_xscale("log", base=2)
-    bottom.set_xticks(windows)
-    bottom.set_xticklabels(tick_labels([r.window or 0 for r in rows], report.recommended_window))
-    bottom.set_xlabel("window (max requests in flight per process)")
-    if report.recommended_window is not None:
-        for axis in (top, bottom):
-            axis.axvline(
-                report.recommended_window,
-                color="tab:green",
-                linestyle=":",
-                label=f"recommended: {report.recommended_window}",
+    middle.set_ylabel("latency of 2xx (ms)")
+    middle.set_ylim(0, max((r.p99_ms or 0.0 for r in rows), default=0.0) * 1.25 or 1.0)
+    bottom.bar(slots, [100 * r.rejected_ratio for r in rows], color="tab:orange", label="rejected")
+    bottom.set_ylabel("rejected (%)")
+    bottom.set_ylim(0, 105)
+    bottom.set_xticks(slots)
+    bottom.set_xticklabels([str(w) for w in windows], rotation=90 if len(rows) > 16 else 0)
+    bottom.set_xlabel("window (max requests in flight per process), one slot per measured size")
+    unfilled = [i for i, w in zip(slots, windows, strict=True) if w > report.concurrency]
+    for axis in (top, middle, bottom):
+        axis.grid(True, alpha=0.3)
+        axis.set_xlim(-0.5, len(rows) - 0.5)
+        if unfilled:
+            axis.axvspan(
+                unfilled[0] - 0.5,
+                len(rows) - 0.5,
+                color="gray",
+                alpha=0.15,
+                label=f"can't fill with {report.concurrency} clients" if axis is top else None,
             )
-    top.legend(loc="upper left")
-    bottom.legend(loc="upper left")
+        if report.recommended_window in windows:
+            axis.axvline(
+                windows.index(report.recommended_window),
+                color="tab:green",
+                linewidth=2,
+                linestyle=":",
+                label=f"recommended: {report.recommended_window}" if axis is top else None,
+            )
+    top.legend(loc="upper left", fontsize="small")
+    middle.legend(loc="upper left", fontsize="small")
     figure.suptitle(
         f"admission bench: {report.target} {report.path}\n"
         f"{report.concurrency} clients, {report.duration_s:g} s per window"
     )
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return True
+    recommended = "none" if report.recommended_window is None else str(report.recommended_window)
+    caption = textwrap.fill(f"Recommended window: {recommended}. {report.explanation}", width=125)
+    figure.text(0.01, 0.01, caption, fontsize="small", va="bottom", ha="left")
+    lines = caption.count("\n") + 1
+    figure.tight_layout(rect=(0, 0.025 + 0.018 * lines, 1, 1))
+    return figure

@@ -26,6 +26,8 @@ from typing import IO
 
 from admission.bench.loadgen import LoadResult, load
 from admission.bench.recommend import Row, percentile
+from admission.errors import quote
+from admission.settings import redact_uri
 
 LOOPBACK = "127.0.0.1"
 
@@ -321,19 +323,21 @@ def parse_url_target(url: str) -> UrlTarget:
     https, a path other than "/", a query or credentials are BenchError: the load client
     speaks plain HTTP only, and the request path is given separately (--path).
     """
+    # Quoted as every value is, any credential in it hidden.
+    shown = quote(redact_uri(url))
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "http":
-        raise BenchError(f"target {url!r}: only http:// URLs can be benchmarked")
+        raise BenchError(f"target {shown}: only http:// URLs can be benchmarked")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        raise BenchError(f"target {url!r}: give the URL without a path and the path with --path")
+        raise BenchError(f"target {shown}: give the URL without a path and the path with --path")
     if parts.username or parts.password:
-        raise BenchError(f"target {url!r}: credentials in the URL are not supported")
+        raise BenchError(f"target {shown}: credentials in the URL are not supported")
     if not parts.hostname:
-        raise BenchError(f"target {url!r}: no host")
+        raise BenchError(f"target {shown}: no host")
     try:
         port = parts.port or 80
     except ValueError as exc:
-        raise BenchError(f"target {url!r}: bad port") from exc
+        raise BenchError(f"target {shown}: bad port") from exc
     return UrlTarget(parts.hostname, port)
 
 

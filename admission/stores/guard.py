@@ -15,6 +15,15 @@ from admission.stores.memory import MemoryStore
 
 log = logging.getLogger("admission.store")
 
+
+class StorageDenial(Decision):
+    """StorageDenial is a refusal by the `deny` policy while the store fails: it says nothing
+    about the client's bucket, so it is answered and counted as a storage refusal, not a rate
+    one."""
+
+    __slots__ = ()
+
+
 Policy = Literal["local", "allow", "deny"]
 
 
@@ -74,7 +83,9 @@ class GuardedStore:
             return self._local.decide_at(key, self._clock(), cost)
         if self.policy == "allow":
             return Decision(True, self.bucket.capacity, 0.0, 0.0)
-        return Decision(False, 0, self.bucket.interval_s * max(cost, 1), self.bucket.fill_time_s)
+        return StorageDenial(
+            False, 0, self.bucket.interval_s * max(cost, 1), self.bucket.fill_time_s
+        )
 
     def _outage(self, exc: StorageError) -> None:
         now = self._clock()
