@@ -82,6 +82,9 @@ class AdmissionMiddleware:
             else None
         )
         self._refill_s = s.emission_interval_s
+        # ADMISSION_HEADERS: which responses carry the RateLimit fields.
+        self._fields_on_admitted = s.headers == "all"
+        self._fields_on_refusals = s.headers != "off"
         self._priority = priority_from(s.priority)
         # Without a priority source every request is `default`: nothing to keep slots for.
         shed_at = s.shed_fractions if self._priority is not None else {}
@@ -211,12 +214,15 @@ class AdmissionMiddleware:
                     headers = [(b"retry-after", str(retry).encode())]
                     await self._refuse(scope, receive, send, reasons.STORAGE, headers)
                     return
-                extra = [self._policy, ratelimit_header(decision)]
                 if not decision.allowed:
                     retry = retry_after_seconds(decision.retry_after_s, self._refill_s)
-                    headers = [(b"retry-after", str(retry).encode()), *extra]
+                    headers = [(b"retry-after", str(retry).encode())]
+                    if self._fields_on_refusals:
+                        headers += (self._policy, ratelimit_header(decision))
                     await self._refuse(scope, receive, send, reasons.RATE, headers)
                     return
+                if self._fields_on_admitted:
+                    extra = (self._policy, ratelimit_header(decision))
             if not drain.accepting:
                 # It waited for a slot or for Redis while the drain began: it must not start.
                 await self._refuse(scope, receive, send, reasons.DRAINING)
