@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+from asyncio import current_task, get_running_loop
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
@@ -36,7 +37,7 @@ from admission.responses import Message, Receive, Scope, Send, send_problem
 from admission.timeouts import DISCONNECT_WATCH_DELAY_S, NEVER, TICK_S, Ticker, Timeouts
 from admission.uvicorn_adapter import abort_connection
 
-__all__ = ["Exchange", "Shared", "Timeouts"]
+__all__ = ["Exchange", "Shared", "TimedExchange", "Timeouts"]
 
 log = logging.getLogger("admission")
 
@@ -96,38 +97,27 @@ class Exchange:
     """Exchange is the per-request state: nothing about a request lives on the middleware.
 
     `run(app)` runs the application and finishes the request (see the module's docstring).
-    `task` is the request's task, which an abort cancels; `loop` the loop it runs on.
-    `begun_at` is the clock's reading at admission. `deadline` is the loop time at which the
-    handler is cancelled (None: no deadline); `draining()` says whether the service has begun
-    to drain. `lifetime` is created on first use by `admission.context.request_lifetime` and
-    closed when the request ends. Made on the event loop the request runs on, from within its
-    task.
-
-    Each timeout is a time it falls due, NEVER while it does not apply: `_deadline_at` (the
-    handler's deadline), `_receive_due` (while the application waits for the request body: the
-    read deadline or the idle limit, whichever is first, for `_receive_reason`), `_send_due`
-    (while a `send` blocks: the write timeout) and `_idle_due` (the gap after a chunk of a
-    streaming response, or between two websocket messages). `tick` compares them with the time.
+    `task` is the request's task, which an abort cancels; `loop` the loop it runs on. `clock`
+    is the clock every time of the exchange is read on (the loop's, unless the shared state
+    gives one); `begun_at` is its reading at admission. `deadline` is the loop time at which
+    the handler is cancelled (None: no deadline); `draining()` says whether the service has
+    begun to drain. `lifetime` is created on first use by `admission.context.request_lifetime`
+    and closed when the request ends. Made on the event loop the request runs on, from within
+    its task. An Exchange enforces no timeout: a service with any timeout set gets a
+    `TimedExchange`, so that one without pays nothing for them.
     """
 
     # Slots, every one set in __init__: later writes (started, completed, running) then cost a
     # store into a fixed slot, not a change to the shape of an instance dict.
     __slots__ = (
-        "_clock",
-        "_deadline_at",
-        "_drain",
         "_extra_headers",
-        "_idle_due",
-        "_read_deadline",
         "_receive",
-        "_receive_due",
-        "_receive_reason",
         "_send",
-        "_send_due",
         "_unread",
         "_watcher",
         "begun_at",
         "body_done",
+        "clock",
         "completed",
         "deadline",
         "disconnected",
@@ -139,7 +129,6 @@ class Exchange:
         "shared",
         "started",
         "task",
-        "timeouts",
         "websocket",
     )
 
@@ -155,14 +144,12 @@ class Exchange:
         self.scope = scope
         self._receive = receive
         self._send = send
-        self.timeouts = timeouts = shared.timeouts
         self._extra_headers = extra_headers
-        self._drain = shared.drain
-        self.loop = loop = asyncio.get_running_loop()
-        self._clock = clock = shared.clock or loop.time
-        self.task: asyncio.Task[object] | None = asyncio.current_task(loop)
-        self.begun_at = now = clock()
-        self.websocket = websocket = scope["type"] == "websocket"
+        self.loop = loop = get_running_loop()
+        self.clock = clock = shared.clock or loop.time
+        self.task: asyncio.Task[object] | None = current_task(loop)
+        self.begun_at = clock()
+        self.websocket = scope["type"] == "websocket"
         self.reason: Reason | None = None
         self.running = True
         self.started = False
@@ -173,16 +160,6 @@ class Exchange:
         self._watcher: asyncio.Task[None] | None = None
         self._unread: list[Message] | None = None
         self.deadline: float | None = None
-        self._deadline_at = self._read_deadline = NEVER
-        self._receive_due = self._send_due = self._idle_due = NEVER
-        self._receive_reason = IDLE_TIMEOUT
-        if timeouts.enabled:
-            if timeouts.request_s is not None and not websocket:
-                self.deadline = self._deadline_at = now + timeouts.request_s
-            if timeouts.read_s is not None:
-                self._read_deadline = now + timeouts.read_s
-            if websocket and timeouts.idle_s is not None:
-                self._idle_due = now + timeouts.idle_s
 
     async def run(self, app: ASGIApp) -> None:
         """run hands the request to `app` and finishes it, whatever happens: attached to the
@@ -200,29 +177,24 @@ class Exchange:
             shared.ticker.arm(self.loop)
         shared.stats.admitted += 1
         try:
-            await app(scope, self.receive, self.send_untimed if shared.untimed_send else self.send)
+            await app(scope, self.receive, self.send if shared.untimed_send else self.send_timed)
         except asyncio.CancelledError:
-            self.end()
+            self.running = False  # nothing aborts it any more
             if not self.owns_cancellation():
                 raise
             await self._answer_abort()
-        except BaseException:
-            self.end()
-            raise
-        else:
-            self.end()
         finally:
+            self.end()
             try:
                 if self.lifetime is not None:
                     await self.lifetime.close()
             finally:
                 shared.ledger.leave(self)
-                shared.stats.observe(self._clock() - self.begun_at)
+                shared.stats.observe(self.clock() - self.begun_at)
                 # scope -> state -> exchange -> scope is a reference cycle: left in place, every
                 # request's objects (the server's included) wait for the cyclic garbage
                 # collector instead of being freed here, which costs more than all the rest.
-                if state.get(STATE_KEY) is self:
-                    del state[STATE_KEY]
+                state.pop(STATE_KEY, None)
 
     async def _answer_abort(self) -> None:
         """_answer_abort answers for an application this exchange cut short, if anything can
@@ -257,33 +229,23 @@ class Exchange:
             if reason.status is None or self.disconnected:
                 return
             answer = send_problem(send, reason)
-            await asyncio.wait_for(answer, self.timeouts.write_s or ANSWER_TIMEOUT_S)
+            await asyncio.wait_for(answer, self.shared.timeouts.write_s or ANSWER_TIMEOUT_S)
 
     def tick(self, now: float, watch_before: float) -> None:
-        """tick aborts the application if one of its timeouts fell due by `now`, and otherwise
-        starts the disconnect watch if the request began before `watch_before`."""
-        if not self.running:
-            return
-        if now >= self._deadline_at:
-            self.abort(DEADLINE)
-        elif now >= self._receive_due:
-            self.abort(self._receive_reason)
-        elif now >= self._send_due:
-            self.abort(WRITE_TIMEOUT)
-        elif now >= self._idle_due:
-            self.abort(IDLE_TIMEOUT)
-        elif self._watcher is None and self.begun_at <= watch_before:
+        """tick starts the disconnect watch if the request began before `watch_before` (a
+        TimedExchange first aborts the application if a timeout fell due by `now`)."""
+        if self.running and self._watcher is None and self.begun_at <= watch_before:
             self.start_watch()
 
     def draining(self) -> bool:
         """draining is True once the service has begun to drain."""
-        return self._drain.begun
+        return self.shared.drain.begun
 
     def time_left(self) -> float | None:
         """time_left is the seconds until the handler's deadline (never negative), or None."""
         if self.deadline is None:
             return None
-        return max(0.0, self.deadline - self._clock())
+        return max(0.0, self.deadline - self.clock())
 
     def end(self) -> None:
         """end stops everything; from here on `abort` and `tick` do nothing. Synchronous on
@@ -310,49 +272,31 @@ class Exchange:
         return True
 
     async def receive(self) -> Message:
-        """receive is the application's `receive`, bounded by the read and idle timeouts while
-        the request body is still coming."""
+        """receive is the application's `receive`: it notes the end of the body and a client
+        gone away, and hands out first what the disconnect watch read ahead."""
         if self.disconnected:
             return {"type": "websocket.disconnect" if self.websocket else "http.disconnect"}
-        if self._unread:
-            message = self._unread.pop(0)
-        elif self.websocket or self.body_done or not self.timeouts.enabled:
-            message = await self._receive()
-        else:
-            self._receive_due, self._receive_reason = self._receive_limit()
-            try:
-                message = await self._receive()
-            finally:
-                self._receive_due = NEVER
+        message = self._unread.pop(0) if self._unread else await self._receive()
+        self._received(message)
+        return message
+
+    def _received(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.request":
             if not message.get("more_body", False):
                 self.body_done = True
         elif kind == "http.disconnect" or kind == "websocket.disconnect":
             self.disconnected = True
-        elif kind == "websocket.receive":
-            self._touch_idle()
-        return message
 
-    def _receive_limit(self) -> tuple[float, Reason]:
-        """_receive_limit is when a wait for the next chunk of the body falls due, and why:
-        the read deadline, or the idle limit from now if that comes first."""
-        idle = self.timeouts.idle_s
-        if idle is not None:
-            idle_due = self._clock() + idle
-            if idle_due < self._read_deadline:
-                return idle_due, IDLE_TIMEOUT
-        return self._read_deadline, READ_TIMEOUT
-
-    def send_untimed(self, message: Message) -> Awaitable[None]:
-        """send_untimed is `send` for a service without write or idle timeouts: it only adds
-        admission's headers and notes when the response is complete. A plain function that
-        returns the server's own `send(...)` to be awaited: no coroutine frame of its own for
-        every message (what it does needs no await)."""
+    def send(self, message: Message) -> Awaitable[None]:
+        """send is the application's `send`: it adds admission's headers to the response and
+        notes when the response started and when it is complete. A plain function that returns
+        the server's own `send(...)` to be awaited: no coroutine frame of its own for every
+        message (what it does needs no await)."""
         kind = message["type"]
         if kind == "http.response.start":
             self.started = True
-            draining = self._drain.begun
+            draining = self.shared.drain.begun
             if self._extra_headers or draining:
                 # Connection: close while draining: keep-alive clients reconnect, and so reach
                 # an instance that is not draining.
@@ -370,31 +314,8 @@ class Exchange:
             self.completed = True
         return self._send(message)
 
-    async def send(self, message: Message) -> None:
-        """send is the application's `send`: it adds admission's headers to the response,
-        bounds each send by the write timeout and times the gaps of a streaming response."""
-        if message["type"] == "http.response.body":
-            # The gap is over; the write timeout bounds the send itself.
-            self._idle_due = NEVER
-        # The flags and headers are send_untimed's; it hands back the server's send to await.
-        sending = self.send_untimed(message)
-        write_s = self.timeouts.write_s
-        if write_s is None:
-            await sending
-        else:
-            self._send_due = self._clock() + write_s
-            try:
-                await sending
-            finally:
-                self._send_due = NEVER
-        # The next gap starts: between two websocket messages, or two chunks of a response.
-        if self.websocket or (message["type"] == "http.response.body" and not self.completed):
-            self._touch_idle()
-
-    def _touch_idle(self) -> None:
-        idle_s = self.timeouts.idle_s
-        if idle_s is not None:
-            self._idle_due = self._clock() + idle_s
+    # A plain Exchange times nothing; a TimedExchange overrides it.
+    send_timed = send
 
     def start_watch(self) -> None:
         """start_watch listens for the client going away, once the application has read the
@@ -427,3 +348,115 @@ class Exchange:
             self.disconnected = True
             if not self.completed:
                 self.abort(DISCONNECT)
+
+
+class TimedExchange(Exchange):
+    """TimedExchange is an Exchange that enforces the timeouts.
+
+    Each timeout is a time it falls due, NEVER while it does not apply: `_deadline_at` (the
+    handler's deadline), `_receive_due` (while the application waits for the request body: the
+    read deadline or the idle limit, whichever is first, for `_receive_reason`), `_send_due`
+    (while a `send` blocks: the write timeout) and `_idle_due` (the gap after a chunk of a
+    streaming response, or between two websocket messages). The ticker's `tick` compares them
+    with the time.
+    """
+
+    __slots__ = (
+        "_deadline_at",
+        "_idle_due",
+        "_read_deadline",
+        "_receive_due",
+        "_receive_reason",
+        "_send_due",
+        "timeouts",
+    )
+
+    def __init__(
+        self,
+        shared: Shared,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        extra_headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        super().__init__(shared, scope, receive, send, extra_headers)
+        self.timeouts = timeouts = shared.timeouts
+        now = self.begun_at
+        self._deadline_at = self._read_deadline = NEVER
+        self._receive_due = self._send_due = self._idle_due = NEVER
+        self._receive_reason = IDLE_TIMEOUT
+        if timeouts.request_s is not None and not self.websocket:
+            self.deadline = self._deadline_at = now + timeouts.request_s
+        if timeouts.read_s is not None:
+            self._read_deadline = now + timeouts.read_s
+        if self.websocket:
+            self._touch_idle()
+
+    def tick(self, now: float, watch_before: float) -> None:
+        """tick aborts the application if one of its timeouts fell due by `now`, and otherwise
+        starts the disconnect watch if the request began before `watch_before`."""
+        if not self.running:
+            return
+        if now >= self._deadline_at:
+            self.abort(DEADLINE)
+        elif now >= self._receive_due:
+            self.abort(self._receive_reason)
+        elif now >= self._send_due:
+            self.abort(WRITE_TIMEOUT)
+        elif now >= self._idle_due:
+            self.abort(IDLE_TIMEOUT)
+        else:
+            super().tick(now, watch_before)
+
+    async def receive(self) -> Message:
+        """receive is the application's `receive`, bounded by the read and idle timeouts while
+        the request body is still coming, and by the idle timeout between websocket messages."""
+        if self.disconnected or self._unread or self.websocket or self.body_done:
+            message = await super().receive()
+            if message["type"] == "websocket.receive":
+                self._touch_idle()
+            return message
+        self._receive_due, self._receive_reason = self._receive_limit()
+        try:
+            message = await self._receive()
+        finally:
+            self._receive_due = NEVER
+        self._received(message)
+        return message
+
+    def _receive_limit(self) -> tuple[float, Reason]:
+        """_receive_limit is when a wait for the next chunk of the body falls due, and why:
+        the read deadline, or the idle limit from now if that comes first."""
+        idle = self.timeouts.idle_s
+        if idle is not None:
+            idle_due = self.clock() + idle
+            if idle_due < self._read_deadline:
+                return idle_due, IDLE_TIMEOUT
+        return self._read_deadline, READ_TIMEOUT
+
+    async def send_timed(self, message: Message) -> None:
+        """send_timed is the application's `send` when a write or idle timeout is set: it adds
+        admission's headers to the response, bounds each send by the write timeout and times
+        the gaps of a streaming response."""
+        if message["type"] == "http.response.body":
+            # The gap is over; the write timeout bounds the send itself.
+            self._idle_due = NEVER
+        # The flags and headers are `send`'s; it hands back the server's send to await.
+        sending = self.send(message)
+        write_s = self.timeouts.write_s
+        if write_s is None:
+            await sending
+        else:
+            self._send_due = self.clock() + write_s
+            try:
+                await sending
+            finally:
+                self._send_due = NEVER
+        # The next gap starts: between two websocket messages, or two chunks of a response.
+        if self.websocket or (message["type"] == "http.response.body" and not self.completed):
+            self._touch_idle()
+
+    def _touch_idle(self) -> None:
+        idle_s = self.timeouts.idle_s
+        if idle_s is not None:
+            self._idle_due = self.clock() + idle_s

@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 import admission
-from admission.exchange import Exchange, Shared, Timeouts
+from admission.exchange import Exchange, Shared, TimedExchange, Timeouts
 from admission.middleware import AdmissionMiddleware
 from admission.reasons import DEADLINE
 from admission.settings import Settings
@@ -93,7 +93,7 @@ async def test_time_left_is_the_deadline_minus_the_loop_clock_and_never_negative
     client = Client()
     clock = ManualClock(1000.0)
     shared = Shared(Timeouts(request_s=5.0), SimpleNamespace(begun=False), clock=clock.time)
-    exchange = Exchange(shared, http_scope(), client.receive, client.send)
+    exchange = TimedExchange(shared, http_scope(), client.receive, client.send)
     assert exchange.deadline == 1005.0
     assert exchange.time_left() == 5.0
     clock.now = exchange.deadline - 1.25

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from admission.exchange import Exchange, Shared
+from admission.exchange import Exchange, Shared, TimedExchange
 from admission.reasons import Reason
 from admission.timeouts import TICK_S, Timeouts
 from tests.asgi import Client, ManualClock, finish, http_scope, no_body, until, ws_scope
@@ -78,7 +78,8 @@ class Harness:
         self.client = client
 
         async def admit() -> None:
-            await Exchange(self.shared, scope, client.receive, client.send).run(app)
+            kind = TimedExchange if timeouts.enabled else Exchange
+            await kind(self.shared, scope, client.receive, client.send).run(app)
 
         self.task = asyncio.ensure_future(admit())
 
@@ -229,7 +230,8 @@ async def test_requests_in_flight_arm_no_timer_of_their_own() -> None:
     clients = [Client() for _ in range(20)]
 
     async def admit(client: Client) -> None:
-        await Exchange(shared, post_scope(), client.receive, client.send).run(read_body)
+        exchange = TimedExchange(shared, post_scope(), client.receive, client.send)
+        await exchange.run(read_body)
 
     tasks = [asyncio.ensure_future(admit(client)) for client in clients]
     await until(lambda: shared.ledger.in_flight == 20)
