@@ -4,7 +4,8 @@ The same servers as benchmarks/e2e.py (bare uvicorn + the demo, `admission serve
 limiting, and with --calibrate the two calibration middlewares), plus `admission+all` (every
 feature on: rate, window 1000, read 5 s, write 3 s, idle 60 s, request 30 s) and a FastAPI
 JSON endpoint (benchmarks/fastapi_json.py: a pydantic model in and out), bare and under
-admission with rate limiting. Each runs under valgrind's callgrind, which counts the
+admission with rate limiting, and `rate+refused`: rate limiting with ADMISSION_HEADERS=refused
+(no RateLimit fields on admitted responses). Each runs under valgrind's callgrind, which counts the
 instructions the server process executes. Each server is started twice and sent a fixed
 number of requests (`GET /`, or the endpoint's `POST /items`) on keep-alive connections (N1,
 then N2);
@@ -58,6 +59,11 @@ def all_commands(*, calibrate: bool) -> tuple[Commands, dict[str, bytes]]:
     """all_commands is every server measured here and the request each one is sent."""
     commands = server_commands(calibrate=calibrate)
     serve, env = commands["admission"]
+    # Rate limiting without the RateLimit fields on admitted responses: what they cost.
+    commands["rate+refused"] = (
+        serve,
+        env | {"ADMISSION_RATE": RATE, "ADMISSION_HEADERS": "refused"},
+    )
     commands["admission+all"] = (serve, env | ALL_FEATURES)
     python = sys.executable
     listen = ["--host", HOST, "--port", "{port}"]
