@@ -19,9 +19,10 @@ Variants:
                   Limiter(key_func=get_remote_address, default_limits=["1000000/second"])
   starlette+slowapi-asgi  the same with slowapi's lighter, pure-ASGI SlowAPIASGIMiddleware
 
-Targets (issue 10, best-of-N added cost): admission-all adds at most 12 µs and admission (rate
-limiting alone) at most 6 µs; slowapi's added cost is reported against admission's for both of
-its middlewares, and the honest ratio is the one against the lighter.
+Targets (issue 10, added cost, shown for the median and the best-of-N): admission-all adds at
+most 12 µs and admission (rate limiting alone) at most 6 µs; slowapi's added cost is reported
+against admission's for both of its middlewares, and the honest ratio is the one against the
+lighter.
 
 Before timing, each limiter is checked to refuse the third request at "2/minute", so the
 figures are those of middleware that really limits every request.
@@ -302,12 +303,13 @@ def report(per: dict[str, list[float]], loop_name: str, requests: int, rounds: i
             f"{slowapi} added / admission added: {ratio_median:.1f}x (medians), "
             f"{ratio_best:.1f}x (best-of-N)"
         )
-    rate, every = added["admission"][1], added["admission-all"][1]
-    print(
-        f"targets (best-of-N): rate limiting adds <= 6 µs: {'met' if rate <= 6 else 'MISSED'} "
-        f"({rate:.2f} µs); all features add <= 12 µs: {'met' if every <= 12 else 'MISSED'} "
-        f"({every:.2f} µs)"
-    )
+    for label, pick in (("median", 0), ("best-of-N", 1)):
+        rate, every = added["admission"][pick], added["admission-all"][pick]
+        print(
+            f"targets ({label}): rate limiting adds <= 6 µs: "
+            f"{'met' if rate <= 6 else 'MISSED'} ({rate:.2f} µs); all features add <= 12 µs: "
+            f"{'met' if every <= 12 else 'MISSED'} ({every:.2f} µs)"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
