@@ -240,3 +240,26 @@ async def test_requests_in_flight_arm_no_timer_of_their_own() -> None:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_blocked_send_is_bounded_by_the_write_timeout_not_the_idle_one() -> None:
+    # The idle limit times the gaps between chunks; once the next chunk is being sent, only the
+    # write timeout bounds it.
+    class SecondChunkBlocks(Client):
+        async def send(self, message: dict[str, Any]) -> None:
+            chunks = sum(m["type"] == "http.response.body" for m in self.sent)
+            if message["type"] == "http.response.body" and chunks == 1:
+                await asyncio.Event().wait()
+            self.sent.append(message)
+
+    client = SecondChunkBlocks(no_body())
+    timeouts = Timeouts(idle_s=LIMIT_S, write_s=10 * LIMIT_S)
+    h = Harness(timeouts, stream_forever, client, http_scope())
+    await settle()  # the first chunk went out at T0; the second blocks since T0
+    h.tick_at(T0 + 5 * LIMIT_S)
+    await settle()
+    assert not h.task.done()
+    h.tick_at(T0 + 10 * LIMIT_S)
+    await finish(h.task)
+    assert h.shared.stats.rejected["write_timeout"] == 1
+    assert h.shared.stats.rejected["idle_timeout"] == 0
