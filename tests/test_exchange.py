@@ -654,3 +654,22 @@ async def test_disconnect_watch_waits_for_the_body_of_a_starlette_handler() -> N
     await mw(scope, client.receive, client.send)
     assert client.status == 200
     assert json.loads(client.body) == {"body": "hello"}
+
+
+async def test_the_exchange_leaves_the_scope_when_the_request_ends() -> None:
+    # scope -> state -> exchange -> scope would be a reference cycle, keeping every request's
+    # objects alive until the cyclic garbage collector runs; and a helper called on a finished
+    # request's scope must answer as outside admission.
+    seen: list[object] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["state"].get("admission"))
+        await ok(scope, receive, send)
+
+    mw = middleware(app, request_timeout=30)
+    scope = http_scope()
+    client = Client(no_body())
+    await mw(scope, client.receive, client.send)
+    assert seen and seen[0] is not None
+    assert "admission" not in scope["state"]
+    assert admission.time_left(scope) is None
