@@ -44,7 +44,8 @@ class Drain:
     `begin()` starts it (idempotent); `hurry()` ends the pre-drain delay and cancels whatever is
     still in flight now (a second Ctrl+C); `until_drained()` waits for `drained`; `run()` waits
     for `closed`. A delay of 0 skips the pre-drain phase; the timeout bounds the wait for
-    in-flight requests, after which they are cancelled and their number logged.
+    in-flight requests, after which they are cancelled and their number logged; `unwind_s`
+    bounds the wait for the cancelled ones to unwind.
 
     `accepting` (new requests are served: serving or pre-drain) and `begun` (the drain has
     started) are plain attributes kept in step with `phase`: every request reads them, and an
@@ -63,8 +64,10 @@ class Drain:
         delay_s: float,
         timeout_s: float,
         last: Callable[[], Awaitable[None]] | None = None,
+        unwind_s: float = STRAGGLER_UNWIND_S,
     ) -> None:
         self.ledger = ledger
+        self.unwind_s = unwind_s
         self.lifetime = lifetime
         self.last = last
         self.delay_s = delay_s
@@ -165,7 +168,7 @@ class Drain:
                 len(stragglers),
                 loop.time() - started,
             )
-            await _wait(self.ledger.wait_empty(), STRAGGLER_UNWIND_S)
+            await _wait(self.ledger.wait_empty(), self.unwind_s)
         self.phase = Phase.DRAINED
         say("drained in %.2fs (%d cancelled)", loop.time() - started, self.cancelled)
 

@@ -2,12 +2,13 @@
 
 The middleware hands an admitted request to `Exchange.run` once, and the exchange finishes it
 whatever happens: it attaches itself to the scope (for `admission.context`), enters the ledger,
-wraps the request's `receive` and `send` to enforce the timeouts, adds admission's response
-headers, watches for the client going away, and can abort the application for a `Reason` (a
-timeout, a disconnect, the drain). Aborting cancels the request's task; `run` catches that one
-cancellation and turns it into the reason's answer: 408, 504, 503, a websocket close, or a
-dropped connection when the response had already started. On the way out it closes the
-request's lifetime, leaves the ledger and detaches from the scope.
+wraps the request's `receive` and `send` to note when each timeout falls due (the ticker of
+`admission.timeouts` enforces them), adds admission's response headers, watches for the client
+going away, and can abort the application for a `Reason` (a timeout, a disconnect, the drain).
+Aborting cancels the request's task; `run` catches that one cancellation and turns it into the
+reason's answer: 408, 504, 503, a websocket close, or a dropped connection when the response
+had already started. On the way out it closes the request's lifetime, leaves the ledger and
+detaches from the scope.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ import asyncio
 import contextlib
 import logging
 import sys
+from asyncio import current_task, get_running_loop
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from time import perf_counter
 from typing import Protocol
 
 from admission.context import STATE_KEY
@@ -34,39 +34,18 @@ from admission.reasons import (
     Reason,
 )
 from admission.responses import Message, Receive, Scope, Send, send_problem
+from admission.timeouts import DISCONNECT_WATCH_DELAY_S, NEVER, TICK_S, Ticker, Timeouts
 from admission.uvicorn_adapter import abort_connection
+
+__all__ = ["Exchange", "Shared", "TimedExchange", "Timeouts"]
 
 log = logging.getLogger("admission")
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-# How long a request runs before a watcher listens for the client going away: short requests
-# never pay for a watcher task, long ones learn of a hang-up within this delay.
-DISCONNECT_WATCH_DELAY_S = 0.2
-
 _HAS_UNCANCEL = sys.version_info >= (3, 11)
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Timeouts are the four limits, in seconds; None turns one off.
-
-    `read_s`: the whole request body. `idle_s`: the gap between two body chunks, in either
-    direction, or two websocket messages. `write_s`: one `send` of the response. `request_s`:
-    the handler's deadline. `enabled` says whether any of them is set.
-    """
-
-    read_s: float | None = None
-    idle_s: float | None = None
-    write_s: float | None = None
-    request_s: float | None = None
-
-    # Computed once: every request reads it to skip all timer work when none is set.
-    enabled: bool = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        limits = (self.read_s, self.idle_s, self.write_s, self.request_s)
-        object.__setattr__(self, "enabled", any(limit is not None for limit in limits))
+# How long admission's own answer to an abort may take to send, without a write timeout.
+ANSWER_TIMEOUT_S = 5.0
 
 
 class DrainFlag(Protocol):
@@ -77,11 +56,13 @@ class DrainFlag(Protocol):
 
 class Shared:
     """Shared is what every exchange of one middleware reads and counts on: the timeouts, the
-    drain's flag, the ledger of requests in flight, the statistics and the disconnect watch.
+    drain's flag, the ledger of requests in flight, the statistics and the ticker.
 
-    `clock` stands in for the event loop's clock in `time_left` (None: the loop's own).
-    `drop_connection` drops a client's connection outright (a client that stopped reading
-    would never take a closing answer); it says False where the server doesn't allow it.
+    `clock` replaces the event loop's clock for the timeouts, the ticker and `time_left`
+    (None: the loop's own). `watch_delay_s` is how long a request runs before its client is
+    watched for going away. `drop_connection` drops a client's connection outright (a client
+    that stopped reading would never take a closing answer); it says False where the server
+    doesn't allow it.
     """
 
     def __init__(
@@ -92,15 +73,22 @@ class Shared:
         ledger: Ledger | None = None,
         stats: Stats | None = None,
         clock: Callable[[], float] | None = None,
+        watch_delay_s: float = DISCONNECT_WATCH_DELAY_S,
         drop_connection: Callable[[Send], bool] = abort_connection,
     ) -> None:
         self.timeouts = timeouts
         self.drain = drain
         self.ledger = ledger if ledger is not None else Ledger()
         self.stats = stats if stats is not None else Stats()
-        self.watch = DisconnectWatch(self.ledger)
         self.clock = clock
         self.drop_connection = drop_connection
+        # Without a timeout the ticker only starts the disconnect watch: twice per watch delay.
+        self.ticker = Ticker(
+            self.ledger,
+            period_s=TICK_S if timeouts.enabled else watch_delay_s,
+            watch_delay_s=watch_delay_s,
+            clock=clock,
+        )
         # Without write and idle timeouts, responses go through the exchange's lean `send`.
         self.untimed_send = timeouts.write_s is None and timeouts.idle_s is None
 
@@ -109,41 +97,38 @@ class Exchange:
     """Exchange is the per-request state: nothing about a request lives on the middleware.
 
     `run(app)` runs the application and finishes the request (see the module's docstring).
-    `begin()` arms the timers, `end()` disarms everything. `task` is the request's task, which
-    an abort cancels. `begun_at` is the `time.perf_counter()` reading at admission. `deadline`
-    is the loop time at which the handler is cancelled (None: no deadline); `draining()` says
-    whether the service has begun to drain. `lifetime` is created on first use by
-    `admission.context.request_lifetime` and closed when the request ends. Made on the event
-    loop the request runs on, from within its task.
+    `task` is the request's task, which an abort cancels; `loop` the loop it runs on. `clock`
+    is the clock every time of the exchange is read on (the loop's, unless the shared state
+    gives one); `begun_at` is its reading at admission. `deadline` is the loop time at which
+    the handler is cancelled (None: no deadline); `draining()` says whether the service has
+    begun to drain. `lifetime` is created on first use by `admission.context.request_lifetime`
+    and closed when the request ends. Made on the event loop the request runs on, from within
+    its task. An Exchange enforces no timeout: a service with any timeout set gets a
+    `TimedExchange`, so that one without pays nothing for them.
     """
 
     # Slots, every one set in __init__: later writes (started, completed, running) then cost a
     # store into a fixed slot, not a change to the shape of an instance dict.
     __slots__ = (
-        "_clock",
-        "_deadline_handle",
-        "_drain",
         "_extra_headers",
-        "_idle_handle",
-        "_loop",
-        "_read_deadline",
         "_receive",
         "_send",
         "_unread",
         "_watcher",
         "begun_at",
         "body_done",
+        "clock",
         "completed",
         "deadline",
         "disconnected",
         "lifetime",
+        "loop",
         "reason",
         "running",
         "scope",
         "shared",
         "started",
         "task",
-        "timeouts",
         "websocket",
     )
 
@@ -159,14 +144,12 @@ class Exchange:
         self.scope = scope
         self._receive = receive
         self._send = send
-        self.timeouts = timeouts = shared.timeouts
         self._extra_headers = extra_headers
-        self._drain = shared.drain
-        self._loop = loop = asyncio.get_running_loop()
-        self._clock = shared.clock or loop.time
-        self.task: asyncio.Task[object] | None = asyncio.current_task(loop)
-        self.begun_at = perf_counter()
-        self.websocket = websocket = scope["type"] == "websocket"
+        self.loop = loop = get_running_loop()
+        self.clock = clock = shared.clock or loop.time
+        self.task: asyncio.Task[object] | None = current_task(loop)
+        self.begun_at = clock()
+        self.websocket = scope["type"] == "websocket"
         self.reason: Reason | None = None
         self.running = True
         self.started = False
@@ -174,18 +157,9 @@ class Exchange:
         self.disconnected = False
         self.body_done: bool | None = None
         self.lifetime: Lifetime | None = None
-        self._deadline_handle: asyncio.TimerHandle | None = None
-        self._idle_handle: asyncio.TimerHandle | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._unread: list[Message] | None = None
         self.deadline: float | None = None
-        self._read_deadline: float | None = None
-        if timeouts.enabled:
-            now = self._clock()
-            if timeouts.request_s is not None and not websocket:
-                self.deadline = now + timeouts.request_s
-            if timeouts.read_s is not None:
-                self._read_deadline = now + timeouts.read_s
 
     async def run(self, app: ASGIApp) -> None:
         """run hands the request to `app` and finishes it, whatever happens: attached to the
@@ -199,35 +173,28 @@ class Exchange:
             scope["state"] = state = {}
         state[STATE_KEY] = self
         shared.ledger.enter(self)
-        if self._loop not in shared.watch.timers:
-            shared.watch.arm(self._loop)
+        if self.loop not in shared.ticker.timers:
+            shared.ticker.arm(self.loop)
         shared.stats.admitted += 1
         try:
-            if self.timeouts.enabled:
-                self.begin()
-            await app(scope, self.receive, self.send_untimed if shared.untimed_send else self.send)
+            await app(scope, self.receive, self.send if shared.untimed_send else self.send_timed)
         except asyncio.CancelledError:
-            self.end()
+            self.running = False  # nothing aborts it any more
             if not self.owns_cancellation():
                 raise
             await self._answer_abort()
-        except BaseException:
-            self.end()
-            raise
-        else:
-            self.end()
         finally:
+            self.end()
             try:
                 if self.lifetime is not None:
                     await self.lifetime.close()
             finally:
                 shared.ledger.leave(self)
-                shared.stats.observe(perf_counter() - self.begun_at)
+                shared.stats.observe(self.clock() - self.begun_at)
                 # scope -> state -> exchange -> scope is a reference cycle: left in place, every
                 # request's objects (the server's included) wait for the cyclic garbage
                 # collector instead of being freed here, which costs more than all the rest.
-                if state.get(STATE_KEY) is self:
-                    del state[STATE_KEY]
+                state.pop(STATE_KEY, None)
 
     async def _answer_abort(self) -> None:
         """_answer_abort answers for an application this exchange cut short, if anything can
@@ -261,36 +228,29 @@ class Exchange:
                 return
             if reason.status is None or self.disconnected:
                 return
-            await asyncio.wait_for(send_problem(send, reason), self.timeouts.write_s or 5.0)
+            answer = send_problem(send, reason)
+            await asyncio.wait_for(answer, self.shared.timeouts.write_s or ANSWER_TIMEOUT_S)
 
-    def begin(self) -> None:
-        """begin arms the deadline (and a websocket's idle timer); call it just before the app,
-        where `end()` is sure to follow. Nothing to do, so no need to call it, when no timeout
-        is set. The disconnect watch is started later, by `DisconnectWatch`, for requests that
-        last."""
-        if self.deadline is not None:
-            self._deadline_handle = self._loop.call_at(self.deadline, self.abort, DEADLINE)
-        if self.websocket:
-            self._touch_idle()
+    def tick(self, now: float, watch_before: float) -> None:
+        """tick starts the disconnect watch if the request began before `watch_before` (a
+        TimedExchange first aborts the application if a timeout fell due by `now`)."""
+        if self.running and self._watcher is None and self.begun_at <= watch_before:
+            self.start_watch()
 
     def draining(self) -> bool:
         """draining is True once the service has begun to drain."""
-        return self._drain.begun
+        return self.shared.drain.begun
 
     def time_left(self) -> float | None:
         """time_left is the seconds until the handler's deadline (never negative), or None."""
         if self.deadline is None:
             return None
-        return max(0.0, self.deadline - self._clock())
+        return max(0.0, self.deadline - self.clock())
 
     def end(self) -> None:
-        """end disarms everything; from here on `abort` does nothing. Synchronous on purpose:
-        no timer can fire between the app returning and this call."""
+        """end stops everything; from here on `abort` and `tick` do nothing. Synchronous on
+        purpose: nothing can abort between the app returning and this call."""
         self.running = False
-        if self._deadline_handle is not None:
-            self._deadline_handle.cancel()
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
         if self._watcher is not None:
             self._watcher.cancel()
 
@@ -312,50 +272,31 @@ class Exchange:
         return True
 
     async def receive(self) -> Message:
-        """receive is the application's `receive`, bounded by the read and idle timeouts."""
+        """receive is the application's `receive`: it notes the end of the body and a client
+        gone away, and hands out first what the disconnect watch read ahead."""
         if self.disconnected:
             return {"type": "websocket.disconnect" if self.websocket else "http.disconnect"}
-        limit, reason = self._receive_limit()
-        if self._unread:
-            message = self._unread.pop(0)
-        elif limit is None:
-            message = await self._receive()
-        else:
-            timer = self._loop.call_later(limit, self.abort, reason)
-            try:
-                message = await self._receive()
-            finally:
-                timer.cancel()
+        message = self._unread.pop(0) if self._unread else await self._receive()
+        self._received(message)
+        return message
+
+    def _received(self, message: Message) -> None:
         kind = message["type"]
         if kind == "http.request":
             if not message.get("more_body", False):
                 self.body_done = True
         elif kind == "http.disconnect" or kind == "websocket.disconnect":
             self.disconnected = True
-        elif kind == "websocket.receive":
-            self._touch_idle()
-        return message
 
-    def _receive_limit(self) -> tuple[float | None, Reason]:
-        if self.websocket or self.body_done:
-            return None, IDLE_TIMEOUT
-        idle = self.timeouts.idle_s
-        if self._read_deadline is None:
-            return idle, IDLE_TIMEOUT
-        left = max(0.0, self._read_deadline - self._loop.time())
-        if idle is not None and idle < left:
-            return idle, IDLE_TIMEOUT
-        return left, READ_TIMEOUT
-
-    def send_untimed(self, message: Message) -> Awaitable[None]:
-        """send_untimed is `send` for a service without write or idle timeouts: it only adds
-        admission's headers and notes when the response is complete. A plain function that
-        returns the server's own `send(...)` to be awaited: no coroutine frame of its own for
-        every message (what it does needs no await)."""
+    def send(self, message: Message) -> Awaitable[None]:
+        """send is the application's `send`: it adds admission's headers to the response and
+        notes when the response started and when it is complete. A plain function that returns
+        the server's own `send(...)` to be awaited: no coroutine frame of its own for every
+        message (what it does needs no await)."""
         kind = message["type"]
         if kind == "http.response.start":
             self.started = True
-            draining = self._drain.begun
+            draining = self.shared.drain.begun
             if self._extra_headers or draining:
                 # Connection: close while draining: keep-alive clients reconnect, and so reach
                 # an instance that is not draining.
@@ -373,36 +314,8 @@ class Exchange:
             self.completed = True
         return self._send(message)
 
-    async def send(self, message: Message) -> None:
-        """send is the application's `send`: it adds admission's headers to the response,
-        bounds each send by the write timeout and times the gaps of a streaming response."""
-        kind = message["type"]
-        if kind == "http.response.body" and self._idle_handle is not None:
-            self._idle_handle.cancel()
-            self._idle_handle = None
-        # The flags and headers are send_untimed's; it hands back the server's send to await.
-        sending = self.send_untimed(message)
-        if self.timeouts.write_s is None:
-            await sending
-        else:
-            timer = self._loop.call_later(self.timeouts.write_s, self.abort, WRITE_TIMEOUT)
-            try:
-                await sending
-            finally:
-                timer.cancel()
-        if self.websocket:
-            self._touch_idle()
-        elif kind == "http.response.body" and not self.completed and self.timeouts.idle_s:
-            self._idle_handle = self._loop.call_later(
-                self.timeouts.idle_s, self.abort, IDLE_TIMEOUT
-            )
-
-    def _touch_idle(self) -> None:
-        if self.timeouts.idle_s is None or not self.running:
-            return
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
-        self._idle_handle = self._loop.call_later(self.timeouts.idle_s, self.abort, IDLE_TIMEOUT)
+    # A plain Exchange times nothing; a TimedExchange overrides it.
+    send_timed = send
 
     def start_watch(self) -> None:
         """start_watch listens for the client going away, once the application has read the
@@ -410,7 +323,7 @@ class Exchange:
         if not self.running or self.completed or self._watcher is not None or self.websocket:
             return
         if self._body_finished():
-            self._watcher = self._loop.create_task(self._watch())
+            self._watcher = self.loop.create_task(self._watch())
 
     def _body_finished(self) -> bool:
         if self.body_done is not None:
@@ -437,46 +350,113 @@ class Exchange:
                 self.abort(DISCONNECT)
 
 
-class DisconnectWatch:
-    """DisconnectWatch finds the requests that have run DISCONNECT_WATCH_DELAY_S and starts
-    listening for their clients going away.
+class TimedExchange(Exchange):
+    """TimedExchange is an Exchange that enforces the timeouts.
 
-    One timer per event loop serves every request on it, and only while some are in flight:
-    the ledger already knows them, so a request costs nothing here unless it lasts. A timer,
-    not a task: a service answering one short request at a time would otherwise start (and
-    finish) a task per request, which costs more than everything else admission does. A
-    hang-up is noticed between one and one and a half delays after the request began.
+    Each timeout is a time it falls due, NEVER while it does not apply: `_deadline_at` (the
+    handler's deadline), `_receive_due` (while the application waits for the request body: the
+    read deadline or the idle limit, whichever is first, for `_receive_reason`), `_send_due`
+    (while a `send` blocks: the write timeout) and `_idle_due` (the gap after a chunk of a
+    streaming response, or between two websocket messages). The ticker's `tick` compares them
+    with the time.
     """
 
-    def __init__(self, ledger: Ledger) -> None:
-        self.ledger = ledger
-        #: The armed timer of each loop that has requests in flight. A loop's timer disarms
-        #: itself once none of its requests is left; a loop closed before that is forgotten at
-        #: the next arming.
-        self.timers: dict[asyncio.AbstractEventLoop, asyncio.TimerHandle] = {}
+    __slots__ = (
+        "_deadline_at",
+        "_idle_due",
+        "_read_deadline",
+        "_receive_due",
+        "_receive_reason",
+        "_send_due",
+        "timeouts",
+    )
 
-    def arm(self, loop: asyncio.AbstractEventLoop) -> None:
-        """arm starts the timer of `loop` (it disarms itself once nothing of `loop` is in
-        flight). `if loop not in watch.timers: watch.arm(loop)` is what a request costs here."""
-        for old in [old for old in list(self.timers) if old.is_closed()]:
-            self.timers.pop(old, None)
-        self._arm(loop)
+    def __init__(
+        self,
+        shared: Shared,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        extra_headers: Sequence[tuple[bytes, bytes]] = (),
+    ) -> None:
+        super().__init__(shared, scope, receive, send, extra_headers)
+        self.timeouts = timeouts = shared.timeouts
+        now = self.begun_at
+        self._deadline_at = self._read_deadline = NEVER
+        self._receive_due = self._send_due = self._idle_due = NEVER
+        self._receive_reason = IDLE_TIMEOUT
+        if timeouts.request_s is not None and not self.websocket:
+            self.deadline = self._deadline_at = now + timeouts.request_s
+        if timeouts.read_s is not None:
+            self._read_deadline = now + timeouts.read_s
+        if self.websocket:
+            self._touch_idle()
 
-    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
-        # Read at every arming, so that tests can shorten it.
-        delay = DISCONNECT_WATCH_DELAY_S
-        self.timers[loop] = loop.call_later(delay / 2, self._tick, loop, delay)
-
-    def _tick(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
-        due = perf_counter() - delay
-        mine = False
-        for item in self.ledger.live():
-            # Only this loop's requests: another loop's (another thread's) are not ours to touch.
-            if isinstance(item, Exchange) and item._loop is loop:
-                mine = True
-                if item.begun_at <= due:
-                    item.start_watch()
-        if mine:
-            self._arm(loop)
+    def tick(self, now: float, watch_before: float) -> None:
+        """tick aborts the application if one of its timeouts fell due by `now`, and otherwise
+        starts the disconnect watch if the request began before `watch_before`."""
+        if not self.running:
+            return
+        if now >= self._deadline_at:
+            self.abort(DEADLINE)
+        elif now >= self._receive_due:
+            self.abort(self._receive_reason)
+        elif now >= self._send_due:
+            self.abort(WRITE_TIMEOUT)
+        elif now >= self._idle_due:
+            self.abort(IDLE_TIMEOUT)
         else:
-            self.timers.pop(loop, None)
+            super().tick(now, watch_before)
+
+    async def receive(self) -> Message:
+        """receive is the application's `receive`, bounded by the read and idle timeouts while
+        the request body is still coming, and by the idle timeout between websocket messages."""
+        if self.disconnected or self._unread or self.websocket or self.body_done:
+            message = await super().receive()
+            if message["type"] == "websocket.receive":
+                self._touch_idle()
+            return message
+        self._receive_due, self._receive_reason = self._receive_limit()
+        try:
+            message = await self._receive()
+        finally:
+            self._receive_due = NEVER
+        self._received(message)
+        return message
+
+    def _receive_limit(self) -> tuple[float, Reason]:
+        """_receive_limit is when a wait for the next chunk of the body falls due, and why:
+        the read deadline, or the idle limit from now if that comes first."""
+        idle = self.timeouts.idle_s
+        if idle is not None:
+            idle_due = self.clock() + idle
+            if idle_due < self._read_deadline:
+                return idle_due, IDLE_TIMEOUT
+        return self._read_deadline, READ_TIMEOUT
+
+    async def send_timed(self, message: Message) -> None:
+        """send_timed is the application's `send` when a write or idle timeout is set: it adds
+        admission's headers to the response, bounds each send by the write timeout and times
+        the gaps of a streaming response."""
+        if message["type"] == "http.response.body":
+            # The gap is over; the write timeout bounds the send itself.
+            self._idle_due = NEVER
+        # The flags and headers are `send`'s; it hands back the server's send to await.
+        sending = self.send(message)
+        write_s = self.timeouts.write_s
+        if write_s is None:
+            await sending
+        else:
+            self._send_due = self.clock() + write_s
+            try:
+                await sending
+            finally:
+                self._send_due = NEVER
+        # The next gap starts: between two websocket messages, or two chunks of a response.
+        if self.websocket or (message["type"] == "http.response.body" and not self.completed):
+            self._touch_idle()
+
+    def _touch_idle(self) -> None:
+        idle_s = self.timeouts.idle_s
+        if idle_s is not None:
+            self._idle_due = self.clock() + idle_s

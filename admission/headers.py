@@ -31,12 +31,14 @@ def policy_header(capacity: int, fill_time_s: float) -> tuple[bytes, bytes]:
 # and formatting one costs more than the rest of the header work. Bounded: cleared when full.
 _RATELIMIT_CACHE: dict[tuple[int, int], tuple[bytes, bytes]] = {}
 _RATELIMIT_CACHE_MAX = 4096
+_INF = math.inf
 
 
 def ratelimit_header(decision: Decision) -> tuple[bytes, bytes]:
     """ratelimit_header is the RateLimit field for `decision`."""
     reset = decision.reset_after_s
-    seconds = 0 if reset <= 0 else math.ceil(reset) if math.isfinite(reset) else 0
+    # Whole seconds, rounded up; 0 for a full bucket (and for an infinite or NaN reset).
+    seconds = math.ceil(reset) if 0.0 < reset < _INF else 0
     pair = (decision.remaining, seconds)
     field = _RATELIMIT_CACHE.get(pair)
     if field is None:

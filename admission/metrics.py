@@ -6,7 +6,7 @@ text on the request path. A collector turns them into metric families when `/met
 
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
@@ -47,7 +47,7 @@ class Stats:
 
     def observe(self, seconds: float) -> None:
         """observe records the latency of one admitted request."""
-        self._latency_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self._latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self._latency_sum += seconds
 
     def latency_buckets(self) -> list[tuple[str, int]]:

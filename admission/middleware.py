@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from time import perf_counter
 
 from prometheus_client import CollectorRegistry
 
@@ -15,7 +14,7 @@ from admission.body import buffer_body
 from admission.drain import Drain
 from admission.endpoints import METHODS, Endpoints
 from admission.errors import ConfigError
-from admission.exchange import Exchange, Shared, Timeouts
+from admission.exchange import Exchange, Shared, TimedExchange, Timeouts
 from admission.headers import policy_header, ratelimit_header, retry_after_seconds
 from admission.keys import make_key_func
 from admission.ledger import Ledger
@@ -36,6 +35,9 @@ __all__ = ["AdmissionMiddleware", "abort_connection"]
 log = logging.getLogger("admission")
 
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+# The scope types admission admits; others pass through.
+ADMITTED = frozenset(("http", "websocket"))
 
 
 class AdmissionMiddleware:
@@ -82,6 +84,9 @@ class AdmissionMiddleware:
             else None
         )
         self._refill_s = s.emission_interval_s
+        # ADMISSION_HEADERS: which responses carry the RateLimit fields.
+        self._fields_on_admitted = s.headers == "all"
+        self._fields_on_refusals = s.headers != "off"
         self._priority = priority_from(s.priority)
         # Without a priority source every request is `default`: nothing to keep slots for.
         shed_at = s.shed_fractions if self._priority is not None else {}
@@ -111,6 +116,8 @@ class AdmissionMiddleware:
             timeout_s=s.drain_timeout,
             last=self.store.close if self.store is not None else None,
         )
+        # Without a timeout, requests need none of a TimedExchange's bookkeeping.
+        self._exchange = TimedExchange if self.timeouts.enabled else Exchange
         self.shared = Shared(self.timeouts, self.drain_state, ledger=self.ledger, stats=self.stats)
         self._key = make_key_func(s)
         self._buffer_body = s.buffer_body
@@ -146,7 +153,8 @@ class AdmissionMiddleware:
         self._endpoint_paths = self.endpoints.paths
         self.lifespan = Lifespan(self.drain_state, self._startup, self._served)
         self.signal_drain = SignalDrain(self.drain_state, self.lifespan) if handle_signals else None
-        self._started = False
+        # True once started (by the lifespan or the first request) on good settings.
+        self._serving = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """__call__ is the order of the layers for http and websocket, outermost first: own
@@ -154,11 +162,9 @@ class AdmissionMiddleware:
         window, rate limit, then the application inside its exchange, which finishes the
         request. Lifespan and other scope types go to `_other`."""
         kind = scope["type"]
-        if (kind != "http" and kind != "websocket") or self._config_error is not None:
+        if kind not in ADMITTED or not self._serving:
             await self._other(scope, receive, send)
             return
-        if not self._started:
-            self._start()
         path = scope["path"]
         websocket = kind == "websocket"
         if path in self._endpoint_paths and not websocket and scope["method"] in METHODS:
@@ -211,17 +217,20 @@ class AdmissionMiddleware:
                     headers = [(b"retry-after", str(retry).encode())]
                     await self._refuse(scope, receive, send, reasons.STORAGE, headers)
                     return
-                extra = [self._policy, ratelimit_header(decision)]
                 if not decision.allowed:
                     retry = retry_after_seconds(decision.retry_after_s, self._refill_s)
-                    headers = [(b"retry-after", str(retry).encode()), *extra]
+                    headers = [(b"retry-after", str(retry).encode())]
+                    if self._fields_on_refusals:
+                        headers += (self._policy, ratelimit_header(decision))
                     await self._refuse(scope, receive, send, reasons.RATE, headers)
                     return
+                if self._fields_on_admitted:
+                    extra = (self._policy, ratelimit_header(decision))
             if not drain.accepting:
                 # It waited for a slot or for Redis while the drain began: it must not start.
                 await self._refuse(scope, receive, send, reasons.DRAINING)
                 return
-            exchange = Exchange(self.shared, scope, receive, send, extra)
+            exchange = self._exchange(self.shared, scope, receive, send, extra)
             await exchange.run(self.app)
             if self.adaptive is not None and not websocket:
                 # Only what returned: a failure or an outside cancellation says nothing.
@@ -243,7 +252,8 @@ class AdmissionMiddleware:
         latency if it completed, a drop if it hit its deadline, nothing if the client went away
         or admission cut it short for another reason (a slow client, the drain)."""
         assert self.adaptive is not None
-        now = perf_counter()
+        # The exchange's own clock: its begun_at is a reading of it.
+        now = exchange.clock()
         reason = exchange.reason
         if reason is None:
             if not exchange.disconnected:
@@ -253,11 +263,16 @@ class AdmissionMiddleware:
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
         """_other handles what is not an admitted request: a refusal to start on bad settings,
-        the lifespan, and scope types admission doesn't know, which pass straight through."""
+        the lifespan, the first request when no lifespan came first, and scope types admission
+        doesn't know, which pass straight through."""
         if self._config_error is not None:
             await self._refuse_to_start(scope, receive, send)
         elif scope["type"] == "lifespan":
             await self.lifespan(self.app, scope, receive, send)
+        elif scope["type"] in ADMITTED:
+            # The first request, where no lifespan started admission: start it, then admit.
+            self._start()
+            await self(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
@@ -289,7 +304,7 @@ class AdmissionMiddleware:
         return self.stats.admitted > 0 or any(self.stats.rejected.values())
 
     def _start(self) -> None:
-        self._started = True
+        self._serving = self._config_error is None
         _ensure_logging()
         announce(self.settings, in_code=self._settings_in_code, log=log)
         if self.signal_drain is not None:

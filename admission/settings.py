@@ -604,6 +604,11 @@ class Settings:
         "path of the Prometheus endpoint (GET and HEAD only)",
         fallback=_off,
     )
+    headers: Literal["all", "refused", "off"] = setting(
+        "all",
+        Choice("all", "refused", "off"),
+        "which responses carry the RateLimit fields: all, refusals only, or none",
+    )
 
     def __post_init__(self) -> None:
         problems: list[Problem] = []

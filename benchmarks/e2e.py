@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 from admission.bench.loadgen import LoadResult, load
+from admission.bench.recommend import percentile
 from admission.bench.sweep import free_port, stop
 
 HOST = "127.0.0.1"
@@ -176,6 +177,11 @@ def run_once(srv: Server, concurrency: int, duration_s: float, warmup_s: float) 
 MIN_ROUNDS_FOR_INTERVAL = 6
 
 
+def ms(seconds: float | None) -> str:
+    """ms is `seconds` in milliseconds for the report, '-' for none."""
+    return "-" if seconds is None else f"{seconds * 1e3:.2f}"
+
+
 def median_interval(values: list[float]) -> tuple[float, float] | None:
     """median_interval is a distribution-free interval holding the true median with about
     95 % confidence: the order statistics n/2 -+ 0.98 sqrt(n) of `values`. None for fewer
@@ -186,12 +192,6 @@ def median_interval(values: list[float]) -> tuple[float, float] | None:
         return None
     k = max(0, n // 2 - math.ceil(0.98 * math.sqrt(n)))
     return ordered[k], ordered[n - 1 - k]
-
-
-def percentile(values: list[float], q: float) -> float:
-    """percentile is the q-quantile (0..1) of `values`, nearest rank."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 class Calibration:
@@ -338,12 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     print("\n(in brackets: the share of one core the server used during the run)")
     print(f"every server process loaded: {', '.join(seen or []) or '?'}")
     for name, rs in runs.items():
-        lat = [x for r in rs for x in r.result.latencies_s]
+        lat = sorted(x for r in rs for x in r.result.latencies_s)
         print(
             f"{name:<13} median {statistics.median(r.rps for r in rs):>7.0f} req/s, "
             f"server CPU {cpu[name]:.1f} µs/request (+{cpu[name] - cpu['bare']:.1f} vs bare), "
-            f"latency p50 {percentile(lat, 0.5) * 1e3:.2f} ms, "
-            f"p99 {percentile(lat, 0.99) * 1e3:.2f} ms"
+            f"latency p50 {ms(percentile(lat, 50))} ms, "
+            f"p99 {ms(percentile(lat, 99))} ms"
         )
     interval = median_interval(ratios)
     if interval is None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import os
+import re
 import shutil
 import signal
 import socket
@@ -394,3 +396,76 @@ def own_redis_sentinel(
                 sentinel_process.wait(timeout=5)
             for server in started:
                 server.kill()
+
+
+# Generous: the machine is shared, and nothing here measures speed.
+SETTLE_S = 5.0
+
+
+# --- raw HTTP over sockets, for the process tests ---------------------------------------------
+
+
+def open_request(
+    port: int,
+    path: str,
+    *,
+    method: str = "GET",
+    headers: dict[str, str] | None = None,
+    body: bytes = b"",
+    sock: socket.socket | None = None,
+) -> socket.socket:
+    """open_request sends one HTTP/1.1 request on `sock` (default: a new connection) and
+    leaves the answer unread."""
+    if sock is None:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=SETTLE_S)
+    lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
+    lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+    return sock
+
+
+def read_response(sock: socket.socket, timeout_s: float = 15.0) -> http.client.HTTPResponse:
+    """read_response reads one whole response (head and body) from `sock`."""
+    sock.settimeout(timeout_s)
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    response.body = response.read()  # type: ignore[attr-defined]
+    return response
+
+
+def body_of(response: http.client.HTTPResponse) -> bytes:
+    return response.body  # type: ignore[attr-defined,no-any-return]
+
+
+def in_flight(server: ServerProcess) -> int:
+    return int(httpx.get(server.url + "/readyz", timeout=2).json()["in_flight"])
+
+
+def metric(server: ServerProcess, name: str, **labels: str) -> float:
+    """metric is one sample of the server's /metrics, 0.0 when absent."""
+    text = httpx.get(server.url + "/metrics", timeout=2).text
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    pattern = re.compile(rf"^{re.escape(name)}(?:\{{([^}}]*)\}})? (\S+)$", re.MULTILINE)
+    for match in pattern.finditer(text):
+        got = ",".join(sorted((match.group(1) or "").split(","))) if match.group(1) else ""
+        if got == want:
+            return float(match.group(2))
+    return 0.0
+
+
+def request_concurrently(server: ServerProcess, paths: list[str]) -> list[http.client.HTTPResponse]:
+    """request_concurrently connects once per path, then sends every request before reading
+    any answer, so that all of them are in the server at once."""
+    socks = [socket.create_connection(("127.0.0.1", server.port), timeout=SETTLE_S) for _ in paths]
+    try:
+        for sock, path in zip(socks, paths, strict=True):
+            open_request(server.port, path, sock=sock)
+        return [read_response(sock) for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def get_concurrently(server: ServerProcess, paths: list[str]) -> list[int]:
+    """get_concurrently is the statuses of `request_concurrently`."""
+    return [response.status for response in request_concurrently(server, paths)]

@@ -47,6 +47,7 @@ FIRST_BAD = {
     "health_path": "/",
     "ready_path": "readyz",
     "metrics_path": "/a b",
+    "headers": "some",
 }
 
 

@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 
 from admission import AdmissionMiddleware, Lifetime, Settings, draining, request_lifetime
-from admission import drain as drain_module
 from admission.bucket import Decision
 from admission.drain import Drain, Phase
 from admission.ledger import Ledger
@@ -268,12 +267,9 @@ async def test_stragglers_are_cancelled_at_the_drain_timeout_and_counted_in_the_
     assert "(2 cancelled)" in caplog.text
 
 
-async def test_a_straggler_that_ignores_cancellation_does_not_hold_the_drain_forever(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(drain_module, "STRAGGLER_UNWIND_S", 0.01)
+async def test_a_straggler_that_ignores_cancellation_does_not_hold_the_drain_forever() -> None:
     ledger = Ledger()
-    drain = Drain(ledger, Lifetime("test"), delay_s=0, timeout_s=0.01)
+    drain = Drain(ledger, Lifetime("test"), delay_s=0, timeout_s=0.01, unwind_s=0.01)
     item = Item(ledger, stubborn=True)
 
     await asyncio.wait_for(drain.run(), GUARD_S)

@@ -11,7 +11,7 @@ import asyncio
 import json
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -22,119 +22,31 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 import admission
-from admission import exchange as exchange_module
-from admission.exchange import Exchange, Shared, Timeouts
+from admission.exchange import Exchange, Shared, TimedExchange, Timeouts
 from admission.middleware import AdmissionMiddleware
 from admission.reasons import DEADLINE
 from admission.settings import Settings
+from tests.asgi import FINISH_S, Client, ManualClock, finish, http_scope, no_body, until, ws_scope
 
 Message = dict[str, Any]
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
 # Far beyond any timeout used here: a handler "that would run forever".
 FOREVER_S = 60.0
-# How long a test waits for a request it has cut short to finish, before it fails.
-FINISH_S = 5.0
-
-
-class Client:
-    """Client is one scripted ASGI connection: `receive` hands out `messages` in order and then
-    blocks until `hang_up()`; `send` records what the application sent, and, while `stalled`
-    (a client that stopped reading), blocks on every part of a streaming body: a short whole
-    response still fits in the server's buffers."""
-
-    def __init__(self, messages: Iterable[Message] = ()) -> None:
-        self.inbox: asyncio.Queue[Message] = asyncio.Queue()
-        for message in messages:
-            self.inbox.put_nowait(message)
-        self.sent: list[Message] = []
-        self.stalled = False
-        self.websocket = False
-
-    async def receive(self) -> Message:
-        return await self.inbox.get()
-
-    async def send(self, message: Message) -> None:
-        if self.stalled and message["type"] == "http.response.body" and message.get("more_body"):
-            await asyncio.Event().wait()
-        self.sent.append(message)
-
-    def hang_up(self) -> None:
-        kind = "websocket.disconnect" if self.websocket else "http.disconnect"
-        self.inbox.put_nowait({"type": kind, "code": 1006} if self.websocket else {"type": kind})
-
-    @property
-    def status(self) -> int | None:
-        for message in self.sent:
-            if message["type"] == "http.response.start":
-                return int(message["status"])
-        return None
-
-    @property
-    def headers(self) -> dict[bytes, bytes]:
-        for message in self.sent:
-            if message["type"] == "http.response.start":
-                return {k.lower(): v for k, v in message["headers"]}
-        return {}
-
-    @property
-    def body(self) -> bytes:
-        return b"".join(m.get("body", b"") for m in self.sent if m["type"] == "http.response.body")
-
-    @property
-    def complete(self) -> bool:
-        return any(
-            m["type"] == "http.response.body" and not m.get("more_body", False) for m in self.sent
-        )
-
-
-def http_scope(
-    path: str = "/", method: str = "GET", headers: Iterable[tuple[bytes, bytes]] = ()
-) -> dict[str, Any]:
-    """http_scope is the scope a server builds for one HTTP/1.1 request."""
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0", "spec_version": "2.3"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"host", b"test"), *headers],
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 8000),
-    }
-
-
-def ws_scope(path: str = "/ws") -> dict[str, Any]:
-    """ws_scope is the scope of a websocket handshake (no HTTP-response extension)."""
-    scope = http_scope(path)
-    scope["type"] = "websocket"
-    scope["scheme"] = "ws"
-    del scope["method"]
-    return scope
-
-
-def no_body() -> list[Message]:
-    return [{"type": "http.request", "body": b"", "more_body": False}]
+# The disconnect watch's delay here, shortened from 0.2 s.
+WATCH_DELAY_S = 0.01
 
 
 def middleware(app: ASGIApp, **settings: Any) -> AdmissionMiddleware:
-    return AdmissionMiddleware(app, settings=Settings(**settings), handle_signals=False)
+    mw = AdmissionMiddleware(app, settings=Settings(**settings), handle_signals=False)
+    mw.shared.ticker.watch_delay_s = WATCH_DELAY_S
+    return mw
 
 
 def problem(client: Client) -> dict[str, Any]:
     assert client.headers[b"content-type"] == b"application/problem+json"
     doc: dict[str, Any] = json.loads(client.body)
     return doc
-
-
-@pytest.fixture(autouse=True)
-def quick_disconnect_watch(monkeypatch: pytest.MonkeyPatch) -> None:
-    """quick_disconnect_watch shortens the delay before the disconnect watch starts."""
-    monkeypatch.setattr(exchange_module, "DISCONNECT_WATCH_DELAY_S", 0.01)
 
 
 async def forever(scope: Any, receive: Any, send: Any) -> None:
@@ -168,19 +80,6 @@ async def stream_then_stall(scope: Any, receive: Any, send: Any) -> None:
     await asyncio.sleep(FOREVER_S)
 
 
-async def finish(call: Awaitable[None]) -> None:
-    """finish waits for a request that should end soon, failing instead of hanging."""
-    await asyncio.wait_for(call, FINISH_S)
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    """until lets the loop run until `predicate` holds, failing after FINISH_S."""
-    deadline = asyncio.get_running_loop().time() + FINISH_S
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition never held"
-        await asyncio.sleep(0.001)
-
-
 def assert_nothing_held(mw: AdmissionMiddleware) -> None:
     assert mw.ledger.in_flight == 0
     assert mw.window is None or mw.window.used == 0
@@ -190,21 +89,11 @@ def assert_nothing_held(mw: AdmissionMiddleware) -> None:
 # --- the deadline and the handler helpers -------------------------------------------------
 
 
-class ManualClock:
-    """ManualClock answers `time()` with whatever the test set."""
-
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def time(self) -> float:
-        return self.now
-
-
 async def test_time_left_is_the_deadline_minus_the_loop_clock_and_never_negative() -> None:
     client = Client()
     clock = ManualClock(1000.0)
     shared = Shared(Timeouts(request_s=5.0), SimpleNamespace(begun=False), clock=clock.time)
-    exchange = Exchange(shared, http_scope(), client.receive, client.send)
+    exchange = TimedExchange(shared, http_scope(), client.receive, client.send)
     assert exchange.deadline == 1005.0
     assert exchange.time_left() == 5.0
     clock.now = exchange.deadline - 1.25
@@ -409,9 +298,9 @@ async def test_disconnect_watch_is_one_timer_that_disarms_once_nothing_is_in_fli
         client = Client(no_body())
         await mw(http_scope(), client.receive, client.send)
         assert client.status == 200
-    assert isinstance(mw.shared.watch.timers[asyncio.get_running_loop()], asyncio.TimerHandle)
+    assert isinstance(mw.shared.ticker.timers[asyncio.get_running_loop()], asyncio.TimerHandle)
     assert len(asyncio.all_tasks()) == tasks_before
-    await until(lambda: not mw.shared.watch.timers)
+    await until(lambda: not mw.shared.ticker.timers)
 
 
 def test_a_middleware_moved_to_a_new_event_loop_times_out_and_watches_on_that_loop() -> None:
@@ -480,7 +369,7 @@ async def test_disconnect_watch_does_not_take_a_body_the_handler_has_not_read() 
     # The handler reads its body only after the watch delay: the watch must wait for it
     # rather than consume the body message itself.
     async def late_reader(scope: Any, receive: Any, send: Any) -> None:
-        await asyncio.sleep(exchange_module.DISCONNECT_WATCH_DELAY_S * 5)
+        await asyncio.sleep(WATCH_DELAY_S * 5)
         await read_body_then_answer(scope, receive, send)
 
     mw = middleware(late_reader)
@@ -495,7 +384,7 @@ async def test_empty_body_seen_by_the_watch_is_still_delivered_to_the_handler() 
     # A GET has an empty body message the handler may never ask for; the watch reads past it
     # to see the hang-up, and a handler that asks for it later still gets it.
     async def late_body(request: Request) -> Response:
-        await asyncio.sleep(exchange_module.DISCONNECT_WATCH_DELAY_S * 5)
+        await asyncio.sleep(WATCH_DELAY_S * 5)
         return PlainTextResponse(f"body={(await request.body())!r}")
 
     mw = middleware(Starlette(routes=[Route("/", late_body)]))
@@ -756,7 +645,7 @@ async def test_websocket_has_no_handler_deadline() -> None:
 
 async def test_disconnect_watch_waits_for_the_body_of_a_starlette_handler() -> None:
     async def echo(request: Request) -> Response:
-        await asyncio.sleep(exchange_module.DISCONNECT_WATCH_DELAY_S * 5)
+        await asyncio.sleep(WATCH_DELAY_S * 5)
         return JSONResponse({"body": (await request.body()).decode()})
 
     mw = middleware(Starlette(routes=[Route("/echo", echo, methods=["POST"])]))
@@ -765,3 +654,22 @@ async def test_disconnect_watch_waits_for_the_body_of_a_starlette_handler() -> N
     await mw(scope, client.receive, client.send)
     assert client.status == 200
     assert json.loads(client.body) == {"body": "hello"}
+
+
+async def test_the_exchange_leaves_the_scope_when_the_request_ends() -> None:
+    # scope -> state -> exchange -> scope would be a reference cycle, keeping every request's
+    # objects alive until the cyclic garbage collector runs; and a helper called on a finished
+    # request's scope must answer as outside admission.
+    seen: list[object] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["state"].get("admission"))
+        await ok(scope, receive, send)
+
+    mw = middleware(app, request_timeout=30)
+    scope = http_scope()
+    client = Client(no_body())
+    await mw(scope, client.receive, client.send)
+    assert seen and seen[0] is not None
+    assert "admission" not in scope["state"]
+    assert admission.time_left(scope) is None

@@ -373,3 +373,26 @@ async def test_metrics_count_rate_rejections_and_admissions() -> None:
     assert samples[("admission_rejected_total", (("reason", "window"),))] == 0
     assert samples[("admission_admitted_total", ())] == 2
     assert samples[("admission_in_flight", ())] == 0
+
+
+# --- ADMISSION_HEADERS: which responses carry the fields -----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "on_admitted", "on_refused"),
+    [("all", True, True), ("refused", False, True), ("off", False, False)],
+)
+async def test_admission_headers_chooses_which_responses_carry_the_ratelimit_fields(
+    mode: str, on_admitted: bool, on_refused: bool
+) -> None:
+    service = Service("1/minute", headers=mode)
+    async with service.client() as client:
+        admitted = await client.get("/")
+        refused = await client.get("/")
+    assert (admitted.status_code, refused.status_code) == (200, 429)
+    for response, carries in ((admitted, on_admitted), (refused, on_refused)):
+        present = {"ratelimit", "ratelimit-policy"} & set(response.headers)
+        assert present == ({"ratelimit", "ratelimit-policy"} if carries else set()), response
+    # Retry-After is the refusal's own answer, whatever the mode.
+    assert refused.headers["retry-after"] == "60"
+    assert service.app.calls == 1

@@ -109,6 +109,7 @@ BAD: dict[str, list[str]] = {
     "ready_path": ["/", "readyz", "OFF"],
     "metrics_path": ["/", "metrics", "\u0663"],
     "key_prefix": ["has space", "pre{fix", "fix}", "a\tb", "x" * 65, "caf\u00e9"],
+    "headers": ["some", "ALL", "none", "0", "refused,all"],
 }
 
 # Good values per field, the design's examples first.
@@ -181,6 +182,7 @@ GOOD: dict[str, list[tuple[str, object]]] = {
     "health_path": [("/livez", "/livez"), ("off", None), ("/-/health", "/-/health")],
     "ready_path": [("/ready", "/ready"), ("off", None)],
     "metrics_path": [("/internal/metrics", "/internal/metrics"), ("off", None)],
+    "headers": [("all", "all"), ("refused", "refused"), ("off", "off"), (" off ", "off")],
 }
 
 # Variables that only make sense together with others: those others, set to good values.

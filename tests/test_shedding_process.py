@@ -15,13 +15,16 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.support import ServerProcess, admission_serve, run_server, wait_until
-from tests.test_window_process import (
+from tests.support import (
+    ServerProcess,
+    admission_serve,
     body_of,
     in_flight,
     metric,
     open_request,
     read_response,
+    run_server,
+    wait_until,
 )
 
 pytestmark = pytest.mark.process

@@ -15,15 +15,13 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from unittest import mock
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from admission import exchange as exchange_module
 from admission.middleware import AdmissionMiddleware
 from admission.settings import Settings
-from tests.test_exchange import Client, http_scope, no_body
+from tests.asgi import Client, http_scope, no_body
 
 OUTCOMES = (
     "success",
@@ -236,6 +234,7 @@ async def scenario(
         ),
         handle_signals=False,
     )
+    mw.shared.ticker.watch_delay_s = 0.005
     watch = Watch(mw)
     results = await asyncio.gather(*(drive(mw, plan) for plan in batch))
 
@@ -270,5 +269,4 @@ async def scenario(
 def test_slot_accounting_holds_whatever_happens_to_the_requests(
     window: int, queue_timeout: float, max_waiters: int | None, batch: list[Plan]
 ) -> None:
-    with mock.patch.object(exchange_module, "DISCONNECT_WATCH_DELAY_S", 0.005):
-        asyncio.run(scenario(window, queue_timeout, max_waiters, batch))
+    asyncio.run(scenario(window, queue_timeout, max_waiters, batch))

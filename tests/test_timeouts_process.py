@@ -17,15 +17,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ServerProcess, admission_serve, run_server, wait_until
-from tests.test_window_process import (
+from tests.support import (
     SETTLE_S,
+    ServerProcess,
+    admission_serve,
     body_of,
     get_concurrently,
     in_flight,
     metric,
     open_request,
     read_response,
+    run_server,
+    wait_until,
 )
 
 pytestmark = pytest.mark.process
