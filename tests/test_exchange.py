@@ -552,6 +552,11 @@ async def test_cancellation_from_outside_propagates_and_gives_the_slot_back() ->
     assert_nothing_held(mw)
 
 
+@pytest.mark.skipif(
+    sys.version_info < (3, 11),
+    reason="Python 3.10 has no Task.uncancel: a cancellation landing in the same instant as "
+    "admission's own abort can't be told apart from it (docs/timeouts.md)",
+)
 async def test_outside_cancellation_racing_a_timeout_still_propagates() -> None:
     # Admission's own abort and a cancellation by the server land together: admission must
     # not swallow the server's cancellation by answering 504 and returning.
