@@ -43,9 +43,19 @@ def has_admission(app: Any) -> bool:
 
 
 def log_config() -> dict[str, Any]:
-    """log_config is uvicorn's logging configuration plus the `admission` logger at INFO."""
+    """log_config is uvicorn's logging configuration plus the `admission` logger at INFO, its
+    lines named by their logger."""
     config = copy.deepcopy(LOGGING_CONFIG)
-    config["loggers"]["admission"] = {"handlers": ["default"], "level": "INFO", "propagate": False}
+    # uvicorn's own format plus the logger's name, so that admission's lines read the same under
+    # `admission serve` as under a plain server ("admission.drain: drained in ...").
+    formatter = dict(config["formatters"]["default"], fmt="%(levelprefix)s %(name)s: %(message)s")
+    config["formatters"]["admission"] = formatter
+    config["handlers"]["admission"] = dict(config["handlers"]["default"], formatter="admission")
+    config["loggers"]["admission"] = {
+        "handlers": ["admission"],
+        "level": "INFO",
+        "propagate": False,
+    }
     return config
 
 

@@ -421,3 +421,15 @@ def test_url_target_is_host_and_port(url: str, expected: UrlTarget) -> None:
 def test_url_target_with_what_the_client_cannot_honour_is_refused(url: str) -> None:
     with pytest.raises(BenchError):
         parse_url_target(url)
+
+
+@pytest.mark.process
+def test_a_target_whose_settings_in_code_fix_the_window_is_refused() -> None:
+    # Settings given in code win over ADMISSION_WINDOW: every window would measure one service.
+    repo = Path(__file__).resolve().parent.parent
+    with (
+        pytest.raises(BenchError) as caught,
+        served("tests.apps.code_settings:app", 4, uvicorn_in(repo)),
+    ):
+        pass
+    assert "window of 64, not the 4 under test" in str(caught.value)

@@ -25,6 +25,8 @@ def test_serve_logs_one_summary_line_of_the_settings_in_effect_without_credentia
         log = server.log()
     lines = [line for line in log.splitlines() if "settings in effect" in line]
     assert len(lines) == 1, log
+    # Named by its logger, as under a plain server and as docs/configuration.md shows it.
+    assert lines[0].startswith("INFO:     admission: settings in effect: "), lines[0]
     assert "ADMISSION_WINDOW='8'" in lines[0] and "ADMISSION_RATE='100/second'" in lines[0]
     assert "redis://app:***@127.0.0.1:1/0?password=***" in lines[0]
     assert "hunter2Zq9" not in log

@@ -180,9 +180,24 @@ def served(
         )
         try:
             _wait_healthy(process, port, launcher, start_timeout_s, output)
+            _check_window(target, window, port)
             yield port
         finally:
             stop(process)
+
+
+def _check_window(target: str, window: int, port: int) -> None:
+    """_check_window refuses a target whose own settings fix the window: settings given in
+    code win over ADMISSION_WINDOW, so every window of the sweep would measure the same
+    service and the recommendation would mean nothing. A target that reports no window (no
+    admission, or no /readyz) is measured as it is."""
+    reported = reported_window(UrlTarget(LOOPBACK, port))
+    if reported is not None and reported != window:
+        raise BenchError(
+            f"{target} runs with a window of {reported}, not the {window} under test: settings "
+            "given in code win over ADMISSION_WINDOW; bench the app without them (read the "
+            "settings from ADMISSION_* variables, e.g. Settings.from_env())"
+        )
 
 
 def _wait_healthy(
