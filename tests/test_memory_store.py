@@ -176,7 +176,7 @@ def test_keys_are_digested_with_a_keyed_hash_even_without_hash_randomisation() -
         "a, b = 'a' * 100, 'b' * 100\n"
         "assert s.decide_at(a, 0.0).allowed and not s.decide_at(a, 0.0).allowed\n"
         "assert s.decide_at(b, 0.0).allowed\n"
-        "print(memory.slot_of(a))\n"
+        "print(memory.digest_of(a))\n"
     )
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     runs = [
