@@ -45,17 +45,16 @@ def digest_of(key: str) -> int:
     return int.from_bytes(digest, "little", signed=True)
 
 
-def _zeros(typecode: str, itemsize: int, count: int) -> memoryview:
-    """_zeros is a writable array of `count` zeros, typed by `typecode`, in anonymous memory:
+def _zeros(size: int) -> memoryview:
+    """_zeros is `size` writable zero bytes (to be cast to an array type) in anonymous memory:
     a page is committed only once it is written, so a store costs only what it holds, and
     the memory goes back to the system when the array is dropped. Private, so a process forked
     after the store was made gets its own copy, not a shared one."""
-    size = max(itemsize * count, 1)
     if hasattr(mmap, "MAP_PRIVATE"):
         memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
     else:  # pragma: no cover - Windows: anonymous memory is private to the process there
         memory = mmap.mmap(-1, size)
-    return memoryview(memory).cast(typecode)
+    return memoryview(memory)
 
 
 class MemoryStore:
@@ -111,11 +110,11 @@ class MemoryStore:
     def _reset(self) -> None:
         """_reset forgets every key: fresh arrays, the old ones' memory given back."""
         n = self.max_keys + 1
-        self._index = _zeros("i", 4, self._mask + 1)  # slot -> entry; 0 is a free slot
-        self._digests = _zeros("q", 8, n)
-        self._tats = _zeros("d", 8, n)
-        self._newer = _zeros("i", 4, n)
-        self._older = _zeros("i", 4, n)
+        self._index = _zeros(4 * (self._mask + 1)).cast("i")  # slot -> entry; 0: free
+        self._digests = _zeros(8 * n).cast("q")
+        self._tats = _zeros(8 * n).cast("d")
+        self._newer = _zeros(4 * n).cast("i")
+        self._older = _zeros(4 * n).cast("i")
         self._count = 0
         # One tuple unpacked per decision: cheaper than five attribute reads.
         self._arrays = (self._index, self._digests, self._tats, self._newer, self._older)
@@ -160,7 +159,7 @@ class MemoryStore:
             return decision
         new_tat, decision = self.bucket.decide(tats[entry], now, cost)
         # A cost-0 probe of a full bucket stores a TAT of `now` at most: full, forgettable.
-        tats[entry] = new_tat  # type: ignore[assignment]
+        tats[entry] = new_tat  # type: ignore[assignment]  # never None, given a TAT
         last = older[0]
         if entry != last:
             # Unlinked and linked again as the most recent: the list stays in order of use.
@@ -221,7 +220,7 @@ class MemoryStore:
             i = (i + 1) & mask
         index[i] = entry
         digests[entry] = digest
-        tats[entry] = tat  # type: ignore[assignment]
+        tats[entry] = tat
         last = older[0]
         older[entry] = last
         newer[entry] = 0
