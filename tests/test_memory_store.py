@@ -4,6 +4,7 @@ short ones do, and a flood of keys through a real server forgets the oldest."""
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import subprocess
 import sys
@@ -114,6 +115,25 @@ def test_forgetting_full_buckets_still_works_with_the_cap() -> None:
     clock.now += 2 * bucket.fill_time_s
     store.decide_at("probe", clock.now, cost=0)
     assert len(store) == 0
+
+
+def test_a_new_key_takes_the_place_of_a_full_bucket(caplog: pytest.LogCaptureFixture) -> None:
+    clock = ManualClock(0.0)
+    store = MemoryStore(Bucket(interval_s=1.0, capacity=1), max_keys=2, clock=clock)
+    store.decide_at("a", 0.0)
+    store.decide_at("b", 0.9)
+    with caplog.at_level(logging.WARNING, logger="admission.store"):
+        # "a" is full again at 1.0: "c" takes its place; no live key is forgotten, no warning.
+        store.decide_at("c", 1.0)
+        store.decide_at("d", 1.9)
+    assert "b" not in store  # full again at 1.9: "d" took its place
+    assert "c" in store and "d" in store
+    assert not caplog.records
+    wide = MemoryStore(Bucket(interval_s=1.0, capacity=1), max_keys=3, clock=clock)
+    wide.decide_at("a", 0.0)
+    wide.decide_at("b", 0.9)
+    wide.decide_at("c", 1.0)
+    assert len(wide) == 2
 
 
 def _traced_bytes_held_for(n: int, make_key: Callable[[int], str]) -> int:
