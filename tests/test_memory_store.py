@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from admission.bucket import Bucket
-from admission.stores.memory import MemoryStore
+from admission.stores.memory import BYTES_PER_KEY, MemoryStore
 from tests.support import admission_serve, run_server
 
 
@@ -134,6 +134,15 @@ def test_a_new_key_takes_the_place_of_a_full_bucket(caplog: pytest.LogCaptureFix
     wide.decide_at("b", 0.9)
     wide.decide_at("c", 1.0)
     assert len(wide) == 2
+
+
+@pytest.mark.parametrize("max_keys", [1, 2, 3, 1000, 1024, 1025, 1_000_000])
+def test_a_store_never_holds_more_than_its_bytes_per_key(max_keys: int) -> None:
+    """Everything a store can ever hold is its arrays, made once: at most BYTES_PER_KEY bytes
+    per key of the cap (plus a fixed few for the smallest caps)."""
+    store = MemoryStore(ONE_A_MINUTE, max_keys=max_keys, clock=ManualClock())
+    total = sum(array.nbytes for array in store._arrays)
+    assert total <= BYTES_PER_KEY * max_keys + 64
 
 
 def _traced_bytes_held_for(n: int, make_key: Callable[[int], str]) -> int:
