@@ -4,6 +4,7 @@ short ones do, and a flood of keys through a real server forgets the oldest."""
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from admission.bucket import Bucket
-from admission.stores.memory import MemoryStore
+from admission.stores.memory import BYTES_PER_KEY, MemoryStore
 from tests.support import admission_serve, run_server
 
 
@@ -116,9 +117,37 @@ def test_forgetting_full_buckets_still_works_with_the_cap() -> None:
     assert len(store) == 0
 
 
+def test_a_new_key_takes_the_place_of_a_full_bucket(caplog: pytest.LogCaptureFixture) -> None:
+    clock = ManualClock(0.0)
+    store = MemoryStore(Bucket(interval_s=1.0, capacity=1), max_keys=2, clock=clock)
+    store.decide_at("a", 0.0)
+    store.decide_at("b", 0.9)
+    with caplog.at_level(logging.WARNING, logger="admission.store"):
+        # "a" is full again at 1.0: "c" takes its place; no live key is forgotten, no warning.
+        store.decide_at("c", 1.0)
+        store.decide_at("d", 1.9)
+    assert "b" not in store  # full again at 1.9: "d" took its place
+    assert "c" in store and "d" in store
+    assert not caplog.records
+    wide = MemoryStore(Bucket(interval_s=1.0, capacity=1), max_keys=3, clock=clock)
+    wide.decide_at("a", 0.0)
+    wide.decide_at("b", 0.9)
+    wide.decide_at("c", 1.0)
+    assert len(wide) == 2
+
+
+@pytest.mark.parametrize("max_keys", [1, 2, 3, 1000, 1024, 1025, 1_000_000])
+def test_a_store_never_holds_more_than_its_bytes_per_key(max_keys: int) -> None:
+    """Everything a store can ever hold is its arrays, made once: at most BYTES_PER_KEY bytes
+    per key of the cap (plus a fixed few for the smallest caps)."""
+    store = MemoryStore(ONE_A_MINUTE, max_keys=max_keys, clock=ManualClock())
+    total = sum(array.nbytes for array in store._arrays)
+    assert total <= BYTES_PER_KEY * max_keys + 64
+
+
 def _traced_bytes_held_for(n: int, make_key: Callable[[int], str]) -> int:
-    """_traced_bytes_held_for is what a store holding `n` keys allocated for them; each key is
-    a new string, as each request's key is, and dropped once decided."""
+    """_traced_bytes_held_for is what Python objects a store holding `n` keys allocated for
+    them; each key is a new string, as each request's key is, and dropped once decided."""
     store = MemoryStore(ONE_A_MINUTE, max_keys=n, clock=ManualClock())
     gc.collect()
     tracemalloc.start()
@@ -133,12 +162,49 @@ def _traced_bytes_held_for(n: int, make_key: Callable[[int], str]) -> int:
         tracemalloc.stop()
 
 
-def test_a_long_key_costs_what_a_short_one_does() -> None:
+@pytest.mark.parametrize("length", [9, 16, 200, 10_000])
+def test_a_key_of_any_length_is_held_without_a_python_object(length: int) -> None:
+    """Keys live as digests in the store's arrays (their memory measured by
+    benchmarks/memory_store.py as resident memory): no string, int or float per key."""
     n = 2000
-    short_bytes = _traced_bytes_held_for(n, lambda i: f"ip:10.0.{i >> 8}.{i & 255}")
-    long_bytes = _traced_bytes_held_for(n, lambda i: f"h:{i:08d}" + "x" * 10_000)
-    assert long_bytes <= short_bytes * 1.1 + 4096
-    assert long_bytes / n < 200, f"{long_bytes / n:.0f} bytes per key"
+    held = _traced_bytes_held_for(n, lambda i: f"k{i:08d}".ljust(length, "x"))
+    assert held < 4096, f"{held / n:.1f} bytes of Python objects per key"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    max_keys=st.integers(min_value=1, max_value=40),
+    events=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=80), st.sampled_from([0.0, 0.0, 0.7])),
+        min_size=1,
+        max_size=300,
+    ),
+)
+def test_evicting_and_forgetting_keep_every_held_key_findable(
+    max_keys: int, events: list[tuple[int, float]]
+) -> None:
+    """Keys leave the index (eviction at the cap, a full bucket's place taken) and the rest
+    stay findable: the store decides like a reference LRU of TATs at the same cap."""
+    bucket = Bucket(interval_s=1.0, capacity=2)
+    clock = ManualClock(0.0)
+    store = MemoryStore(bucket, max_keys=max_keys, clock=clock)
+    reference: OrderedDict[str, float] = OrderedDict()
+    for who, dt in events:
+        clock.now += dt
+        key = f"k{who}"
+        tat, expected = bucket.decide(reference.pop(key, None), clock.now)
+        got = store.decide_at(key, clock.now)
+        if tat is not None and tat > clock.now:
+            reference[key] = tat
+        # Keys whose bucket is full again may go at any time; the cap takes the oldest.
+        for k in [k for k, t in reference.items() if t <= clock.now]:
+            if k not in store:
+                del reference[k]
+        while len(reference) > max_keys:
+            reference.popitem(last=False)
+        assert got == expected
+        assert all(k in store for k in reference)
+        assert len(store) <= max_keys
 
 
 @pytest.mark.process
@@ -176,7 +242,7 @@ def test_keys_are_digested_with_a_keyed_hash_even_without_hash_randomisation() -
         "a, b = 'a' * 100, 'b' * 100\n"
         "assert s.decide_at(a, 0.0).allowed and not s.decide_at(a, 0.0).allowed\n"
         "assert s.decide_at(b, 0.0).allowed\n"
-        "print(memory.slot_of(a))\n"
+        "print(memory.digest_of(a))\n"
     )
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     runs = [

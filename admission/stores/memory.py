@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import mmap
 import os
 import sys
 import time
@@ -13,58 +14,72 @@ from admission.bucket import Bucket, Decision
 
 log = logging.getLogger("admission.store")
 
-# A key longer than SHORT_KEY characters is held as a 60-bit digest, an int: the smallest
-# object Python has (32 bytes as allocated, like the TAT's float), where a 200-byte key string
-# would cost 256. So a long key costs what a short one does, about 100 bytes with its TAT and
-# dict slot (docs/performance.md). Short keys, such as `ip:` and an IPv4 address, stay as they
-# are: digesting them too would cost every decision a fifth more time for a third less
-# memory. Two long keys share a bucket only if their digests collide: about 1 in 2,300,000
-# for some pair among a million keys, and never by a client's choice, since the digest is
-# keyed by a secret the client never sees. (A digest, an int, never equals a string key.)
+# Every key is held as its 64-bit keyed digest, whatever its length, so a 200-byte header
+# value costs what an address does. Two keys share a bucket only if their digests collide:
+# about 1 in 37 million for some pair among a million keys held at once, and never by a
+# client's choice, since the digest is keyed by a secret the client never sees.
 #
-# Python's own `hash` of a string is SipHash keyed by a per-process secret, so it serves.
-# With hash randomisation turned off (PYTHONHASHSEED=0) that secret is public and collisions
-# could be chosen, so the digest is then a BLAKE2b keyed by a secret of our own.
-SHORT_KEY = 32
-_SLOT_MASK = (1 << 60) - 1
+# Python's own `hash` of a string is SipHash keyed by a per-process secret, so it serves (and
+# is what a dict lookup would compute anyway). With hash randomisation turned off
+# (PYTHONHASHSEED=0) that secret is public and collisions could be chosen, so the digest is
+# then a BLAKE2b keyed by a secret of our own (about 0.4 µs more per decision). A fixed
+# non-zero PYTHONHASHSEED is a secret only as long as the deployment keeps it one.
 _SECRET = os.urandom(16)
 _HASH_IS_KEYED = bool(sys.flags.hash_randomization)
 
+# What one key costs at most, in bytes: its digest (8), TAT (8), two LRU links (4 + 4), and
+# two to four index slots of 4 bytes (the index has a power of two of slots, at least twice
+# max_keys). benchmarks/memory_store.py measures it; docs/configuration.md states it.
+BYTES_PER_KEY = 40
 
-def slot_of(key: str) -> str | int:
-    """slot_of is what `MemoryStore` holds for `key`: the key itself when it is at most
-    SHORT_KEY characters long, else its 60-bit keyed digest (see above)."""
-    if len(key) <= SHORT_KEY:
-        return key
+
+def digest_of(key: str) -> int:
+    """digest_of is what `MemoryStore` holds for `key`: its 64-bit keyed digest (see above),
+    a signed int as the store's arrays hold it."""
     if _HASH_IS_KEYED:
-        return hash(key) & _SLOT_MASK
+        return hash(key)
     digest = hashlib.blake2b(
         key.encode("utf-8", "surrogatepass"), digest_size=8, key=_SECRET
     ).digest()
-    return int.from_bytes(digest, "little") & _SLOT_MASK
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def _zeros(size: int) -> memoryview:
+    """_zeros is `size` writable zero bytes (to be cast to an array type) in anonymous memory:
+    a page is committed only once it is written, so a store costs only what it holds, and
+    the memory goes back to the system when the array is dropped. Private, so a process forked
+    after the store was made gets its own copy, not a shared one."""
+    if hasattr(mmap, "MAP_PRIVATE"):
+        memory = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE)
+    else:  # pragma: no cover - Windows: anonymous memory is private to the process there
+        memory = mmap.mmap(-1, size)
+    return memoryview(memory)
 
 
 class MemoryStore:
-    """MemoryStore keeps one TAT per key in two generations of plain dicts.
+    """MemoryStore keeps one TAT per key in flat arrays: no Python object per key.
 
-    Forgetting full buckets: a key written during a generation has a TAT at most one fill
-    time after the write, so once a whole generation (one fill time) has passed after it,
-    every key in it has a full bucket again and the generation is dropped in one step. A full
-    bucket is the same as no entry, so forgetting never changes a decision.
+    Layout: entries 1..`max_keys` each hold a key's digest (`digest_of`), its TAT, and two
+    links of a circular list in order of last use (entry 0 is the list's head: its `newer`
+    link is the least recently used entry, its `older` link the most recently used). An
+    open-addressing index (linear probing, at most half full, deletion by backward shift)
+    maps a digest to its entry. Arrays are made once, at full size, in memory committed only
+    as it is written (`_zeros`), so a store holding few keys costs little and the cost of
+    one key never exceeds BYTES_PER_KEY: no dict growth, no allocator slack.
 
     Forgetting under pressure: at most `max_keys` keys are held, and past that the least
-    recently used key is forgotten first. Every decision moves its key to the end of the
-    current generation, so the current generation is in order of last use and the older one
-    holds exactly the keys not used since, in order of their last use: together, one LRU
-    list. (A new generation also begins, dropping nothing, once the older one is empty and the
-    current one holds half of `max_keys`.) A forgotten client gets a full bucket back early,
-    which errs on the side of serving it; a warning is logged once per episode.
+    recently used key is forgotten first. Every decision, admitted or refused, moves its key
+    to the most recent end. A forgotten client gets a full bucket back early, which errs on
+    the side of serving it; a warning is logged once per episode.
 
-    Each decision is O(1), amortized: the first eviction from a generation turns it around,
-    once, so that `dict.popitem` takes its least recently used key. Long keys are held as
-    digests (`slot_of`), so a long key costs what a short one does. Decisions are synchronous
-    under the event loop, so concurrent coroutines can't interleave inside one. `clock` is
-    only read here, at the edge; tests pass a manual one.
+    Forgetting full buckets: a new key takes the least recently used key's place when that
+    key's bucket is already full again, and once the store has been idle long enough for
+    every bucket to be full (checked once a fill time), it forgets everything at once. A full
+    bucket is the same as no entry, so forgetting never changes a decision.
+
+    Each decision is O(1) (amortized over index probes). Decisions are synchronous under the
+    event loop, so concurrent coroutines can't interleave inside one. `clock` is only read
+    here, at the edge; tests pass a manual one.
     """
 
     def __init__(
@@ -74,55 +89,87 @@ class MemoryStore:
         max_keys: int = 1_000_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if max_keys < 1:
-            raise ValueError(f"max_keys must be at least 1, not {max_keys}")
+        if not 1 <= max_keys < 2**30:
+            raise ValueError(f"max_keys must be from 1 to {2**30 - 1}, not {max_keys}")
         self.bucket = bucket
         self.max_keys = max_keys
         self.clock = clock
-        self._generation_s = bucket.fill_time_s
-        # Generations of about half the cap keep each dict (and the copy turned around for
-        # eviction) half the size: a flood at a cap of a million costs 141 MiB with them, 181
-        # MiB with generations as large as the cap (benchmarks/memory_store.py).
-        self._half = max(1, max_keys // 2)
-        self._current: dict[str | int, float] = {}
-        # The older generation; once eviction has started on it, in reverse (newest first).
-        self._previous: dict[str | int, float] = {}
-        self._previous_reversed = False
-        self._rotate_at = clock() + self._generation_s
+        # Everything is full again once the most recent key's TAT is a fill time past (its
+        # last use came before its TAT, every other key's before that); the microsecond is
+        # room for the bucket's rounding tolerance.
+        self._idle_s = bucket.fill_time_s + 1e-6
+        slots = 8
+        while slots < 2 * max_keys:
+            slots *= 2
+        self._mask = slots - 1
+        self._check_at = clock() + bucket.fill_time_s
+        self._reset()
+
+    def _reset(self) -> None:
+        """_reset forgets every key: fresh arrays, the old ones' memory given back."""
+        n = self.max_keys + 1
+        self._index = _zeros(4 * (self._mask + 1)).cast("i")  # slot -> entry; 0: free
+        self._digests = _zeros(8 * n).cast("q")
+        self._tats = _zeros(8 * n).cast("d")
+        self._newer = _zeros(4 * n).cast("i")
+        self._older = _zeros(4 * n).cast("i")
+        self._count = 0
         self._overflowing = False
+        # One tuple unpacked per decision: cheaper than five attribute reads.
+        self._arrays = (self._index, self._digests, self._tats, self._newer, self._older)
 
     def __len__(self) -> int:
         """len is the number of keys held (some of them may already be full again)."""
-        return len(self._current) + len(self._previous)
+        return self._count
 
     def __contains__(self, key: object) -> bool:
         """`key in store` is whether `key` is held (its bucket may already be full again)."""
-        if not isinstance(key, str):
-            return False
-        slot = slot_of(key)
-        return slot in self._current or slot in self._previous
+        return isinstance(key, str) and self._find(digest_of(key)) != 0
+
+    def _find(self, digest: int) -> int:
+        """_find is the entry holding `digest`, or 0."""
+        index, digests = self._index, self._digests
+        mask = self._mask
+        i = digest & mask
+        entry = index[i]
+        while entry and digests[entry] != digest:
+            i = (i + 1) & mask
+            entry = index[i]
+        return entry
 
     def decide_at(self, key: str, now: float, cost: int = 1) -> Decision:
         """decide_at is `decide` at a given `now`, without awaiting: the whole store logic."""
-        if now >= self._rotate_at:
-            self._rotate(now)
-        # slot_of(key), with its common case inlined: a call costs a tenth of a decision.
-        slot: str | int = key if len(key) <= SHORT_KEY else slot_of(key)
-        current = self._current
-        # Popped and put back at the end: the current generation stays in order of last use.
-        tat = current.pop(slot, None)
-        if tat is None:
-            previous = self._previous
-            tat = previous.pop(slot, None)
-            if tat is None:
-                new_tat, decision = self.bucket.decide(None, now, cost)
-                if new_tat is not None and new_tat > now:
-                    self._make_room(now)
-                    self._current[slot] = new_tat
-                return decision
-        new_tat, decision = self.bucket.decide(tat, now, cost)
-        if new_tat is not None and new_tat > now:
-            current[slot] = new_tat
+        if now >= self._check_at:
+            self._check(now)
+        digest = hash(key) if _HASH_IS_KEYED else digest_of(key)
+        index, digests, tats, newer, older = self._arrays
+        mask = self._mask
+        i = digest & mask
+        entry = index[i]
+        while entry:
+            if digests[entry] == digest:
+                break
+            i = (i + 1) & mask
+            entry = index[i]
+        else:
+            new_tat, decision = self.bucket.decide(None, now, cost)
+            if new_tat is not None and new_tat > now:
+                self._insert(digest, new_tat, now)
+            return decision
+        new_tat, decision = self.bucket.decide(tats[entry], now, cost)
+        # A cost-0 probe of a full bucket stores a TAT of `now` at most: full, forgettable.
+        tats[entry] = new_tat  # type: ignore[assignment]  # never None, given a TAT
+        last = older[0]
+        if entry != last:
+            # Unlinked and linked again as the most recent: the list stays in order of use.
+            before = older[entry]
+            after = newer[entry]
+            newer[before] = after
+            older[after] = before
+            older[entry] = last
+            newer[entry] = 0
+            newer[last] = entry
+            older[0] = entry
         return decision
 
     async def decide(self, key: str, cost: int = 1) -> Decision:
@@ -135,48 +182,73 @@ class MemoryStore:
 
     async def close(self) -> None:
         """close forgets every key."""
-        self._current = {}
-        self._previous = {}
-        self._previous_reversed = False
+        self._reset()
 
-    def _rotate(self, now: float) -> None:
-        if now >= self._rotate_at + self._generation_s:
-            # Idle for two generations: everything held is full again.
-            self._current = {}
-        self._previous = {}
-        self._start_generation(now)
+    def _check(self, now: float) -> None:
+        """_check, once a fill time, forgets every key if every bucket is full again."""
+        self._check_at = now + self.bucket.fill_time_s
+        if self._count and now >= self._tats[self._older[0]] + self._idle_s:
+            self._reset()
 
-    def _start_generation(self, now: float) -> None:
-        """_start_generation makes the current generation the older one (which must be
-        empty or due to be dropped) and starts a new one, one fill time long."""
-        self._previous = self._current
-        self._previous_reversed = False
-        self._current = {}
-        self._rotate_at = now + self._generation_s
-        if self._overflowing and len(self) < self.max_keys:
+    def _insert(self, digest: int, tat: float, now: float) -> None:
+        """_insert holds a new key as the most recent, in the place of the least recently
+        used key if that one's bucket is full again or the store holds `max_keys` keys."""
+        index, digests, tats, newer, older = self._arrays
+        oldest = newer[0]
+        if oldest and tats[oldest] <= now:
+            entry = self._remove(oldest)
+            # The least recently used bucket was full again: no pressure now.
             self._overflowing = False
+        elif self._count >= self.max_keys:
+            if not self._overflowing:
+                self._overflowing = True
+                log.warning(
+                    "memory store holds max_keys=%d active keys; forgetting the least "
+                    "recently used (raise ADMISSION_MAX_KEYS or use Redis)",
+                    self.max_keys,
+                )
+            entry = self._remove(oldest)
+        else:
+            # Entries 1..count are the ones in use: removals above are refilled at once.
+            entry = self._count + 1
+        self._count += 1
+        mask = self._mask
+        i = digest & mask
+        while index[i]:
+            i = (i + 1) & mask
+        index[i] = entry
+        digests[entry] = digest
+        tats[entry] = tat
+        last = older[0]
+        older[entry] = last
+        newer[entry] = 0
+        newer[last] = entry
+        older[0] = entry
 
-    def _make_room(self, now: float) -> None:
-        """_make_room keeps one place free for a new key: it starts a new generation once the
-        older one is empty and the current one holds half of `max_keys`, and at `max_keys`
-        forgets the least recently used key."""
-        previous = self._previous
-        if not previous and len(self._current) >= self._half:
-            self._start_generation(now)
-            previous = self._previous
-        if len(self._current) + len(previous) < self.max_keys:
-            return
-        if not self._overflowing:
-            self._overflowing = True
-            log.warning(
-                "memory store holds max_keys=%d active keys; forgetting the least recently "
-                "used (raise ADMISSION_MAX_KEYS or use Redis)",
-                self.max_keys,
-            )
-        # Never empty here: a generation starts above when it is and the store is full.
-        if not self._previous_reversed:
-            # Once a generation: `popitem` takes the last entry in O(1) (amortized, skipping
-            # the holes other keys left), so turned around it takes the least recently used.
-            previous = self._previous = dict(reversed(previous.items()))
-            self._previous_reversed = True
-        previous.popitem()
+    def _remove(self, entry: int) -> int:
+        """_remove forgets the key of `entry` (unlinked, out of the index) and returns the
+        entry, free to be used again."""
+        index, digests, _, newer, older = self._arrays
+        before, after = older[entry], newer[entry]
+        newer[before] = after
+        older[after] = before
+        self._count -= 1
+        mask = self._mask
+        hole = digests[entry] & mask
+        while index[hole] != entry:
+            hole = (hole + 1) & mask
+        # Backward shift: each later entry of the probe run that may sit in the hole moves
+        # into it, so every lookup still finds its key before a free slot.
+        i = hole
+        while True:
+            i = (i + 1) & mask
+            moved = index[i]
+            if not moved:
+                break
+            home = digests[moved] & mask
+            # `moved` may fill the hole unless its home lies cyclically in (hole, i].
+            if (home <= hole or home > i) if hole < i else (home <= hole and home > i):
+                index[hole] = moved
+                hole = i
+        index[hole] = 0
+        return entry
