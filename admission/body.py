@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 
-from admission.reasons import DISCONNECT, IDLE_TIMEOUT, READ_TIMEOUT, Reason
+from admission.reasons import DISCONNECT, DRAINING, IDLE_TIMEOUT, READ_TIMEOUT, Reason
 from admission.responses import Message, Receive, Scope
 
 
@@ -48,6 +49,7 @@ async def buffer_body(
     *,
     timeout_s: float | None,
     idle_s: float | None = None,
+    stop: Callable[[], asyncio.Future[None]] | None = None,
 ) -> Receive | Reason:
     """buffer_body reads an HTTP request's body until it is complete or `limit` bytes are in,
     and returns a `receive` that replays what it read, then goes on to the server's.
@@ -55,7 +57,11 @@ async def buffer_body(
     The reading is bounded by `timeout_s` in all (the read timeout) and `idle_s` between two
     messages (the idle timeout); None leaves either off. When one runs out the result is that
     timeout's `Reason` (408) instead; a client that hangs up meanwhile gives `DISCONNECT`.
-    A request that announces no body, or a websocket, gets its `receive` back untouched.
+    Once the future `stop()` gives completes (the drain refuses new requests: the drain's
+    `when_refusing`), the reading ends with `DRAINING`: the
+    request is not admitted yet, so the drain would refuse it anyway, and it must not keep the
+    service from stopping (nothing counts it in flight). A request that announces no body, or a
+    websocket, gets its `receive` back untouched.
     Memory: at most `limit` bytes plus the last message the server handed over.
     """
     if scope["type"] != "http" or not has_body(scope):
@@ -64,23 +70,38 @@ async def buffer_body(
     deadline = None if timeout_s is None else loop.time() + timeout_s
     messages: deque[Message] = deque()
     read = 0
-    while read < limit:
-        wait, reason = idle_s, IDLE_TIMEOUT
-        if deadline is not None:
-            left = deadline - loop.time()
-            if wait is None or left <= wait:
-                wait, reason = max(0.0, left), READ_TIMEOUT
-        try:
-            message = await asyncio.wait_for(receive(), wait)
-        except asyncio.TimeoutError:
-            return reason
-        messages.append(message)
-        kind = message["type"]
-        if kind == "http.disconnect":
-            return DISCONNECT
-        if kind != "http.request":
-            break
-        read += len(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
+    stopped = None if stop is None else stop()
+    try:
+        while read < limit:
+            wait, reason = idle_s, IDLE_TIMEOUT
+            if deadline is not None:
+                left = deadline - loop.time()
+                if wait is None or left <= wait:
+                    wait, reason = max(0.0, left), READ_TIMEOUT
+            if stopped is None:
+                try:
+                    message = await asyncio.wait_for(receive(), wait)
+                except asyncio.TimeoutError:
+                    return reason
+            else:
+                receiving: asyncio.Future[Message] = asyncio.ensure_future(receive())
+                done, _ = await asyncio.wait(
+                    (receiving, stopped), timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
+                if receiving not in done:
+                    receiving.cancel()
+                    return DRAINING if stopped in done else reason
+                message = receiving.result()
+            messages.append(message)
+            kind = message["type"]
+            if kind == "http.disconnect":
+                return DISCONNECT
+            if kind != "http.request":
+                break
+            read += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+    finally:
+        if stopped is not None:
+            stopped.cancel()
     return Replay(messages, receive)

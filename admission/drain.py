@@ -67,6 +67,7 @@ class Drain:
         unwind_s: float = STRAGGLER_UNWIND_S,
     ) -> None:
         self.ledger = ledger
+        self._refusal_watchers: set[asyncio.Future[None]] = set()
         self.unwind_s = unwind_s
         self.lifetime = lifetime
         self.last = last
@@ -88,11 +89,27 @@ class Drain:
         self._phase = phase
         self.accepting = phase in _ACCEPTING
         self.begun = phase is not Phase.SERVING
+        if not self.accepting:
+            for watcher in list(self._refusal_watchers):
+                # The watcher's own loop completes it: a request may run on another thread's.
+                watcher.get_loop().call_soon_threadsafe(_complete, watcher)
 
     @property
     def ready(self) -> bool:
         """ready is what readiness reports: True only before the drain starts."""
         return not self.begun
+
+    def when_refusing(self) -> asyncio.Future[None]:
+        """when_refusing is a future of the running loop that completes once new requests are
+        refused (at once if they already are): what a request not yet admitted, such as one
+        whose body is being read ahead, waits on to give up early. Cancel it when done with it."""
+        watcher: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self.accepting:
+            watcher.set_result(None)
+        else:
+            self._refusal_watchers.add(watcher)
+            watcher.add_done_callback(self._refusal_watchers.discard)
+        return watcher
 
     def draining(self) -> bool:
         """draining is True from the first moment of the drain."""
@@ -189,3 +206,8 @@ class Drain:
 async def _wait(awaitable: object, timeout_s: float) -> None:
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(awaitable, timeout_s)  # type: ignore[arg-type]
+
+
+def _complete(watcher: asyncio.Future[None]) -> None:
+    if not watcher.done():
+        watcher.set_result(None)

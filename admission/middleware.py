@@ -185,6 +185,7 @@ class AdmissionMiddleware:
                 self._buffer_body,
                 timeout_s=self.timeouts.read_s,
                 idle_s=self.timeouts.idle_s,
+                stop=drain.when_refusing,
             )
             if isinstance(read, Reason):
                 if read.status is None:

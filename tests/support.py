@@ -469,3 +469,23 @@ def request_concurrently(server: ServerProcess, paths: list[str]) -> list[http.c
 def get_concurrently(server: ServerProcess, paths: list[str]) -> list[int]:
     """get_concurrently is the statuses of `request_concurrently`."""
     return [response.status for response in request_concurrently(server, paths)]
+
+
+def server_has_read(server_port: int, client_port: int) -> bool:
+    """server_has_read is True once the server has taken everything the client at
+    `client_port` sent from its socket (the kernel lists its receive queue as empty in
+    /proc/net/tcp): a request in its hands rather than in the kernel's."""
+    for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(path).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, remote, queues = fields[1], fields[2], fields[4]
+            if (
+                int(local.rsplit(":", 1)[1], 16) == server_port
+                and int(remote.rsplit(":", 1)[1], 16) == client_port
+            ):
+                return int(queues.split(":")[1], 16) == 0
+    return False

@@ -12,7 +12,7 @@ import pytest
 from admission import AdmissionMiddleware, Settings
 from admission.body import buffer_body
 from admission.bucket import Bucket, Decision
-from admission.reasons import DISCONNECT, IDLE_TIMEOUT, READ_TIMEOUT
+from admission.reasons import DISCONNECT, DRAINING, IDLE_TIMEOUT, READ_TIMEOUT
 from admission.stores.memory import MemoryStore
 
 Message = dict[str, Any]
@@ -115,6 +115,27 @@ async def test_a_body_that_stalls_past_the_idle_timeout_is_refused() -> None:
 async def test_a_client_gone_while_its_body_was_read_is_not_admitted() -> None:
     feed = Feed(chunk(b"a"), {"type": "http.disconnect"})
     assert await buffer_body(http_scope(), feed, 1000, timeout_s=5) is DISCONNECT
+
+
+async def test_reading_ahead_stops_once_the_drain_refuses_new_requests() -> None:
+    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    feed = Feed(chunk(b"a"))
+    reading = asyncio.create_task(
+        buffer_body(http_scope(), feed, 1000, timeout_s=None, stop=lambda: stop)
+    )
+    await until(lambda: feed.calls == 2)  # the first chunk is in; it waits for the next
+    assert not reading.done()
+    stop.set_result(None)
+    assert await asyncio.wait_for(reading, 5) is DRAINING
+
+
+async def test_a_body_complete_before_the_drain_is_read_whole_and_the_watch_let_go() -> None:
+    stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    feed = Feed(chunk(b"ab", more=False))
+    receive = await buffer_body(http_scope(2), feed, 1000, timeout_s=None, stop=lambda: stop)
+    assert callable(receive) and receive is not DRAINING
+    assert (await receive())["body"] == b"ab"
+    assert stop.cancelled()
 
 
 # --- through the middleware ---------------------------------------------------------------
@@ -225,3 +246,29 @@ async def test_a_client_that_hangs_up_while_its_body_is_read_costs_nothing() -> 
     assert app.bodies == []
     assert middleware.ledger.in_flight == 0
     assert middleware.stats.rejected["disconnect"] == 1
+
+
+async def test_a_body_still_read_ahead_when_the_drain_begins_gets_503_and_lets_it_finish() -> None:
+    # Not admitted yet, so nothing counts it in flight: without the drain's signal it would
+    # keep reading (no read timeout here) after the drain was over, and hold up the shutdown.
+    middleware, app, store = gated(65536, read_timeout=None)
+    slow = Feed(chunk(b"first "))
+    trickling = asyncio.create_task(call(middleware, http_scope(16), slow))
+    await until(lambda: slow.calls == 2)
+    assert middleware.ledger.in_flight == 0
+    await asyncio.wait_for(middleware.drain_state.until_drained(delay_s=0), 5)
+    sent = await asyncio.wait_for(trickling, 5)
+    assert status(sent) == 503
+    assert (b"connection", b"close") in sent[0]["headers"]
+    assert store.asked == 0
+    assert app.bodies == []
+    assert middleware.stats.rejected["draining"] == 1
+    assert not middleware.drain_state._refusal_watchers
+
+
+async def test_a_body_read_ahead_after_the_drain_began_is_refused_at_once() -> None:
+    middleware, app, _ = gated(65536, read_timeout=None)
+    await asyncio.wait_for(middleware.drain_state.until_drained(delay_s=0), 5)
+    sent = await asyncio.wait_for(call(middleware, http_scope(16), Feed(chunk(b"a"))), 5)
+    assert status(sent) == 503
+    assert app.bodies == []

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import admission_serve, run_server, wait_until
+from tests.support import admission_serve, run_server, server_has_read, wait_until
 
 pytestmark = pytest.mark.process
 
@@ -115,3 +115,33 @@ def test_an_honest_client_is_served_while_eight_bodies_trickle_into_a_window_of_
         else:
             assert statuses.count(429) == len(statuses)
         assert rejected(server.url, "read_timeout") == TRICKLES
+
+
+def test_sigterm_while_a_body_is_read_ahead_answers_it_503_and_exits_promptly() -> None:
+    # The body is read before admission, so nothing counts it in flight: the drain must still
+    # answer it, not leave it to the server's graceful timeout (a 500 after drain delay +
+    # drain timeout + 5 s).
+    env = {"ADMISSION_BUFFER_BODY": "65536", "ADMISSION_DRAIN_TIMEOUT": "2"}
+    with run_server(admission_serve(), env) as server:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        with sock:
+            sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nabc")
+            # The server has read the head and the first bytes: its request task, started then,
+            # runs before the signal's callback does, so the drain finds the body being read.
+            client_port = sock.getsockname()[1]
+            wait_until(lambda: server_has_read(server.port, client_port), 5, "the server reads")
+            signalled = time.monotonic()
+            server.signal()
+            answer = b""
+            while b"\r\n\r\n" not in answer:
+                data = sock.recv(4096)
+                if not data:
+                    break
+                answer += data
+            answered = time.monotonic() - signalled
+        wait_until(lambda: server.process.poll() is not None, 10, "the server to exit")
+        exited = time.monotonic() - signalled
+    assert answer.startswith(b"HTTP/1.1 503"), answer
+    assert answered < 1.5, f"answered {answered:.2f}s after SIGTERM"
+    assert server.process.returncode == 0
+    assert exited < 3.0, f"exited {exited:.2f}s after SIGTERM"
