@@ -31,3 +31,28 @@ async def test_slow_with_a_good_ms_sleeps_that_long() -> None:
         default = await c.get("/slow")
     assert response.status_code == 200 and response.text == "slept 0 ms\n"
     assert default.text == "slept 100 ms\n"
+
+
+async def test_echo_to_a_client_gone_mid_body_raises_nothing() -> None:
+    # A hang-up mid-body is the client's doing: no traceback in the log, nobody to answer.
+    messages = [
+        {"type": "http.request", "body": b"abc", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return messages.pop(0)
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/echo",
+        "headers": [(b"content-length", b"10")],
+        "query_string": b"",
+    }
+    await app(scope, receive, send)
+    assert sent[0]["status"] == 499
