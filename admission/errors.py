@@ -93,3 +93,17 @@ class StorageError(AdmissionError):
 
 class StorageTimeout(StorageError):
     """StorageTimeout is a store call that took longer than `ADMISSION_STORAGE_TIMEOUT`."""
+
+
+class PolicyError(ConfigError):
+    """PolicyError is a bad route policy: one line naming where it came from (the policy file,
+    or `Settings.policies`), the policy and the field, and what is wrong with it."""
+
+    def __init__(self, source: str, policy: str, field: str, problem: str) -> None:
+        self.source = source
+        self.policy = policy
+        self.field = field
+        ValueError.__init__(self, f"{source}: policy {policy}: {field}: {problem}")
+        self.variable = "ADMISSION_POLICIES"
+        self.value = source
+        self.accepted = problem

@@ -8,9 +8,10 @@ import mmap
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from admission.bucket import Bucket, Decision
+from admission.charges import Charge, Verdict, decide_charges
 
 log = logging.getLogger("admission.store")
 
@@ -171,6 +172,36 @@ class MemoryStore:
             newer[last] = entry
             older[0] = entry
         return decision
+
+    def decide_charges_at(self, charges: Sequence[Charge], now: float) -> Verdict:
+        """decide_charges_at decides a request's charges at `now`, all or nothing (see
+        `admission.charges`). Each charge's bucket, not the store's, does the arithmetic; the
+        store must have been built with a `generation_s` of at least its longest fill time."""
+        if now >= self._rotate_at:
+            self._rotate(now)
+        current = self._current
+        previous = self._previous
+        keys = [charge.name + "|" + charge.client for charge in charges]
+        tats: list[float | None] = []
+        for key in keys:
+            tat = current.get(key)
+            tats.append(previous.get(key) if tat is None else tat)
+        verdict, new_tats = decide_charges(charges, tats, now)
+        for key, old, new in zip(keys, tats, new_tats, strict=True):
+            if new is old:
+                continue
+            previous.pop(key, None)
+            if new is None or new <= now:
+                current.pop(key, None)
+            else:
+                if key not in current and len(current) + len(previous) >= self.max_keys:
+                    self._evict()
+                current[key] = new
+        return verdict
+
+    async def decide_charges(self, charges: Sequence[Charge]) -> Verdict:
+        """decide_charges decides a request's charges now (see `decide_charges_at`)."""
+        return self.decide_charges_at(charges, self.clock())
 
     async def decide(self, key: str, cost: int = 1) -> Decision:
         """decide takes `cost` tokens from `key` now, if it can. (The middleware calls

@@ -25,6 +25,7 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from admission.bucket import Bucket, Decision
+from admission.charges import ENFORCED, Charge, Verdict
 from admission.errors import StorageError, StorageTimeout
 from admission.stores.redis_wire import ClientLine, ConnectionLine, Line, Script, bounded
 
@@ -222,6 +223,66 @@ class RedisStore:
         for (_, cost, future), ahead in zip(batch, aheads, strict=True):
             if not future.done():
                 future.set_result(_decision(self.bucket, ahead, cost))
+
+    async def decide_charges(self, charges: Sequence[Charge]) -> Verdict:
+        """decide_charges decides one request's charges in one round trip, all or nothing (see
+        `admission.charges`), within `timeout_s` or StorageError.
+
+        Each bucket is `<prefix>:{<client>}:<name>`: a client's buckets share a hash tag. In
+        Redis Cluster, charges of distinct clients land in distinct slots and go in one round
+        trip per slot, concurrently; all or nothing then holds per client key.
+        """
+        if self._closed:
+            raise StorageError("the Redis store is closed")
+        keys = [self.redis_key(c.client) + b":" + c.name.encode() for c in charges]
+        if self.cluster:
+            slots: dict[int, list[int]] = defaultdict(list)
+            for i, key in enumerate(keys):
+                slots[key_slot(key)].append(i)
+            if len(slots) > 1:
+                parts = await asyncio.gather(
+                    *(
+                        self._charge([charges[i] for i in m], [keys[i] for i in m])
+                        for m in slots.values()
+                    )
+                )
+                decisions: list[Decision] = [None] * len(charges)  # type: ignore[list-item]
+                refused: set[int] = set()
+                for members, part in zip(slots.values(), parts, strict=True):
+                    refused |= part.refused_groups
+                    for i, decision in zip(members, part.decisions, strict=True):
+                        decisions[i] = decision
+                return Verdict(ENFORCED not in refused, decisions, frozenset(refused))
+        return await self._charge(charges, keys)
+
+    async def _charge(self, charges: Sequence[Charge], keys: list[bytes]) -> Verdict:
+        args: list[Any] = []
+        for c in charges:
+            args += (repr(c.bucket.interval_s * 1e6), c.bucket.capacity, c.cost, c.group)
+        try:
+            reply = await _bounded(self._eval_many(keys, args), self.timeout_s)
+        except asyncio.TimeoutError as exc:
+            raise StorageTimeout(f"Redis did not answer within {self.timeout_s}s") from exc
+        except (RedisError, OSError) as exc:
+            raise StorageError(f"Redis call failed: {exc}") from exc
+        decisions = [_parse(reply, i) for i in range(len(charges))]
+        refused = frozenset(
+            c.group for c, d in zip(charges, decisions, strict=True) if not d.allowed
+        )
+        return Verdict(ENFORCED not in refused, decisions, refused)
+
+    async def _eval_many(self, keys: list[bytes], args: list[Any]) -> list[Any]:
+        for attempt in (1, 2):
+            try:
+                try:
+                    return await self.client.evalsha(MANY_SCRIPT_SHA, len(keys), *keys, *args)  # type: ignore[no-any-return]
+                except NoScriptError:
+                    return await self.client.eval(MANY_SCRIPT, len(keys), *keys, *args)  # type: ignore[no-any-return]
+            except RedisConnectionError:
+                # As `_eval`: a pooled connection the server closed fails once.
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     async def check(self) -> None:
         """check pings Redis within `timeout_s`, raising StorageError if it can't."""
