@@ -10,7 +10,6 @@ Time is an argument: nothing here reads a clock, sleeps or starts a task.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -114,32 +113,3 @@ class Bucket:
         # Whole tokens only, so headers never promise a token that is not there yet.
         tokens = (self.fill_time_s - (tat - now)) / self.interval_s
         return max(0, min(self.capacity, math.floor(tokens + _EPSILON_S)))
-
-
-def decide_all(
-    buckets: Sequence[Bucket], tats: Sequence[float | None], costs: Sequence[int], now: float
-) -> tuple[bool, list[float | None], list[Decision]]:
-    """decide_all admits a request only if every one of several buckets admits it: all or nothing.
-
-    `buckets[i]` holds `tats[i]` and the request costs `costs[i]` tokens of it. Returns whether
-    it is admitted, the TATs to keep (every one unchanged when refused: a refused request takes
-    no token from any bucket) and one decision per bucket. Each decision's `allowed` is that
-    bucket's own verdict; when the request is refused, a bucket that would have admitted it
-    reports its state as it is (no token taken). No buckets at all admits.
-    """
-    decisions: list[Decision] = []
-    new_tats: list[float | None] = []
-    admitted = True
-    for bucket, tat, cost in zip(buckets, tats, costs, strict=True):
-        new_tat, decision = bucket.decide(tat, now, cost)
-        if not decision.allowed:
-            admitted = False
-        new_tats.append(new_tat)
-        decisions.append(decision)
-    if admitted:
-        return True, new_tats, decisions
-    for i, decision in enumerate(decisions):
-        if decision.allowed:
-            # What it holds now, not what it would have held: nothing was taken.
-            decisions[i] = buckets[i].decide(tats[i], now, 0)[1]
-    return False, list(tats), decisions

@@ -2,7 +2,7 @@
 
 A request matching several limits is a list of charges, one per bucket. Charges come in
 groups: group 0 holds every limit that is enforced, and each shadow policy has a group of its
-own. A group admits only if every bucket in it admits (`bucket.decide_all`), and tokens are
+own. A group admits only if every bucket in it admits, and tokens are
 taken from a group only if it admits and group 0 admits too: a refused request takes nothing
 from any bucket, and a shadow policy counts only the requests that really went through.
 The Redis store runs the same rule in one Lua script (`stores/gcra_many.lua`).
@@ -13,9 +13,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from admission.bucket import Bucket, Decision, decide_all
+from admission.bucket import Bucket, Decision
 
 ENFORCED = 0
+NONE_REFUSED: frozenset[int] = frozenset()
+# Named tuples built directly, skipping their Python-level __new__ (as in admission.bucket): a
+# few are built per request.
+_new_tuple = tuple.__new__
 
 
 class Charge(NamedTuple):
@@ -53,36 +57,30 @@ def decide_charges(
     """decide_charges decides `charges` whose buckets hold `tats` at `now`.
 
     Returns the verdict and the TATs to keep, one per charge (unchanged for every charge that
-    took nothing). Pure: the memory store keeps the TATs, tests pass a manual `now`.
+    took nothing). Each bucket's arithmetic is `Bucket.decide`; this adds only the rule of
+    which groups are charged. Pure: the memory store keeps the TATs, tests pass a manual `now`.
     """
-    groups: dict[int, list[int]] = {}
+    decisions: list[Decision] = []
+    new_tats: list[float | None] = []
+    refused: set[int] | None = None
+    for charge, tat in zip(charges, tats, strict=True):
+        new_tat, decision = charge.bucket.decide(tat, now, charge.cost)
+        decisions.append(decision)
+        new_tats.append(new_tat)
+        if not decision.allowed:
+            if refused is None:
+                refused = set()
+            refused.add(charge.group)
+    if refused is None:
+        # Every bucket admits: the common case, and all of it is charged.
+        return _new_tuple(Verdict, (True, decisions, NONE_REFUSED)), new_tats
+    enforced = ENFORCED not in refused
     for i, charge in enumerate(charges):
-        groups.setdefault(charge.group, []).append(i)
-    decisions: list[Decision] = [None] * len(charges)  # type: ignore[list-item]
-    new_tats: list[float | None] = list(tats)
-    verdicts: dict[int, bool] = {}
-    taken: dict[int, list[float | None]] = {}
-    for group, members in groups.items():
-        admitted, group_tats, group_decisions = decide_all(
-            [charges[i].bucket for i in members],
-            [tats[i] for i in members],
-            [charges[i].cost for i in members],
-            now,
-        )
-        verdicts[group] = admitted
-        taken[group] = group_tats
-        for i, decision in zip(members, group_decisions, strict=True):
-            decisions[i] = decision
-    enforced = verdicts.get(ENFORCED, True)
-    for group, members in groups.items():
-        if not verdicts[group]:
+        if enforced and charge.group not in refused:
             continue
-        if enforced:
-            for i, tat in zip(members, taken[group], strict=True):
-                new_tats[i] = tat
-        else:
-            # It would have gone through, but the request did not: report, don't take.
-            for i in members:
-                decisions[i] = charges[i].bucket.decide(tats[i], now, 0)[1]
-    refused = frozenset(group for group, ok in verdicts.items() if not ok)
-    return Verdict(enforced, decisions, refused), new_tats
+        # Not charged: its group, or the enforced group, refused.
+        new_tats[i] = tats[i]
+        if decisions[i].allowed:
+            # What it holds now, not what it would have held: nothing was taken.
+            decisions[i] = charge.bucket.decide(tats[i], now, 0)[1]
+    return Verdict(enforced, decisions, frozenset(refused)), new_tats

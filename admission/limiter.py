@@ -55,15 +55,26 @@ class Outcome(NamedTuple):
 
 
 ADMIT_PLAIN = Outcome(None, [])
+_FIELD_CACHE_MAX = 4096
+_RATELIMIT_FIELDS: dict[tuple[str, int, int], tuple[bytes, bytes]] = {}
+# Named tuples built directly, skipping their Python-level __new__ (as in admission.bucket).
+_new_tuple = tuple.__new__
 
 
-class _Applied(NamedTuple):
-    """_Applied is one limit of one policy as it applies to a client class."""
+class _Applied:
+    """_Applied is one limit of one policy as it applies to a client class. A plain class with
+    slots: it is hashed by identity, as part of the key of the RateLimit-Policy cache."""
 
-    limit: Limit
-    name: str  # the bucket's name among the client's buckets
-    label: str  # its name in the RateLimit fields
-    policy_item: str  # its RateLimit-Policy list member
+    __slots__ = ("bucket", "group", "label", "limit", "name", "policy", "policy_item")
+
+    def __init__(self, policy: _Compiled, limit: Limit, name: str, label: str) -> None:
+        self.policy = policy
+        self.limit = limit
+        self.bucket = limit.bucket
+        self.group = policy.group
+        self.name = name  # the bucket's name among the client's buckets
+        self.label = label  # its name in the RateLimit fields
+        self.policy_item = f'"{label}";q={limit.amount};w={limit.window_s}'
 
 
 class _Compiled:
@@ -93,6 +104,7 @@ class _Compiled:
         self.limits: dict[str, list[_Applied]] = {"": self._applied("", policy.limits)}
         for cls, texts in policy.classes.items():
             self.limits[cls] = self._applied(cls, texts)
+        self.plain = self.limits[""]
 
     def _applied(self, cls: str, texts: Sequence[str]) -> list[_Applied]:
         limits = self.policy.resolve(texts)
@@ -101,8 +113,7 @@ class _Compiled:
             label = self.name + ("/" + cls if cls else "")
             if len(limits) > 1:
                 label += f"#{i + 1}"
-            item = f'"{label}";q={limit.amount};w={limit.window_s}'
-            out.append(_Applied(limit, f"{self.name}:{cls}:{i}", label, item))
+            out.append(_Applied(self, limit, f"{self.name}:{cls}:{i}", label))
         return out
 
     def class_of(self, scope: Scope) -> str:
@@ -149,29 +160,29 @@ class PolicyLimiter:
         self.refusals = dict.fromkeys((p.name for p in self.policies), 0)
         self.shadow_refusals = {p.name: 0 for p in self.policies if not p.enforce}
         self._shadow_logged: dict[str, float] = {}
+        self._policy_fields: dict[tuple[_Applied, ...], tuple[bytes, bytes]] = {}
 
-    def charges(self, scope: Scope) -> tuple[list[Charge], list[_Compiled], list[_Applied]]:
-        """charges lists what the request costs in each bucket of each policy it matches,
-        with the policy and limit behind each charge; all three empty when none matches."""
-        method = scope.get("method") or "GET"
-        matched = self._router.match(method, scope["path"])
+    def charges(self, scope: Scope) -> tuple[list[Charge], list[_Applied]]:
+        """charges lists what the request costs in each bucket of each policy it matches, and
+        the limit behind each charge; both empty when none matches."""
+        matched = self._router.match(scope.get("method") or "GET", scope["path"])
         charges: list[Charge] = []
-        owners: list[_Compiled] = []
         applied: list[_Applied] = []
         for policy in matched:
             client = policy.key(scope)
             if client is None:
                 continue
             cost = policy.cost if policy.cost_fn is None else _checked_cost(policy, scope)
-            for limit in policy.limits[policy.class_of(scope) if policy.class_header else ""]:
-                charges.append(Charge(client, limit.name, limit.limit.bucket, cost, policy.group))
-                owners.append(policy)
-                applied.append(limit)
-        return charges, owners, applied
+            limits = policy.limits[policy.class_of(scope)] if policy.class_header else policy.plain
+            group = policy.group
+            for limit in limits:
+                charges.append(_new_tuple(Charge, (client, limit.name, limit.bucket, cost, group)))
+            applied += limits
+        return charges, applied
 
     async def decide(self, scope: Scope) -> Outcome:
         """decide is the request's outcome under every policy it matches."""
-        charges, owners, applied = self.charges(scope)
+        charges, applied = self.charges(scope)
         if not charges:
             return ADMIT_PLAIN
         sync = self._sync
@@ -179,45 +190,55 @@ class PolicyLimiter:
             verdict: Verdict = sync(charges, self.clock())
         else:
             verdict = await self.store.decide_charges(charges)  # type: ignore[attr-defined]
-        return self.outcome(charges, owners, applied, verdict)
+        return self.outcome(applied, verdict)
 
-    def outcome(
-        self,
-        charges: Sequence[Charge],
-        owners: Sequence[_Compiled],
-        applied: Sequence[_Applied],
-        verdict: Verdict,
-    ) -> Outcome:
+    def outcome(self, applied: Sequence[_Applied], verdict: Verdict) -> Outcome:
         """outcome turns a store's verdict into headers, counters and, if refused, a Refusal."""
         decisions = verdict.decisions
-        if verdict.refused_groups and verdict.admitted:
-            self._count_shadow(owners, verdict.refused_groups)
-        items: list[str] = []
+        admitted = verdict.admitted
+        if verdict.refused_groups and admitted:
+            self._count_shadow(applied, verdict.refused_groups)
         closest = -1
-        for i, charge in enumerate(charges):
-            if charge.group != ENFORCED:
-                continue
-            items.append(applied[i].policy_item)
-            if closest < 0 or _closer(decisions[i], decisions[closest], verdict.admitted):
+        shadow = False
+        for i, limit in enumerate(applied):
+            if limit.group != ENFORCED:
+                shadow = True
+            elif closest < 0 or _closer(decisions[i], decisions[closest], admitted):
                 closest = i
         if closest < 0:
             return ADMIT_PLAIN
         decision = decisions[closest]
         headers: RawHeaders = [
-            (b"ratelimit-policy", ", ".join(items).encode()),
-            (b"ratelimit", _ratelimit_item(applied[closest].label, decision).encode()),
+            self._policy_field(applied, shadow),
+            _ratelimit_field(applied[closest].label, decision),
         ]
-        if verdict.admitted:
-            return Outcome(None, headers)
-        policy = owners[closest].name
+        if admitted:
+            return _new_tuple(Outcome, (None, headers))
+        limit = applied[closest]
+        policy = limit.policy.name
         self.refusals[policy] += 1
-        retry = retry_after_seconds(decision.retry_after_s, charges[closest].bucket.fill_time_s)
+        retry = retry_after_seconds(decision.retry_after_s, limit.bucket.fill_time_s)
         headers.insert(0, (b"retry-after", str(retry).encode()))
         return Outcome(Refusal("rate", 429, policy, decision, headers), headers)
 
-    def _count_shadow(self, owners: Sequence[_Compiled], groups: frozenset[int]) -> None:
+    def _policy_field(self, applied: Sequence[_Applied], shadow: bool) -> tuple[bytes, bytes]:
+        """_policy_field is the RateLimit-Policy field listing the enforced limits applied.
+        The same few combinations recur for every request: formatted once each, kept in a
+        cache that configuration bounds (and that is cleared should it ever grow large)."""
+        key = tuple(applied)
+        field = self._policy_fields.get(key)
+        if field is None:
+            items = [a.policy_item for a in applied if a.group == ENFORCED]
+            field = (b"ratelimit-policy", ", ".join(items).encode())
+            if len(self._policy_fields) >= _FIELD_CACHE_MAX:
+                self._policy_fields.clear()
+            self._policy_fields[key] = field
+        return field
+
+    def _count_shadow(self, applied: Sequence[_Applied], groups: frozenset[int]) -> None:
         seen: set[int] = set()
-        for policy in owners:
+        for limit in applied:
+            policy = limit.policy
             if policy.group in groups and policy.group not in seen:
                 seen.add(policy.group)
                 self.shadow_refusals[policy.name] += 1
@@ -246,10 +267,19 @@ def _closer(a: Decision, b: Decision, admitted: bool) -> bool:
     return a.reset_after_s > b.reset_after_s
 
 
-def _ratelimit_item(label: str, decision: Decision) -> str:
+def _ratelimit_field(label: str, decision: Decision) -> tuple[bytes, bytes]:
+    """_ratelimit_field is the RateLimit field for one limit's decision, from a bounded cache:
+    formatting costs more than the rest of the header work (as in admission.headers)."""
     reset = decision.reset_after_s
     seconds = math.ceil(reset) if 0 < reset < math.inf else 0
-    return f'"{label}";r={decision.remaining};t={seconds}'
+    key = (label, decision.remaining, seconds)
+    field = _RATELIMIT_FIELDS.get(key)
+    if field is None:
+        if len(_RATELIMIT_FIELDS) >= _FIELD_CACHE_MAX:
+            _RATELIMIT_FIELDS.clear()
+        field = (b"ratelimit", f'"{label}";r={decision.remaining};t={seconds}'.encode())
+        _RATELIMIT_FIELDS[key] = field
+    return field
 
 
 def _checked_cost(policy: _Compiled, scope: Scope) -> int:

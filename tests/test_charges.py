@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from admission.bucket import Bucket, decide_all
+from admission.bucket import Bucket
 from admission.charges import Charge, decide_charges
 from admission.stores.memory import MemoryStore
 
@@ -55,8 +55,9 @@ def test_a_refused_request_takes_no_token_from_any_bucket() -> None:
     assert verdict.decisions[0].retry_after_s > 0
 
 
-def test_decide_all_with_no_buckets_admits() -> None:
-    assert decide_all([], [], [], 0.0) == (True, [], [])
+def test_no_charges_admit() -> None:
+    verdict, tats = decide_charges([], [], 0.0)
+    assert verdict.admitted and verdict.decisions == [] and tats == []
 
 
 def test_a_shadow_group_never_refuses_and_is_charged_only_with_the_request() -> None:

@@ -176,25 +176,32 @@ class MemoryStore:
     def decide_charges_at(self, charges: Sequence[Charge], now: float) -> Verdict:
         """decide_charges_at decides a request's charges at `now`, all or nothing (see
         `admission.charges`). Each charge's bucket, not the store's, does the arithmetic; the
-        store must have been built with a `generation_s` of at least its longest fill time."""
+        store's own bucket must fill no faster than the slowest of theirs, since that sets how
+        long a generation of keys is kept."""
         if now >= self._rotate_at:
             self._rotate(now)
         current = self._current
         previous = self._previous
-        keys = [charge.name + "|" + charge.client for charge in charges]
+        keys: list[str] = []
         tats: list[float | None] = []
-        for key in keys:
+        for charge in charges:
+            key = charge.name + "|" + charge.client
             tat = current.get(key)
+            keys.append(key)
             tats.append(previous.get(key) if tat is None else tat)
         verdict, new_tats = decide_charges(charges, tats, now)
-        for key, old, new in zip(keys, tats, new_tats, strict=True):
-            if new is old:
+        for i, new in enumerate(new_tats):
+            if new is tats[i]:
                 continue
-            previous.pop(key, None)
+            key = keys[i]
             if new is None or new <= now:
                 current.pop(key, None)
+                previous.pop(key, None)
+            elif key in current:
+                current[key] = new
             else:
-                if key not in current and len(current) + len(previous) >= self.max_keys:
+                previous.pop(key, None)
+                if len(current) + len(previous) >= self.max_keys:
                     self._evict()
                 current[key] = new
         return verdict
