@@ -21,7 +21,7 @@ from admission.keys import bounded, make_key_func
 from admission.policies import DEFAULT, Limit, Policy
 from admission.responses import Scope
 from admission.routes import Router
-from admission.settings import Settings
+from admission.settings import PolicySet, Settings
 
 log = logging.getLogger("admission")
 
@@ -311,6 +311,18 @@ def default_policy(settings: Settings) -> Policy | None:
         burst=settings.burst,
         source="ADMISSION_RATE",
     )
+
+
+def resolved_policies(settings: Settings) -> tuple[Policy, ...]:
+    """resolved_policies is every policy the settings define, in the order they apply: those
+    of `ADMISSION_POLICIES`, then the implicit `default` of `ADMISSION_RATE` if set. Empty
+    without a policy file (the rate, if any, is then decided on its own, the cheaper path)."""
+    found = settings.policies
+    policies: tuple[Policy, ...] = tuple(found) if isinstance(found, PolicySet) else ()
+    if not policies:
+        return ()
+    default = default_policy(settings)
+    return (*policies, default) if default is not None else policies
 
 
 def generation_bucket(policies: Sequence[Policy]) -> Bucket:

@@ -21,7 +21,7 @@ import limits
 from admission.bucket import Bucket
 from admission.errors import PolicyError
 from admission.responses import Scope
-from admission.settings import _ONE_RATE
+from admission.settings import MAX_RATE_AMOUNT, Invalid, Rate
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -49,7 +49,13 @@ FIELDS = (
     "classes",
     "enforce",
 )
-ACCEPTED_LIMIT = "a rate in limits notation such as '5/minute' or '100 per 10 seconds'"
+# A policy file is a few kilobytes; reading stops here (a path to /dev/zero must not hang).
+MAX_FILE_BYTES = 1 << 20
+ACCEPTED_LIMIT = (
+    "a rate in limits notation such as '5/minute' or '100 per 10 seconds', of 1 to "
+    "1000000000 per period, a period of at most a year"
+)
+_RATE = Rate()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,9 +105,11 @@ class Policy:
             )
         set_(self, "match", tuple(self._patterns()))
         if self.burst is not None and (
-            isinstance(self.burst, bool) or not isinstance(self.burst, int) or self.burst < 1
+            isinstance(self.burst, bool)
+            or not isinstance(self.burst, int)
+            or not 1 <= self.burst <= MAX_RATE_AMOUNT
         ):
-            self._fail("burst", f"{self.burst!r} is not a whole number of tokens >= 1")
+            self._fail("burst", f"{self.burst!r} is not a whole number of tokens from 1 to 1e9")
         set_(self, "limits", self._limit_texts("limits", self.limits))
         key = self.key
         if not callable(key):
@@ -211,21 +219,18 @@ def _callable_name(fn: object) -> str:
 
 
 def parse_limit(text: str, burst: int | None) -> Limit | None:
-    """parse_limit reads one rate such as '5/minute'; None if it is not exactly one valid rate
-    (limits would also take '1/second;5/minute', keeping only the first, or '10 per 0
-    seconds'). The bucket's capacity is `burst`, else the rate's amount."""
-    one = _ONE_RATE.match(text)
-    if one is None or (one.group(1) is not None and int(one.group(1)) == 0):
-        return None
+    """parse_limit reads one rate such as '5/minute', checked as `ADMISSION_RATE` is; None if
+    it is not exactly one valid rate. The bucket's capacity is `burst`, else the amount."""
     try:
-        item = limits.parse(text)
-    except ValueError:
+        rate = _RATE(text)
+    except Invalid:
         return None
-    if item.amount < 1:
+    if rate is None:
         return None
+    item = limits.parse(rate)
     window = int(item.get_expiry())
     capacity = burst if burst is not None else item.amount
-    return Limit(text.strip(), item.amount, window, Bucket(window / item.amount, capacity))
+    return Limit(rate, item.amount, window, Bucket(window / item.amount, capacity))
 
 
 def split_pattern(pattern: str) -> tuple[str | None, str]:
@@ -263,9 +268,16 @@ def load_policies(path: str | Path) -> tuple[Policy, ...]:
     source = str(path)
     try:
         with open(path, "rb") as file:
-            doc = tomllib.load(file)
-    except OSError as exc:
-        raise PolicyError(source, "-", "file", f"cannot be read: {exc.strerror or exc}") from None
+            data = file.read(MAX_FILE_BYTES + 1)
+    except (OSError, ValueError) as exc:
+        problem = getattr(exc, "strerror", None) or str(exc)
+        raise PolicyError(source, "-", "file", f"cannot be read: {problem}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise PolicyError(source, "-", "file", f"is larger than {MAX_FILE_BYTES} bytes")
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise PolicyError(source, "-", "file", "is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(source, "-", "file", f"is not valid TOML: {exc}") from None
     extra = sorted(set(doc) - {"policy"})
@@ -276,6 +288,8 @@ def load_policies(path: str | Path) -> tuple[Policy, ...]:
     tables = doc.get("policy", [])
     if not isinstance(tables, list):
         raise PolicyError(source, "-", "policy", "expected [[policy]] tables")
+    if not tables:
+        raise PolicyError(source, "-", "policy", "no [[policy]] tables: the file limits nothing")
     return check_policies(
         [_from_table(source, i, table) for i, table in enumerate(tables, 1)], source
     )
