@@ -142,11 +142,12 @@ class PolicyLimiter:
         store: object,
         *,
         trusted_proxies: Sequence[str] = (),
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.policies = tuple(policies)
         self.store = store
-        self.clock = clock
+        # The memory store's own clock, so that its buckets and the shadow log agree.
+        self.clock: Callable[[], float] = clock or getattr(store, "clock", time.monotonic)
         compiled = []
         shadow = 0
         for policy in self.policies:
