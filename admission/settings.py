@@ -420,7 +420,7 @@ class Policies(Parser):
             if isinstance(raw, tuple | list) and all(isinstance(p, Policy) for p in raw):
                 return PolicySet(check_policies(raw), "Settings.policies")
         except PolicyError as exc:
-            raise Invalid(exc.where) from None
+            raise Invalid(str(exc)) from None
         raise Invalid()
 
 

@@ -37,7 +37,9 @@ class Service:
         return httpx.AsyncClient(transport=transport, base_url="http://testserver")
 
 
-async def statuses(client: httpx.AsyncClient, method: str, path: str, n: int, **kw: Any) -> list[int]:
+async def statuses(
+    client: httpx.AsyncClient, method: str, path: str, n: int, **kw: Any
+) -> list[int]:
     return [(await client.request(method, path, **kw)).status_code for _ in range(n)]
 
 
