@@ -223,3 +223,79 @@ async def test_websocket_handshakes_are_matched_like_get_requests() -> None:
     assert answered[0]["type"] == "websocket.http.response.start"
     assert answered[0]["status"] == 429
     assert json.loads(answered[1]["body"])["policy"] == "ws"
+
+
+# --- through Redis, and when Redis fails ----------------------------------------------------
+
+
+async def test_the_example_file_on_real_redis_in_one_round_trip_each(redis_url: str) -> None:
+    import uuid
+
+    prefix = f"admission-test-{uuid.uuid4().hex}"
+    settings = Settings(policies=EXAMPLE, storage=redis_url, key_prefix=prefix, rate="1000/hour")
+    middleware = AdmissionMiddleware(CountingApp(), settings=settings, handle_signals=False)
+    calls: list[int] = []
+    redis_store = middleware.store.store  # type: ignore[union-attr]
+    original = redis_store._eval_many
+
+    async def counted(keys: list[bytes], args: list[Any]) -> Any:
+        calls.append(len(keys))
+        return await original(keys, args)
+
+    redis_store._eval_many = counted
+    transport = httpx.ASGITransport(app=middleware, client=("192.0.2.77", 1))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            assert (await statuses(client, "POST", "/login", 8)).count(200) == 5
+            refused = await client.post("/login")
+            assert refused.json()["policy"] == "login"
+            assert await statuses(client, "GET", "/login", 3) == [200] * 3
+    finally:
+        await middleware.store.close()  # type: ignore[union-attr]
+        import redis.asyncio as aioredis
+
+        client = aioredis.Redis.from_url(redis_url)
+        keys = [k async for k in client.scan_iter(match=f"{prefix}:*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+    # One script call per request: login's two limits and the default's one in the same call.
+    assert calls == [3] * 9 + [1] * 3
+
+
+class DownStore:
+    """DownStore is a store whose every call fails, as an unreachable Redis does."""
+
+    async def decide(self, key: str, cost: int = 1) -> Any:
+        from admission.errors import StorageError
+
+        raise StorageError("down")
+
+    async def decide_charges(self, charges: Any) -> Any:
+        from admission.errors import StorageError
+
+        raise StorageError("down")
+
+    async def check(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("on_error", "expected"), [("local", 5), ("allow", 8), ("deny", 0)])
+async def test_a_failing_store_answers_by_on_storage_error(on_error: str, expected: int) -> None:
+    settings = Settings(policies=EXAMPLE, storage_timeout=0.01, on_storage_error=on_error)
+    middleware = AdmissionMiddleware(
+        CountingApp(),
+        settings=settings,
+        store=DownStore(),
+        handle_signals=False,  # type: ignore[arg-type]
+    )
+    transport = httpx.ASGITransport(app=middleware, client=("192.0.2.78", 1))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await statuses(client, "POST", "/login", 8)).count(200) == expected
+        # A path only a shadow policy matches is never refused, whatever the store does.
+        assert await statuses(client, "GET", "/export", 3) == [200] * 3
+        text = (await client.get("/metrics")).text
+    assert samples(text)[("admission_storage_errors_total", ())] >= 1
