@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from admission.bucket import Bucket, Decision
+from admission.bucket import Bucket, Decision, take_all
 
 ENFORCED = 0
 NONE_REFUSED: frozenset[int] = frozenset()
@@ -60,6 +60,10 @@ def decide_charges(
     took nothing). Each bucket's arithmetic is `Bucket.decide`; this adds only the rule of
     which groups are charged. Pure: the memory store keeps the TATs, tests pass a manual `now`.
     """
+    taken = take_all([c.bucket for c in charges], tats, [c.cost for c in charges], now)
+    if taken is not None:
+        # Every bucket admits: the common case, and all of it is charged.
+        return _new_tuple(Verdict, (True, taken[1], NONE_REFUSED)), taken[0]  # type: ignore[return-value]
     decisions: list[Decision] = []
     new_tats: list[float | None] = []
     refused: set[int] | None = None
@@ -71,9 +75,8 @@ def decide_charges(
             if refused is None:
                 refused = set()
             refused.add(charge.group)
-    if refused is None:
-        # Every bucket admits: the common case, and all of it is charged.
-        return _new_tuple(Verdict, (True, decisions, NONE_REFUSED)), new_tats
+    if refused is None:  # pragma: no cover - take_all admitted these
+        return Verdict(True, decisions, NONE_REFUSED), new_tats
     enforced = ENFORCED not in refused
     for i, charge in enumerate(charges):
         if enforced and charge.group not in refused:

@@ -80,22 +80,12 @@ class _Applied:
 class _Compiled:
     """_Compiled is a policy ready for requests: key function, class lookup, limits."""
 
-    def __init__(self, policy: Policy, group: int, trusted_proxies: Sequence[str]) -> None:
+    def __init__(self, policy: Policy, group: int, key: Callable[[Scope], str | None]) -> None:
         self.policy = policy
         self.name = policy.name
         self.group = group
         self.enforce = policy.enforce
-        key = policy.key
-        if callable(key):
-            custom = key
-
-            def by_callable(scope: Scope) -> str | None:
-                value = custom(scope)
-                return None if value is None else "c:" + bounded(str(value))
-
-            self.key: Callable[[Scope], str | None] = by_callable
-        else:
-            self.key = make_key_func(Settings(key=key, trusted_proxies=tuple(trusted_proxies)))
+        self.key = key
         cost = policy.cost
         self.cost_fn: Callable[[Scope], int] | None = cost if callable(cost) else None
         self.cost = cost if isinstance(cost, int) else 1
@@ -147,17 +137,24 @@ class PolicyLimiter:
         self.policies = tuple(policies)
         self.store = store
         # The memory store's own clock, so that its buckets and the shadow log agree.
-        self.clock: Callable[[], float] = clock or getattr(store, "clock", time.monotonic)
+        self.clock: Callable[[], float] = clock or getattr(store, "clock", None) or time.monotonic
         compiled = []
         shadow = 0
+        # Policies keyed alike share one key function: a request computes its key once for
+        # all of them (see `charges`).
+        keys: dict[object, Callable[[Scope], str | None]] = {}
         for policy in self.policies:
             group = ENFORCED
             if not policy.enforce:
                 shadow += 1
                 group = shadow
-            compiled.append(_Compiled(policy, group, trusted_proxies))
+            key = keys.get(policy.key)
+            if key is None:
+                key = keys[policy.key] = _key_function(policy.key, trusted_proxies)
+            compiled.append(_Compiled(policy, group, key))
         self._router: Router[_Compiled] = Router([(c, c.policy.match) for c in compiled])
         self._sync = getattr(store, "decide_charges_at", None) if _is_memory(store) else None
+        self.synchronous = self._sync is not None
         self.refusals = dict.fromkeys((p.name for p in self.policies), 0)
         self.shadow_refusals = {p.name: 0 for p in self.policies if not p.enforce}
         self._shadow_logged: dict[str, float] = {}
@@ -169,8 +166,12 @@ class PolicyLimiter:
         matched = self._router.match(scope.get("method") or "GET", scope["path"])
         charges: list[Charge] = []
         applied: list[_Applied] = []
+        key = None
+        client = None
         for policy in matched:
-            client = policy.key(scope)
+            if policy.key is not key:
+                key = policy.key
+                client = key(scope)
             if client is None:
                 continue
             cost = policy.cost if policy.cost_fn is None else _checked_cost(policy, scope)
@@ -183,15 +184,22 @@ class PolicyLimiter:
 
     async def decide(self, scope: Scope) -> Outcome:
         """decide is the request's outcome under every policy it matches."""
+        if self._sync is not None:
+            return self.decide_now(scope)
         charges, applied = self.charges(scope)
         if not charges:
             return ADMIT_PLAIN
-        sync = self._sync
-        if sync is not None:
-            verdict: Verdict = sync(charges, self.clock())
-        else:
-            verdict = await self.store.decide_charges(charges)  # type: ignore[attr-defined]
+        verdict: Verdict = await self.store.decide_charges(charges)  # type: ignore[attr-defined]
         return self.outcome(applied, verdict)
+
+    def decide_now(self, scope: Scope) -> Outcome:
+        """decide_now is `decide` without a coroutine, for a memory store (`synchronous`):
+        the middleware calls it directly, as it calls the memory store's `decide_at`."""
+        charges, applied = self.charges(scope)
+        if not charges:
+            return ADMIT_PLAIN
+        assert self._sync is not None
+        return self.outcome(applied, self._sync(charges, self.clock()))
 
     def outcome(self, applied: Sequence[_Applied], verdict: Verdict) -> Outcome:
         """outcome turns a store's verdict into headers, counters and, if refused, a Refusal."""
@@ -201,11 +209,28 @@ class PolicyLimiter:
             self._count_shadow(applied, verdict.refused_groups)
         closest = -1
         shadow = False
-        for i, limit in enumerate(applied):
-            if limit.group != ENFORCED:
-                shadow = True
-            elif closest < 0 or _closer(decisions[i], decisions[closest], admitted):
-                closest = i
+        if admitted:
+            # Fewest tokens left, then the later reset: compared inline, since this runs for
+            # every admitted request and a call per limit costs more than the comparison.
+            best = None
+            for i, limit in enumerate(applied):
+                if limit.group != ENFORCED:
+                    shadow = True
+                    continue
+                d = decisions[i]
+                if (
+                    best is None
+                    or d.remaining < best.remaining
+                    or (d.remaining == best.remaining and d.reset_after_s > best.reset_after_s)
+                ):
+                    best = d
+                    closest = i
+        else:
+            for i, limit in enumerate(applied):
+                if limit.group != ENFORCED:
+                    shadow = True
+                elif closest < 0 or _closer(decisions[i], decisions[closest], admitted):
+                    closest = i
         if closest < 0:
             return ADMIT_PLAIN
         decision = decisions[closest]
@@ -253,6 +278,20 @@ class PolicyLimiter:
                         policy.name,
                         self.shadow_refusals[policy.name],
                     )
+
+
+def _key_function(spec: object, trusted_proxies: Sequence[str]) -> Callable[[Scope], str | None]:
+    """_key_function is the client key of a policy's `key`: a callable's answer (None: the
+    policy does not apply), bounded in length, or the ADMISSION_KEY-style key it names."""
+    if callable(spec):
+        custom = spec
+
+        def by_callable(scope: Scope) -> str | None:
+            value = custom(scope)
+            return None if value is None else "c:" + bounded(str(value))
+
+        return by_callable
+    return make_key_func(Settings(key=str(spec), trusted_proxies=tuple(trusted_proxies)))
 
 
 def _closer(a: Decision, b: Decision, admitted: bool) -> bool:

@@ -216,8 +216,13 @@ class AdmissionMiddleware:
                 return
         try:
             extra: Sequence[tuple[bytes, bytes]] = ()
-            if self.limiter is not None:
-                outcome = await self.limiter.decide(scope)
+            limiter = self.limiter
+            if limiter is not None:
+                # A memory store decides synchronously: no coroutine per request.
+                if limiter.synchronous:
+                    outcome = limiter.decide_now(scope)
+                else:
+                    outcome = await limiter.decide(scope)
                 if outcome.refusal is not None:
                     await self._refuse_by_policy(scope, receive, send, outcome.refusal)
                     return

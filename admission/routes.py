@@ -19,6 +19,7 @@ T = TypeVar("T")
 ANY = ""
 # A template's wildcard segment, for grouping by first segment.
 _PARAM = "\x00"
+_NONE: tuple[tuple[object, ...], tuple[int, ...]] = ((), ())
 
 
 class Router(Generic[T]):
@@ -56,33 +57,39 @@ class Router(Generic[T]):
                     self._templates.setdefault(shape, []).append((method, regex, index))
                 else:
                     self._literal.setdefault((method, path), []).append(index)
-        # Longest first does not matter for correctness (every match counts); sorted for a
-        # stable lookup order.
         self._lengths = sorted(lengths)
-        self._cache_empty = not (self._prefix or self._templates or self._everything)
+        self._patterns = bool(self._prefix or self._templates or self._everything)
+        # Literal paths answer with one lookup of the path, then one of the method: every
+        # method's items (those of any method merged in) are laid out in advance, with their
+        # positions for merging with pattern matches.
+        self._by_path: dict[str, dict[str, tuple[tuple[T, ...], tuple[int, ...]]]] = {}
+        for method, path in self._literal:
+            self._by_path.setdefault(path, {})[method] = ((), ())
+        for path, methods in self._by_path.items():
+            any_ = self._literal.get((ANY, path), [])
+            for method in methods:
+                merged = tuple(sorted(set(any_ + self._literal.get((method, path), []))))
+                methods[method] = (tuple(self._items[i] for i in merged), merged)
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def match(self, method: str, path: str) -> list[T]:
+    def match(self, method: str, path: str) -> tuple[T, ...]:
         """match is every item with a pattern matching `method` and `path`, in route order;
-        an empty list when none does."""
-        literal = self._literal
-        found: list[int] = []
-        hit = literal.get((ANY, path))
-        if hit:
-            found += hit
-        hit = literal.get((method, path))
-        if hit:
-            found += hit
-        if not self._cache_empty:
-            found += self._match_patterns(method, path)
-        if not found:
-            return []
-        if len(found) > 1:
-            found = sorted(set(found))
+        empty when none does."""
+        methods = self._by_path.get(path)
+        literal: tuple[tuple[T, ...], tuple[int, ...]] = _NONE  # type: ignore[assignment]
+        if methods is not None:
+            found = methods.get(method) or methods.get(ANY)
+            if found is not None:
+                literal = found
+        if not self._patterns:
+            return literal[0]
+        more = self._match_patterns(method, path)
+        if not more:
+            return literal[0]
         items = self._items
-        return [items[i] for i in found]
+        return tuple(items[i] for i in sorted({*more, *literal[1]}))
 
     def _match_patterns(self, method: str, path: str) -> list[int]:
         found: list[int] = []

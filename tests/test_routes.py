@@ -7,8 +7,15 @@ import pytest
 from admission.routes import Router
 
 
-def router(*routes: tuple[str, list[str]]) -> Router[str]:
-    return Router([(name, patterns) for name, patterns in routes])
+def router(*routes: tuple[str, list[str]]) -> ListRouter:
+    return ListRouter([(name, patterns) for name, patterns in routes])
+
+
+class ListRouter(Router[str]):
+    """ListRouter answers lists, which read better in assertions."""
+
+    def match(self, method: str, path: str) -> list[str]:  # type: ignore[override]
+        return list(super().match(method, path))
 
 
 @pytest.mark.parametrize(
