@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from admission.bucket import Bucket, Decision
 from admission.charges import ENFORCED, Charge, Verdict
@@ -44,6 +44,15 @@ class Refusal(NamedTuple):
     policy: str
     decision: Decision
     headers: RawHeaders
+
+
+def refusal(request: Any) -> Refusal | None:
+    """refusal is the Refusal an `on_refuse` app is answering for: pass it the ASGI scope or
+    anything with a `.scope` (Starlette's Request and WebSocket); None elsewhere."""
+    scope = request if isinstance(request, dict) else getattr(request, "scope", {})
+    state = scope.get("state") or {}
+    found = state.get(REFUSAL_STATE_KEY)
+    return found if isinstance(found, Refusal) else None
 
 
 class Outcome(NamedTuple):

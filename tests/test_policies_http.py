@@ -10,6 +10,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import admission
 from admission import AdmissionMiddleware, Settings
 from admission.limiter import REFUSAL_STATE_KEY, generation_bucket, resolved_policies
 from admission.policies import Policy
@@ -125,7 +126,8 @@ async def test_on_refuse_answers_with_the_services_own_body() -> None:
     seen: list[Any] = []
 
     async def on_refuse(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        refusal = scope["state"][REFUSAL_STATE_KEY]
+        refusal = admission.refusal(scope)
+        assert refusal is scope["state"][REFUSAL_STATE_KEY]
         seen.append(refusal)
         await send(
             {"type": "http.response.start", "status": refusal.status, "headers": refusal.headers}
@@ -299,3 +301,26 @@ async def test_a_failing_store_answers_by_on_storage_error(on_error: str, expect
         assert await statuses(client, "GET", "/export", 3) == [200] * 3
         text = (await client.get("/metrics")).text
     assert samples(text)[("admission_storage_errors_total", ())] >= 1
+
+
+async def test_the_docs_on_refuse_example_answers_with_its_own_json() -> None:
+    from starlette.responses import JSONResponse
+
+    async def too_many(scope: Any, receive: Any, send: Any) -> None:
+        refused = admission.refusal(scope)
+        assert refused is not None
+        response = JSONResponse(
+            {"error": "slow down", "policy": refused.policy},
+            status_code=refused.status,
+            headers={k.decode(): v.decode() for k, v in refused.headers},
+        )
+        await response(scope, receive, send)
+
+    service = Service(policies=EXAMPLE, on_refuse=too_many)
+    async with service.client() as client:
+        await statuses(client, "POST", "/login", 5)
+        refused = await client.post("/login")
+    assert refused.status_code == 429
+    assert refused.json() == {"error": "slow down", "policy": "login"}
+    assert refused.headers["retry-after"] == "180"
+    assert parse_sf_list(refused.headers["ratelimit"])[0][0] == "login#2"
