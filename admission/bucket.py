@@ -10,7 +10,6 @@ Time is an argument: nothing here reads a clock, sleeps or starts a task.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -114,31 +113,3 @@ class Bucket:
         # Whole tokens only, so headers never promise a token that is not there yet.
         tokens = (self.fill_time_s - (tat - now)) / self.interval_s
         return max(0, min(self.capacity, math.floor(tokens + _EPSILON_S)))
-
-
-def take_all(
-    buckets: Sequence[Bucket], tats: Sequence[float | None], costs: Sequence[int], now: float
-) -> tuple[list[float], list[Decision]] | None:
-    """take_all is `Bucket.decide` for several buckets at once when every one of them admits:
-    the new TATs and the decisions, expression for expression what `decide` returns; None as
-    soon as one would refuse (the caller then asks `decide` for the details). It exists for
-    speed: a request under several limits costs one call here instead of one `decide` each
-    (benchmarks/overhead.py, admission-3x2); tests hold it equal to `decide`."""
-    new_tats: list[float] = []
-    decisions: list[Decision] = []
-    for bucket, tat, cost in zip(buckets, tats, costs, strict=True):
-        interval = bucket.interval_s
-        capacity = bucket.capacity
-        limit = capacity * interval
-        base = now if tat is None or tat < now else tat
-        new_tat = base + cost * interval
-        if cost > capacity or cost < 0 or new_tat - now > limit + _EPSILON_S:
-            return None
-        remaining = math.floor((limit - (new_tat - now)) / interval + _EPSILON_S)
-        if remaining > capacity:
-            remaining = capacity
-        elif remaining < 0:
-            remaining = 0
-        new_tats.append(new_tat)
-        decisions.append(_new_tuple(Decision, (True, remaining, 0.0, new_tat - now)))
-    return new_tats, decisions

@@ -109,7 +109,8 @@ def test_a_cost_above_one_limits_capacity_refuses_with_an_infinite_retry() -> No
 def test_all_or_nothing_matches_separate_buckets_taken_only_together(
     steps: list[tuple[float, int, int]],
 ) -> None:
-    """The reference: each bucket's own `decide`, applied only when both admit."""
+    """The reference: each bucket's own `decide`, applied only when both admit; floats in
+    the TATs and the decisions alike are the same, not merely close."""
     a, b = Bucket(0.3, 4), Bucket(1.1, 6)
     state = Tats([Charge("c", "a", a, 1), Charge("c", "b", b, 1)])
     ref_a: float | None = None
@@ -124,6 +125,8 @@ def test_all_or_nothing_matches_separate_buckets_taken_only_together(
         assert verdict.admitted == (da.allowed and db.allowed)
         if verdict.admitted:
             ref_a, ref_b = new_a, new_b
+            # The one-call path (take_all) gives what `decide` gives, exactly.
+            assert verdict.decisions == [da, db]
         assert state.tats == [ref_a, ref_b]
 
 
