@@ -400,6 +400,9 @@ class ShedAt(Parser):
         return f"sheddable:{_fmt(fractions['sheddable'])},default:{_fmt(fractions['default'])}"
 
 
+MAX_SHOWN_PATH = 256
+
+
 class Policies(Parser):
     """Policies is the route policies: the path of a TOML policy file, or (in code) a sequence
     of `Policy`; empty for none. A bad file is refused naming the policy and the field."""
@@ -420,7 +423,12 @@ class Policies(Parser):
             if isinstance(raw, tuple | list) and all(isinstance(p, Policy) for p in raw):
                 return PolicySet(check_policies(raw), "Settings.policies")
         except PolicyError as exc:
-            raise Invalid(str(exc)) from None
+            # The file named in full (it is the operator's own path), but never a password
+            # should a URI land here by mistake, and never without bound.
+            shown = redact_uri(exc.source)
+            if len(shown) > MAX_SHOWN_PATH:
+                shown = shown[:MAX_SHOWN_PATH] + f"… ({len(shown)} characters)"
+            raise Invalid(f"{shown}: {exc.where}") from None
         raise Invalid()
 
 
