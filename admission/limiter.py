@@ -145,6 +145,12 @@ class PolicyLimiter:
     ) -> None:
         self.policies = tuple(policies)
         self.store = store
+        inner = getattr(store, "store", store)  # behind a GuardedStore
+        if not _is_memory(store) and not callable(getattr(inner, "decide_charges", None)):
+            raise TypeError(
+                f"route policies need a store that decides several buckets at once "
+                f"(decide_charges); {type(inner).__name__} does not"
+            )
         # The memory store's own clock, so that its buckets and the shadow log agree.
         self.clock: Callable[[], float] = clock or getattr(store, "clock", None) or time.monotonic
         compiled = []

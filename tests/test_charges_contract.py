@@ -205,3 +205,32 @@ async def test_shadow_bucket_gives_nothing_to_a_request_the_enforced_limits_refu
         assert not verdict.admitted and verdict.refused_groups == frozenset({0})
         assert verdict.decisions[1].remaining == 4
     assert await kind.snapshot() == held
+
+
+async def test_cluster_mode_sends_each_clients_buckets_to_its_own_slot_and_merges_in_order() -> (
+    None
+):
+    """In Cluster, a request whose policies key it two ways (address, API key) is one call per
+    client key, each all or nothing; the verdict puts the decisions back in charge order."""
+    client = fakeredis.aioredis.FakeRedis()
+    store = RedisStore(client, Bucket(60.0, 1), timeout_s=TIMEOUT_S, prefix="c", cluster=True)
+    calls: list[list[bytes]] = []
+    original = store._eval_many
+
+    async def counted(keys: list[bytes], args: list[object]) -> object:
+        calls.append(keys)
+        return await original(keys, args)
+
+    store._eval_many = counted  # type: ignore[method-assign]
+    mixed = [
+        Charge("ip:1", "a::0", Bucket(60.0, 2), 1),
+        Charge("h:key", "b::0", Bucket(60.0, 1), 1),
+        Charge("ip:1", "a::1", Bucket(60.0, 5), 1),
+    ]
+    first = await store.decide_charges(mixed)
+    assert first.admitted and [d.remaining for d in first.decisions] == [1, 0, 4]
+    assert sorted(len(keys) for keys in calls) == [1, 2]
+    assert all(len({k.split(b"}")[0] for k in keys}) == 1 for keys in calls)
+    second = await store.decide_charges(mixed)
+    assert not second.admitted and [d.allowed for d in second.decisions] == [True, False, True]
+    await store.close()

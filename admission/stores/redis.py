@@ -265,7 +265,7 @@ class RedisStore:
             raise StorageTimeout(f"Redis did not answer within {self.timeout_s}s") from exc
         except (RedisError, OSError) as exc:
             raise StorageError(f"Redis call failed: {exc}") from exc
-        decisions = [_parse(reply, i) for i in range(len(charges))]
+        decisions = [_parse_many(reply, i) for i in range(len(charges))]
         refused = frozenset(
             c.group for c, d in zip(charges, decisions, strict=True) if not d.allowed
         )
