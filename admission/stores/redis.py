@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import urllib.parse
 from collections import defaultdict
 from collections.abc import Sequence
@@ -32,6 +33,8 @@ from admission.stores.redis_wire import ClientLine, ConnectionLine, Line, Script
 log = logging.getLogger("admission.store")
 
 GCRA = Script.load("gcra.lua")
+# One request's charges against several buckets, all or nothing (admission.charges).
+GCRA_MANY = Script.load("gcra_many.lua")
 # Bounds how long one script call holds Redis's single thread.
 MAX_BATCH = 256
 
@@ -256,33 +259,28 @@ class RedisStore:
         return await self._charge(charges, keys)
 
     async def _charge(self, charges: Sequence[Charge], keys: list[bytes]) -> Verdict:
-        args: list[Any] = []
+        args: list[bytes] = []
         for c in charges:
-            args += (repr(c.bucket.interval_s * 1e6), c.bucket.capacity, c.cost, c.group)
-        try:
-            reply = await _bounded(self._eval_many(keys, args), self.timeout_s)
-        except asyncio.TimeoutError as exc:
-            raise StorageTimeout(f"Redis did not answer within {self.timeout_s}s") from exc
-        except (RedisError, OSError) as exc:
-            raise StorageError(f"Redis call failed: {exc}") from exc
+            bucket = c.bucket
+            args += (
+                repr(bucket.interval_s * 1e6).encode(),
+                b"%d" % bucket.capacity,
+                b"%d" % c.cost,
+                b"%d" % c.group,
+            )
+        reply = await self._eval_many(keys, args)
         decisions = [_parse_many(reply, i) for i in range(len(charges))]
         refused = frozenset(
             c.group for c, d in zip(charges, decisions, strict=True) if not d.allowed
         )
         return Verdict(ENFORCED not in refused, decisions, refused)
 
-    async def _eval_many(self, keys: list[bytes], args: list[Any]) -> list[Any]:
-        for attempt in (1, 2):
-            try:
-                try:
-                    return await self.client.evalsha(MANY_SCRIPT_SHA, len(keys), *keys, *args)  # type: ignore[no-any-return]
-                except NoScriptError:
-                    return await self.client.eval(MANY_SCRIPT, len(keys), *keys, *args)  # type: ignore[no-any-return]
-            except RedisConnectionError:
-                # As `_eval`: a pooled connection the server closed fails once.
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+    async def _eval_many(self, keys: list[bytes], args: list[bytes]) -> list[Any]:
+        """_eval_many runs gcra_many.lua once, within `timeout_s` or StorageError. It goes
+        through the client's pool (`_client_line`), which takes any number of calls at once:
+        each request's charges are their own call."""
+        reply = await self._run(self._client_line, GCRA_MANY, keys, args)
+        return reply  # type: ignore[no-any-return]
 
     async def check(self) -> None:
         """check pings Redis within `timeout_s`, raising StorageError if it can't."""
@@ -308,6 +306,18 @@ class RedisStore:
         finally:
             close = getattr(self.client, "aclose", None) or self.client.close
             await close()
+
+
+def _parse_many(reply: list[Any], i: int) -> Decision:
+    """_parse_many reads the i-th decision of a gcra_many.lua reply: four integers (allowed,
+    remaining, retry-after and reset-after in µs, retry -1 for a cost above the capacity)."""
+    allowed, remaining, retry_us, reset_us = (int(v) for v in reply[4 * i : 4 * i + 4])
+    return Decision(
+        allowed=bool(allowed),
+        remaining=remaining,
+        retry_after_s=math.inf if retry_us < 0 else retry_us / 1e6,
+        reset_after_s=reset_us / 1e6,
+    )
 
 
 def _line_for(client: Any, cluster: bool) -> Line:
