@@ -175,35 +175,37 @@ class MemoryStore:
 
     def decide_charges_at(self, charges: Sequence[Charge], now: float) -> Verdict:
         """decide_charges_at decides a request's charges at `now`, all or nothing (see
-        `admission.charges`). Each charge's bucket, not the store's, does the arithmetic; the
-        store's own bucket must fill no faster than the slowest of theirs, since that sets how
-        long a generation of keys is kept."""
+        `admission.charges`): each charge's bucket, not the store's, does the arithmetic, and
+        is held under `<name>|<client>`. The store's own bucket must fill no slower than the
+        slowest of theirs, since that sets how long a generation of keys is kept
+        (`limiter.generation_bucket`). A bucket that took nothing is left where it is."""
         if now >= self._rotate_at:
             self._rotate(now)
         current = self._current
         previous = self._previous
-        keys: list[str] = []
+        slots: list[str | int] = []
         tats: list[float | None] = []
         for charge in charges:
             key = charge.name + "|" + charge.client
-            tat = current.get(key)
-            keys.append(key)
-            tats.append(previous.get(key) if tat is None else tat)
+            slot: str | int = key if len(key) <= SHORT_KEY else slot_of(key)
+            tat = current.get(slot)
+            slots.append(slot)
+            tats.append(previous.get(slot) if tat is None else tat)
         verdict, new_tats = decide_charges(charges, tats, now)
         for i, new in enumerate(new_tats):
             if new is tats[i]:
                 continue
-            key = keys[i]
-            if new is None or new <= now:
-                current.pop(key, None)
-                previous.pop(key, None)
-            elif key in current:
-                current[key] = new
-            else:
-                previous.pop(key, None)
-                if len(current) + len(previous) >= self.max_keys:
-                    self._evict()
-                current[key] = new
+            slot = slots[i]
+            # Taken out and put back at the end of the current generation, as `decide_at`
+            # does: the store stays in order of last use. (Read afresh: making room may have
+            # started a new generation.)
+            held = self._current.pop(slot, None)
+            if held is None:
+                held = self._previous.pop(slot, None)
+            if new is not None and new > now:
+                if held is None:
+                    self._make_room(now)
+                self._current[slot] = new
         return verdict
 
     async def decide_charges(self, charges: Sequence[Charge]) -> Verdict:
