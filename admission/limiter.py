@@ -22,6 +22,7 @@ from admission.policies import DEFAULT, Limit, Policy
 from admission.responses import Scope
 from admission.routes import Router
 from admission.settings import PolicySet, Settings
+from admission.stores.guard import StorageDenial
 
 log = logging.getLogger("admission")
 
@@ -257,8 +258,13 @@ class PolicyLimiter:
             return _new_tuple(Outcome, (None, headers))
         limit = applied[closest]
         policy = limit.policy.name
-        self.refusals[policy] += 1
         retry = retry_after_seconds(decision.retry_after_s, limit.bucket.fill_time_s)
+        if isinstance(decision, StorageDenial):
+            # The store failed and ADMISSION_ON_STORAGE_ERROR=deny: nothing is known of the
+            # client's buckets to tell it, and it is no rate refusal of the policy's.
+            headers = [(b"retry-after", str(retry).encode())]
+            return Outcome(Refusal("storage", 503, policy, decision, headers), headers)
+        self.refusals[policy] += 1
         headers.insert(0, (b"retry-after", str(retry).encode()))
         return Outcome(Refusal("rate", 429, policy, decision, headers), headers)
 

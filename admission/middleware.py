@@ -223,10 +223,15 @@ class AdmissionMiddleware:
                     outcome = limiter.decide_now(scope)
                 else:
                     outcome = await limiter.decide(scope)
-                if outcome.refusal is not None:
-                    await self._refuse_by_policy(scope, receive, send, outcome.refusal)
+                refusal = outcome.refusal
+                if refusal is not None:
+                    if not self._fields_on_refusals:
+                        # ADMISSION_HEADERS=off: Retry-After (always first) alone.
+                        refusal = refusal._replace(headers=refusal.headers[:1])
+                    await self._refuse_by_policy(scope, receive, send, refusal)
                     return
-                extra = outcome.headers
+                if self._fields_on_admitted:
+                    extra = outcome.headers
             elif self.store is not None:
                 store = self.store
                 if type(store) is MemoryStore:
@@ -323,7 +328,8 @@ class AdmissionMiddleware:
         `ADMISSION_RATE`'s): through the
         `on_refuse` app if one is set (it finds the refusal in the scope's state), else with
         problem+json naming the policy."""
-        self.stats.reject(reasons.RATE)
+        reason = reasons.STORAGE if refusal.reason == "storage" else reasons.RATE
+        self.stats.reject(reason)
         if self._on_refuse is not None:
             state = scope.get("state")
             if state is None:
@@ -332,10 +338,10 @@ class AdmissionMiddleware:
             await self._on_refuse(scope, receive, send)
         elif scope["type"] == "websocket":
             await refuse_websocket(
-                scope, receive, send, reasons.RATE, refusal.headers, policy=refusal.policy
+                scope, receive, send, reason, refusal.headers, policy=refusal.policy
             )
         else:
-            await send_problem(send, reasons.RATE, refusal.headers, policy=refusal.policy)
+            await send_problem(send, reason, refusal.headers, policy=refusal.policy)
 
     async def _startup(self) -> None:
         self._start()

@@ -296,7 +296,13 @@ async def test_a_failing_store_answers_by_on_storage_error(on_error: str, expect
     )
     transport = httpx.ASGITransport(app=middleware, client=("192.0.2.78", 1))
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-        assert (await statuses(client, "POST", "/login", 8)).count(200) == expected
+        answers = await statuses(client, "POST", "/login", 8)
+        assert answers.count(200) == expected
+        if on_error == "deny":
+            # Nothing is known of the buckets: 503 "storage", not a policy's 429.
+            assert set(answers) == {503}
+            denied = await client.post("/login")
+            assert denied.json()["reason"] == "storage" and "ratelimit" not in denied.headers
         # A path only a shadow policy matches is never refused, whatever the store does.
         assert await statuses(client, "GET", "/export", 3) == [200] * 3
         text = (await client.get("/metrics")).text
@@ -324,3 +330,20 @@ async def test_the_docs_on_refuse_example_answers_with_its_own_json() -> None:
     assert refused.json() == {"error": "slow down", "policy": "login"}
     assert refused.headers["retry-after"] == "180"
     assert parse_sf_list(refused.headers["ratelimit"])[0][0] == "login#2"
+
+
+@pytest.mark.parametrize(
+    ("headers", "on_admitted", "on_refused"),
+    [("all", True, True), ("refused", False, True), ("off", False, False)],
+)
+async def test_admission_headers_decides_where_the_policy_fields_go(
+    headers: str, on_admitted: bool, on_refused: bool
+) -> None:
+    service = Service(policies=EXAMPLE, headers=headers)
+    async with service.client() as client:
+        admitted = await client.post("/login")
+        await statuses(client, "POST", "/login", 4)
+        refused = await client.post("/login")
+    assert ("ratelimit" in admitted.headers) is on_admitted
+    assert ("ratelimit-policy" in refused.headers) is on_refused
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "180"

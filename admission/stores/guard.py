@@ -101,7 +101,7 @@ class GuardedStore:
             )
         enforced = [c for c in charges if c.group == ENFORCED]
         decisions = [
-            Decision(False, 0, c.bucket.interval_s * max(c.cost, 1), c.bucket.fill_time_s)
+            StorageDenial(False, 0, c.bucket.interval_s * max(c.cost, 1), c.bucket.fill_time_s)
             if c.group == ENFORCED
             else Decision(True, c.bucket.capacity, 0.0, 0.0)
             for c in charges
