@@ -57,7 +57,7 @@ async def kind(request: pytest.FixtureRequest) -> AsyncIterator[Kind]:
             clock.now += seconds
 
         async def memory_snapshot() -> dict[str, object]:
-            return {**store._previous, **store._current}
+            return {store._digests[e]: store._tats[e] for e in range(1, len(store) + 1)}
 
         yield Kind(store, advance, memory_snapshot)
         return

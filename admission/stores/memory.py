@@ -176,37 +176,47 @@ class MemoryStore:
     def decide_charges_at(self, charges: Sequence[Charge], now: float) -> Verdict:
         """decide_charges_at decides a request's charges at `now`, all or nothing (see
         `admission.charges`): each charge's bucket, not the store's, does the arithmetic, and
-        is held under `<name>|<client>`. The store's own bucket must fill no slower than the
-        slowest of theirs, since that sets how long a generation of keys is kept
-        (`limiter.generation_bucket`). A bucket that took nothing is left where it is."""
-        if now >= self._rotate_at:
-            self._rotate(now)
-        current = self._current
-        previous = self._previous
-        slots: list[str | int] = []
+        is held under the digest of `<name>|<client>`. The store's own bucket must fill no
+        faster than the slowest of theirs, since its fill time is how long the store waits
+        idle before forgetting everything (`limiter.generation_bucket`). A bucket that took
+        nothing is left where it is; one that took is moved to the most recent end."""
+        if now >= self._check_at:
+            self._check(now)
+        digests: list[int] = []
         tats: list[float | None] = []
+        held = self._tats
         for charge in charges:
             key = charge.name + "|" + charge.client
-            slot: str | int = key if len(key) <= SHORT_KEY else slot_of(key)
-            tat = current.get(slot)
-            slots.append(slot)
-            tats.append(previous.get(slot) if tat is None else tat)
+            digest = hash(key) if _HASH_IS_KEYED else digest_of(key)
+            entry = self._find(digest)
+            digests.append(digest)
+            tats.append(held[entry] if entry else None)
         verdict, new_tats = decide_charges(charges, tats, now)
         for i, new in enumerate(new_tats):
-            if new is tats[i]:
+            if new is tats[i] or new is None:
                 continue
-            slot = slots[i]
-            # Taken out and put back at the end of the current generation, as `decide_at`
-            # does: the store stays in order of last use. (Read afresh: making room may have
-            # started a new generation.)
-            held = self._current.pop(slot, None)
-            if held is None:
-                held = self._previous.pop(slot, None)
-            if new is not None and new > now:
-                if held is None:
-                    self._make_room(now)
-                self._current[slot] = new
+            # Found afresh: inserting an earlier charge's key may have moved entries.
+            entry = self._find(digests[i])
+            if entry:
+                self._tats[entry] = new
+                self._use(entry)
+            elif new > now:
+                self._insert(digests[i], new, now)
         return verdict
+
+    def _use(self, entry: int) -> None:
+        """_use moves `entry` to the most recent end of the list (as `decide_at` does inline)."""
+        _, _, _, newer, older = self._arrays
+        last = older[0]
+        if entry != last:
+            before = older[entry]
+            after = newer[entry]
+            newer[before] = after
+            older[after] = before
+            older[entry] = last
+            newer[entry] = 0
+            newer[last] = entry
+            older[0] = entry
 
     async def decide_charges(self, charges: Sequence[Charge]) -> Verdict:
         """decide_charges decides a request's charges now (see `decide_charges_at`)."""
