@@ -11,9 +11,17 @@ from admission.context import (
     service_lifetime,
     time_left,
 )
-from admission.errors import AdmissionError, ConfigError, StorageError, StorageTimeout
+from admission.errors import (
+    AdmissionError,
+    ConfigError,
+    PolicyError,
+    StorageError,
+    StorageTimeout,
+)
 from admission.lifetime import Lifetime
+from admission.limiter import Refusal, refusal
 from admission.middleware import AdmissionMiddleware
+from admission.policies import Policy
 from admission.settings import Settings
 
 __all__ = [
@@ -21,11 +29,15 @@ __all__ = [
     "AdmissionMiddleware",
     "ConfigError",
     "Lifetime",
+    "Policy",
+    "PolicyError",
+    "Refusal",
     "Settings",
     "StorageError",
     "StorageTimeout",
     "deadline",
     "draining",
+    "refusal",
     "request_lifetime",
     "service_lifetime",
     "time_left",

@@ -67,6 +67,12 @@ def cmd_config(args: argparse.Namespace) -> int:
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
+    if settings.policies:
+        from admission.limiter import resolved_policies
+
+        print("\npolicies, in the order they apply (every matching one does):")
+        for policy in resolved_policies(settings):
+            print(f"  policy {policy.name}: {policy.describe()}")
     return 0
 
 

@@ -93,3 +93,21 @@ class StorageError(AdmissionError):
 
 class StorageTimeout(StorageError):
     """StorageTimeout is a store call that took longer than `ADMISSION_STORAGE_TIMEOUT`."""
+
+
+class PolicyError(ConfigError):
+    """PolicyError is a bad route policy: one line naming where it came from (the policy file,
+    or `Settings.policies`), the policy and the field, and what is wrong with it. `where` is
+    the same without the source, as `ADMISSION_POLICIES`'s own error line shows it."""
+
+    def __init__(self, source: str, policy: str, field: str, problem: str) -> None:
+        self.source = source
+        self.policy = policy
+        self.field = field
+        self.problem = problem
+        # "-": a mistake in the file as a whole, outside any one policy.
+        self.where = (
+            f"{field}: {problem}" if policy == "-" else f"policy {policy}: {field}: {problem}"
+        )
+        super().__init__("ADMISSION_POLICIES", source, reason=self.where)
+        self.args = (f"{source}: {self.where}",)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -61,9 +61,18 @@ class Stats:
         return out
 
 
+class PolicyCounts(Protocol):
+    """PolicyCounts is what the policy limiter counts: refusals and shadow refusals by policy."""
+
+    refusals: dict[str, int]
+    shadow_refusals: dict[str, int]
+
+
 class AdmissionCollector:
     """AdmissionCollector reads `Stats`, the ledger, the windows, the drain and the store's
-    failure count (`storage_errors`, a function: the store counts them) when scraped."""
+    failure count (`storage_errors`, a function: the store counts them) when scraped.
+    `policies` holds the route policies' own counts (rate refusals and shadow refusals by
+    policy); without it, every rate refusal is the implicit policy "default"'s."""
 
     def __init__(
         self,
@@ -72,10 +81,12 @@ class AdmissionCollector:
         windows: dict[str, Window],
         draining: Callable[[], bool],
         storage_errors: Callable[[], int] = lambda: 0,
+        policies: PolicyCounts | None = None,
     ) -> None:
         self.stats = stats
         self.ledger = ledger
         self.windows = windows
+        self.policies = policies
         self.draining = draining
         self.storage_errors = storage_errors
 
@@ -114,11 +125,19 @@ class AdmissionCollector:
         )
         rejected = CounterMetricFamily(
             "admission_rejected",
-            "Requests refused or interrupted by admission, by reason.",
-            labels=["reason"],
+            "Requests refused or interrupted by admission, by reason, and by policy for the "
+            "rate limits (empty for other reasons).",
+            labels=["reason", "policy"],
         )
+        policies = self.policies
         for reason, count in s.rejected.items():
-            rejected.add_metric([reason], count)
+            if reason != "rate":
+                rejected.add_metric([reason, ""], count)
+            elif policies is None:
+                rejected.add_metric([reason, "default"], count)
+            else:
+                for policy, refused in policies.refusals.items():
+                    rejected.add_metric([reason, policy], refused)
         yield rejected
         shed = CounterMetricFamily(
             "admission_shed",
@@ -128,6 +147,15 @@ class AdmissionCollector:
         for name, count in zip(CLASSES, s.shed, strict=True):
             shed.add_metric([name], count)
         yield shed
+        shadow = CounterMetricFamily(
+            "admission_shadow_refusals",
+            "Requests a shadow policy (enforce = false) would have refused, by policy.",
+            labels=["policy"],
+        )
+        if policies is not None:
+            for policy, refused in policies.shadow_refusals.items():
+                shadow.add_metric([policy], refused)
+        yield shadow
         yield CounterMetricFamily(
             "admission_storage_errors",
             "Rate-limit store calls that failed.",

@@ -19,7 +19,9 @@ from admission.headers import policy_header, ratelimit_header, retry_after_secon
 from admission.keys import make_key_func
 from admission.ledger import Ledger
 from admission.lifespan import Lifespan
+from admission.limiter import REFUSAL_STATE_KEY, PolicyLimiter, Refusal, resolved_policies
 from admission.metrics import AdmissionCollector, Stats
+from admission.policies import DEFAULT as DEFAULT_POLICY
 from admission.priority import priority_from
 from admission.reasons import Reason
 from admission.responses import Receive, Scope, Send, refuse_websocket, send_problem
@@ -77,6 +79,15 @@ class AdmissionMiddleware:
         self.settings = s = settings
         self.lifetime = context.adopt_service_lifetime(s.cleanup_timeout)
         self.store = open_store(s, store)
+        policies = resolved_policies(s)
+        # With route policies every rate limit, `ADMISSION_RATE`'s included, is decided by the
+        # limiter; without, the single rate keeps its own cheaper path below.
+        self.limiter = (
+            PolicyLimiter(policies, self.store, trusted_proxies=s.trusted_proxies)
+            if policies
+            else None
+        )
+        self._on_refuse = s.on_refuse
         rate = s.rate_item
         self._policy = (
             policy_header(s.capacity, s.capacity * s.emission_interval_s)
@@ -132,6 +143,7 @@ class AdmissionMiddleware:
             windows,
             self.drain_state.draining,
             storage_errors=(lambda: guard.errors) if guard is not None else (lambda: 0),
+            policies=self.limiter,
         )
         if metrics_registry is not None:
             # Admission's metrics join the application's, on its endpoint and on ours.
@@ -204,7 +216,23 @@ class AdmissionMiddleware:
                 return
         try:
             extra: Sequence[tuple[bytes, bytes]] = ()
-            if self.store is not None:
+            limiter = self.limiter
+            if limiter is not None:
+                # A memory store decides synchronously: no coroutine per request.
+                if limiter.synchronous:
+                    outcome = limiter.decide_now(scope)
+                else:
+                    outcome = await limiter.decide(scope)
+                refusal = outcome.refusal
+                if refusal is not None:
+                    if not self._fields_on_refusals:
+                        # ADMISSION_HEADERS=off: Retry-After (always first) alone.
+                        refusal = refusal._replace(headers=refusal.headers[:1])
+                    await self._refuse_by_policy(scope, receive, send, refusal)
+                    return
+                if self._fields_on_admitted:
+                    extra = outcome.headers
+            elif self.store is not None:
                 store = self.store
                 if type(store) is MemoryStore:
                     # Synchronous: saves a coroutine per request (subclasses keep `decide`).
@@ -223,7 +251,8 @@ class AdmissionMiddleware:
                     headers = [(b"retry-after", str(retry).encode())]
                     if self._fields_on_refusals:
                         headers += (self._policy, ratelimit_header(decision))
-                    await self._refuse(scope, receive, send, reasons.RATE, headers)
+                    refusal = Refusal("rate", 429, DEFAULT_POLICY, decision, headers)
+                    await self._refuse_by_policy(scope, receive, send, refusal)
                     return
                 if self._fields_on_admitted:
                     extra = (self._policy, ratelimit_header(decision))
@@ -291,6 +320,28 @@ class AdmissionMiddleware:
             await refuse_websocket(scope, receive, send, reason, headers)
         else:
             await send_problem(send, reason, headers)
+
+    async def _refuse_by_policy(
+        self, scope: Scope, receive: Receive, send: Send, refusal: Refusal
+    ) -> None:
+        """_refuse_by_policy answers a request a rate limit refused (the policy "default" is
+        `ADMISSION_RATE`'s): through the
+        `on_refuse` app if one is set (it finds the refusal in the scope's state), else with
+        problem+json naming the policy."""
+        reason = reasons.STORAGE if refusal.reason == "storage" else reasons.RATE
+        self.stats.reject(reason)
+        if self._on_refuse is not None:
+            state = scope.get("state")
+            if state is None:
+                scope["state"] = state = {}
+            state[REFUSAL_STATE_KEY] = refusal
+            await self._on_refuse(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await refuse_websocket(
+                scope, receive, send, reason, refusal.headers, policy=refusal.policy
+            )
+        else:
+            await send_problem(send, reason, refusal.headers, policy=refusal.policy)
 
     async def _startup(self) -> None:
         self._start()

@@ -16,7 +16,9 @@ Receive = Callable[[], Awaitable[Message]]
 RawHeaders = list[tuple[bytes, bytes]]
 
 
-def problem_body(reason: Reason, status: int, detail: str | None = None) -> bytes:
+def problem_body(
+    reason: Reason, status: int, detail: str | None = None, policy: str | None = None
+) -> bytes:
     """problem_body is an RFC 9457 problem document for `status`, with the reason's label as
     an extension member naming why admission refused (rate, window, draining, read_timeout,
     ...), and its detail unless `detail` is given."""
@@ -27,6 +29,9 @@ def problem_body(reason: Reason, status: int, detail: str | None = None) -> byte
         "detail": reason.detail if detail is None else detail,
         "reason": reason.label,
     }
+    if policy is not None:
+        # The route policy that refused (docs/policies.md).
+        doc["policy"] = policy
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
@@ -37,12 +42,14 @@ async def send_problem(
     *,
     status: int | None = None,
     detail: str | None = None,
+    policy: str | None = None,
 ) -> None:
     """send_problem sends a whole problem+json response for `reason`, with its status (or
-    `status`), its fixed header fields and then `headers`."""
+    `status`), its fixed header fields and then `headers`; `policy` names the route policy
+    that refused, if one did."""
     status = reason.status if status is None else status
     assert status is not None, f"{reason.label} has no HTTP answer"
-    body = problem_body(reason, status, detail)
+    body = problem_body(reason, status, detail, policy)
     fields = (*reason.headers, *headers)
     await send_bytes(send, status, body, b"application/problem+json", fields)
 
@@ -85,6 +92,7 @@ async def refuse_websocket(
     send: Send,
     reason: Reason,
     headers: Sequence[tuple[bytes, bytes]] = (),
+    policy: str | None = None,
 ) -> None:
     """refuse_websocket turns a websocket handshake down before it is accepted: with an HTTP
     problem response where the server supports the `websocket.http.response` extension, else
@@ -94,7 +102,7 @@ async def refuse_websocket(
         return
     if "websocket.http.response" in (scope.get("extensions") or {}):
         assert reason.status is not None
-        body = problem_body(reason, reason.status)
+        body = problem_body(reason, reason.status, policy=policy)
         kind = "websocket.http.response"
         fields = (*reason.headers, *headers)
         await send_bytes(send, reason.status, body, b"application/problem+json", fields, kind=kind)

@@ -18,7 +18,7 @@ import math
 import os
 import re
 import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import limits
@@ -400,6 +400,78 @@ class ShedAt(Parser):
         return f"sheddable:{_fmt(fractions['sheddable'])},default:{_fmt(fractions['default'])}"
 
 
+MAX_SHOWN_PATH = 256
+
+
+class Policies(Parser):
+    """Policies is the route policies: the path of a TOML policy file, or (in code) a sequence
+    of `Policy`; empty for none. A bad file is refused naming the policy and the field."""
+
+    accepted = "the path of a TOML file of [[policy]] tables (docs/policies.md), or empty for none"
+
+    def __call__(self, raw: object) -> PolicySet | None:
+        from admission.errors import PolicyError
+        from admission.policies import Policy, check_policies, load_policies
+
+        if _is_unset(raw) or (isinstance(raw, tuple | list) and not raw):
+            return None
+        if isinstance(raw, PolicySet):
+            return raw
+        try:
+            if isinstance(raw, str):
+                return PolicySet(load_policies(raw.strip()), raw.strip())
+            if isinstance(raw, tuple | list) and all(isinstance(p, Policy) for p in raw):
+                return PolicySet(check_policies(raw), "Settings.policies")
+        except PolicyError as exc:
+            # The file named in full (it is the operator's own path), but never a password
+            # should a URI land here by mistake, and never without bound.
+            shown = redact_uri(exc.source)
+            if len(shown) > MAX_SHOWN_PATH:
+                shown = shown[:MAX_SHOWN_PATH] + f"… ({len(shown)} characters)"
+            raise Invalid(f"{shown}: {exc.where}") from None
+        raise Invalid()
+
+
+class PolicySet(Sequence[Any]):
+    """PolicySet is the validated policies (each a `Policy`), in order, and where they came
+    from; shown as the source and the policies' names."""
+
+    def __init__(self, policies: Iterable[Any], source: str) -> None:
+        self._policies = tuple(policies)
+        self.source = source
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._policies[index]
+
+    def __len__(self) -> int:
+        return len(self._policies)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PolicySet) and self._policies == other._policies
+
+    def __hash__(self) -> int:
+        return hash(self._policies)
+
+    def __str__(self) -> str:
+        names = ", ".join(p.name for p in self._policies)
+        return f"{self.source} ({len(self)} policies: {names})"
+
+    __repr__ = __str__
+
+
+class OnRefuse(Parser):
+    """OnRefuse is an ASGI app answering refusals instead of problem+json; code only."""
+
+    accepted = "an ASGI app, given in code as Settings(on_refuse=app); none by default"
+
+    def __call__(self, raw: object) -> Any:
+        if raw is None:
+            return None
+        if not callable(raw):
+            raise Invalid("set it in code, as Settings(on_refuse=app)")
+        return raw
+
+
 @dataclasses.dataclass(frozen=True)
 class Spec:
     """Spec is how one setting is read, checked and shown: `parse` (with its accepted form),
@@ -608,6 +680,14 @@ class Settings:
         "all",
         Choice("all", "refused", "off"),
         "which responses carry the RateLimit fields: all, refusals only, or none",
+    )
+    # `setting` is a dataclasses.field (ruff only knows that for fields of immutable types).
+    policies: PolicySet | str | tuple[Any, ...] | None = setting(  # noqa: RUF009
+        None, Policies(), "route policies: a TOML policy file"
+    )
+    # An ASGI app: (scope, receive, send) -> awaitable.
+    on_refuse: Callable[..., Any] | None = setting(  # noqa: RUF009
+        None, OnRefuse(), "an ASGI app answering refusals (code only)"
     )
 
     def __post_init__(self) -> None:

@@ -48,6 +48,8 @@ FIRST_BAD = {
     "ready_path": "readyz",
     "metrics_path": "/a b",
     "headers": "some",
+    "policies": "/nonexistent/policies.toml",
+    "on_refuse": "app",
 }
 
 

@@ -35,7 +35,7 @@ def test_the_quick_start_shows_admission_at_work_in_the_first_minute() -> None:
     assert first.headers["ratelimit-policy"] == '"default";q=10;w=60'
     assert first.headers["ratelimit"].startswith('"default";r=9;')
     assert statuses == [200] * 9 + [429] * 3
-    assert 'admission_rejected_total{reason="rate"} 3.0' in metrics
+    assert 'admission_rejected_total{policy="default",reason="rate"} 3.0' in metrics
     assert "settings in effect: ADMISSION_RATE='10/minute'" in log
 
 

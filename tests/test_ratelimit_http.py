@@ -369,8 +369,8 @@ async def test_metrics_count_rate_rejections_and_admissions() -> None:
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     samples = metric_samples(response.text)
-    assert samples[("admission_rejected_total", (("reason", "rate"),))] == 5
-    assert samples[("admission_rejected_total", (("reason", "window"),))] == 0
+    assert samples[("admission_rejected_total", (("policy", "default"), ("reason", "rate")))] == 5
+    assert samples[("admission_rejected_total", (("policy", ""), ("reason", "window")))] == 0
     assert samples[("admission_admitted_total", ())] == 2
     assert samples[("admission_in_flight", ())] == 0
 

@@ -10,6 +10,7 @@ import pytest
 from admission.errors import ConfigError
 from admission.settings import ACCEPTED, Settings, redact_uri
 from admission.stores import open_store
+from tests.support import REPO
 
 # Bad values per field, as they arrive from the environment. Every field must have some, so a
 # new setting without refusal tests fails `test_every_field_has_bad_values_listed`.
@@ -110,6 +111,8 @@ BAD: dict[str, list[str]] = {
     "metrics_path": ["/", "metrics", "\u0663"],
     "key_prefix": ["has space", "pre{fix", "fix}", "a\tb", "x" * 65, "caf\u00e9"],
     "headers": ["some", "ALL", "none", "0", "refused,all"],
+    "policies": ["/nonexistent/policies.toml", "/dev/null", str(REPO / "pyproject.toml")],
+    "on_refuse": ["app", "module:app"],
 }
 
 # Good values per field, the design's examples first.
@@ -183,6 +186,9 @@ GOOD: dict[str, list[tuple[str, object]]] = {
     "ready_path": [("/ready", "/ready"), ("off", None)],
     "metrics_path": [("/internal/metrics", "/internal/metrics"), ("off", None)],
     "headers": [("all", "all"), ("refused", "refused"), ("off", "off"), (" off ", "off")],
+    "policies": [(str(REPO / "tests" / "apps" / "policies.toml"), None)],
+    # Code only: an ASGI app can't come from the environment.
+    "on_refuse": [],
 }
 
 # Variables that only make sense together with others: those others, set to good values.

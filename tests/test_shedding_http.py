@@ -116,8 +116,8 @@ async def test_window_of_ten_sheds_sheddable_at_eight_default_at_nine_critical_a
     assert metrics[("admission_shed_total", (("priority", "sheddable"),))] == 1
     assert metrics[("admission_shed_total", (("priority", "default"),))] == 1
     assert metrics[("admission_shed_total", (("priority", "critical"),))] == 0
-    assert metrics[("admission_rejected_total", (("reason", "shed"),))] == 2
-    assert metrics[("admission_rejected_total", (("reason", "window"),))] == 1
+    assert metrics[("admission_rejected_total", (("policy", ""), ("reason", "shed")))] == 2
+    assert metrics[("admission_rejected_total", (("policy", ""), ("reason", "window")))] == 1
     assert metrics[("admission_window_limit", ())] == 10
     assert ready["window"] == 10
 

@@ -387,5 +387,5 @@ async def test_a_failing_store_given_to_the_middleware_is_guarded_and_its_errors
     await mw(dict(scope, path="/metrics"), receive, send)  # type: ignore[arg-type]
     metrics = bytes(sent[1]["body"]).decode()  # type: ignore[call-overload]
     assert "admission_storage_errors_total 1.0" in metrics
-    assert 'admission_rejected_total{reason="storage"} 1.0' in metrics
-    assert 'admission_rejected_total{reason="rate"} 0.0' in metrics
+    assert 'admission_rejected_total{policy="",reason="storage"} 1.0' in metrics
+    assert 'admission_rejected_total{policy="default",reason="rate"} 0.0' in metrics

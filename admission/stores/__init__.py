@@ -13,7 +13,13 @@ __all__ = ["GuardedStore", "MemoryStore", "RedisStore", "Store", "open_store"]
 
 
 def bucket_for(settings: Settings) -> Bucket | None:
-    """bucket_for is the bucket the settings describe, or None without a rate limit."""
+    """bucket_for is the bucket the settings describe, or None without a rate limit. With
+    route policies, it is one that fills as slowly as their slowest limit: a store keeps keys
+    that long (the policies' own buckets decide, see `admission.limiter`)."""
+    if settings.policies:
+        from admission.limiter import generation_bucket, resolved_policies
+
+        return generation_bucket(resolved_policies(settings))
     if settings.rate is None:
         return None
     return Bucket(settings.emission_interval_s, settings.capacity)

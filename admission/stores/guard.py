@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 from admission.bucket import Bucket, Decision
+from admission.charges import ENFORCED, Charge, Verdict
 from admission.errors import StorageError
 from admission.stores.base import Store
 from admission.stores.memory import MemoryStore
@@ -76,6 +77,36 @@ class GuardedStore:
                     self._recovered()
                 return decision
         return self._fallback(key, cost)
+
+    async def decide_charges(self, charges: Sequence[Charge]) -> Verdict:
+        """decide_charges asks the store for a request's charges, all or nothing, or answers by
+        the policy while it fails: `local` decides them in process memory, `allow` admits,
+        `deny` refuses whatever is enforced (shadow charges alone still pass)."""
+        now = self._clock()
+        if now >= self._retry_at:
+            try:
+                verdict: Verdict = await self.store.decide_charges(charges)  # type: ignore[attr-defined]
+            except StorageError as exc:
+                self._outage(exc)
+            else:
+                if self._down_since is not None:
+                    self._recovered()
+                return verdict
+        self._fallback_count += 1
+        if self.policy == "local":
+            return self._local.decide_charges_at(charges, self._clock())
+        if self.policy == "allow":
+            return Verdict(
+                True, [Decision(True, c.bucket.capacity, 0.0, 0.0) for c in charges], frozenset()
+            )
+        enforced = [c for c in charges if c.group == ENFORCED]
+        decisions = [
+            StorageDenial(False, 0, c.bucket.interval_s * max(c.cost, 1), c.bucket.fill_time_s)
+            if c.group == ENFORCED
+            else Decision(True, c.bucket.capacity, 0.0, 0.0)
+            for c in charges
+        ]
+        return Verdict(not enforced, decisions, frozenset({ENFORCED}) if enforced else frozenset())
 
     def _fallback(self, key: str, cost: int) -> Decision:
         self._fallback_count += 1

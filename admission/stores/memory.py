@@ -8,9 +8,10 @@ import mmap
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from admission.bucket import Bucket, Decision
+from admission.charges import Charge, Verdict, decide_charges
 
 log = logging.getLogger("admission.store")
 
@@ -171,6 +172,55 @@ class MemoryStore:
             newer[last] = entry
             older[0] = entry
         return decision
+
+    def decide_charges_at(self, charges: Sequence[Charge], now: float) -> Verdict:
+        """decide_charges_at decides a request's charges at `now`, all or nothing (see
+        `admission.charges`): each charge's bucket, not the store's, does the arithmetic, and
+        is held under the digest of `<name>|<client>`. The store's own bucket must fill no
+        faster than the slowest of theirs, since its fill time is how long the store waits
+        idle before forgetting everything (`limiter.generation_bucket`). A bucket that took
+        nothing is left where it is; one that took is moved to the most recent end."""
+        if now >= self._check_at:
+            self._check(now)
+        digests: list[int] = []
+        tats: list[float | None] = []
+        held = self._tats
+        for charge in charges:
+            key = charge.name + "|" + charge.client
+            digest = hash(key) if _HASH_IS_KEYED else digest_of(key)
+            entry = self._find(digest)
+            digests.append(digest)
+            tats.append(held[entry] if entry else None)
+        verdict, new_tats = decide_charges(charges, tats, now)
+        for i, new in enumerate(new_tats):
+            if new is tats[i] or new is None:
+                continue
+            # Found afresh: inserting an earlier charge's key may have moved entries.
+            entry = self._find(digests[i])
+            if entry:
+                self._tats[entry] = new
+                self._use(entry)
+            elif new > now:
+                self._insert(digests[i], new, now)
+        return verdict
+
+    def _use(self, entry: int) -> None:
+        """_use moves `entry` to the most recent end of the list (as `decide_at` does inline)."""
+        _, _, _, newer, older = self._arrays
+        last = older[0]
+        if entry != last:
+            before = older[entry]
+            after = newer[entry]
+            newer[before] = after
+            older[after] = before
+            older[entry] = last
+            newer[entry] = 0
+            newer[last] = entry
+            older[0] = entry
+
+    async def decide_charges(self, charges: Sequence[Charge]) -> Verdict:
+        """decide_charges decides a request's charges now (see `decide_charges_at`)."""
+        return self.decide_charges_at(charges, self.clock())
 
     async def decide(self, key: str, cost: int = 1) -> Decision:
         """decide takes `cost` tokens from `key` now, if it can. (The middleware calls

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import urllib.parse
 from collections import defaultdict
 from collections.abc import Sequence
@@ -25,12 +26,15 @@ from redis.crc import key_slot
 from redis.exceptions import RedisError
 
 from admission.bucket import Bucket, Decision
+from admission.charges import ENFORCED, Charge, Verdict
 from admission.errors import StorageError, StorageTimeout
 from admission.stores.redis_wire import ClientLine, ConnectionLine, Line, Script, bounded
 
 log = logging.getLogger("admission.store")
 
 GCRA = Script.load("gcra.lua")
+# One request's charges against several buckets, all or nothing (admission.charges).
+GCRA_MANY = Script.load("gcra_many.lua")
 # Bounds how long one script call holds Redis's single thread.
 MAX_BATCH = 256
 
@@ -223,6 +227,61 @@ class RedisStore:
             if not future.done():
                 future.set_result(_decision(self.bucket, ahead, cost))
 
+    async def decide_charges(self, charges: Sequence[Charge]) -> Verdict:
+        """decide_charges decides one request's charges in one round trip, all or nothing (see
+        `admission.charges`), within `timeout_s` or StorageError.
+
+        Each bucket is `<prefix>:{<client>}:<name>`: a client's buckets share a hash tag. In
+        Redis Cluster, charges of distinct clients land in distinct slots and go in one round
+        trip per slot, concurrently; all or nothing then holds per client key.
+        """
+        if self._closed:
+            raise StorageError("the Redis store is closed")
+        keys = [self.redis_key(c.client) + b":" + c.name.encode() for c in charges]
+        if self.cluster:
+            slots: dict[int, list[int]] = defaultdict(list)
+            for i, key in enumerate(keys):
+                slots[key_slot(key)].append(i)
+            if len(slots) > 1:
+                parts = await asyncio.gather(
+                    *(
+                        self._charge([charges[i] for i in m], [keys[i] for i in m])
+                        for m in slots.values()
+                    )
+                )
+                decisions: list[Decision] = [None] * len(charges)  # type: ignore[list-item]
+                refused: set[int] = set()
+                for members, part in zip(slots.values(), parts, strict=True):
+                    refused |= part.refused_groups
+                    for i, decision in zip(members, part.decisions, strict=True):
+                        decisions[i] = decision
+                return Verdict(ENFORCED not in refused, decisions, frozenset(refused))
+        return await self._charge(charges, keys)
+
+    async def _charge(self, charges: Sequence[Charge], keys: list[bytes]) -> Verdict:
+        args: list[bytes] = []
+        for c in charges:
+            bucket = c.bucket
+            args += (
+                repr(bucket.interval_s * 1e6).encode(),
+                b"%d" % bucket.capacity,
+                b"%d" % c.cost,
+                b"%d" % c.group,
+            )
+        reply = await self._eval_many(keys, args)
+        decisions = [_parse_many(reply, i) for i in range(len(charges))]
+        refused = frozenset(
+            c.group for c, d in zip(charges, decisions, strict=True) if not d.allowed
+        )
+        return Verdict(ENFORCED not in refused, decisions, refused)
+
+    async def _eval_many(self, keys: list[bytes], args: list[bytes]) -> list[Any]:
+        """_eval_many runs gcra_many.lua once, within `timeout_s` or StorageError. It goes
+        through the client's pool (`_client_line`), which takes any number of calls at once:
+        each request's charges are their own call."""
+        reply = await self._run(self._client_line, GCRA_MANY, keys, args)
+        return reply  # type: ignore[no-any-return]
+
     async def check(self) -> None:
         """check pings Redis within `timeout_s`, raising StorageError if it can't."""
         try:
@@ -247,6 +306,18 @@ class RedisStore:
         finally:
             close = getattr(self.client, "aclose", None) or self.client.close
             await close()
+
+
+def _parse_many(reply: list[Any], i: int) -> Decision:
+    """_parse_many reads the i-th decision of a gcra_many.lua reply: four integers (allowed,
+    remaining, retry-after and reset-after in µs, retry -1 for a cost above the capacity)."""
+    allowed, remaining, retry_us, reset_us = (int(v) for v in reply[4 * i : 4 * i + 4])
+    return Decision(
+        allowed=bool(allowed),
+        remaining=remaining,
+        retry_after_s=math.inf if retry_us < 0 else retry_us / 1e6,
+        reset_after_s=reset_us / 1e6,
+    )
 
 
 def _line_for(client: Any, cluster: bool) -> Line:

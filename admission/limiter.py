@@ -1,0 +1,398 @@
+"""admission.limiter: one request against every policy it matches, in one store call.
+
+`PolicyLimiter` finds the matching policies (`admission.routes`), works out each one's client
+key, class, limits and cost, and asks the store to decide every charge at once, all or nothing
+(`admission.charges`). Its `Outcome` carries the RateLimit fields for the response, and on a
+refusal the `Refusal`: the policy that refused, the decision and the headers of the 429.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+from admission.bucket import Bucket, Decision
+from admission.charges import ENFORCED, Charge, Verdict
+from admission.headers import retry_after_seconds
+from admission.keys import bounded, make_key_func
+from admission.policies import DEFAULT, Limit, Policy
+from admission.responses import Scope
+from admission.routes import Router
+from admission.settings import PolicySet, Settings
+from admission.stores.guard import StorageDenial
+
+log = logging.getLogger("admission")
+
+RawHeaders = list[tuple[bytes, bytes]]
+REFUSAL_STATE_KEY = "admission_refusal"
+# Shadow refusals of one policy are logged at most this often.
+SHADOW_LOG_INTERVAL_S = 60.0
+
+
+class Refusal(NamedTuple):
+    """Refusal is why admission turned a request down, as the `on_refuse` app sees it.
+
+    `reason`: "rate" (the metric label and problem `reason`). `status`: 429. `policy`: the name
+    of the policy that refused. `decision`: the refusing limit's decision. `headers`: the
+    Retry-After and RateLimit fields the default answer carries.
+    """
+
+    reason: str
+    status: int
+    policy: str
+    decision: Decision
+    headers: RawHeaders
+
+
+def refusal(request: Any) -> Refusal | None:
+    """refusal is the Refusal an `on_refuse` app is answering for: pass it the ASGI scope or
+    anything with a `.scope` (Starlette's Request and WebSocket); None elsewhere."""
+    scope = request if isinstance(request, dict) else getattr(request, "scope", {})
+    state = scope.get("state") or {}
+    found = state.get(REFUSAL_STATE_KEY)
+    return found if isinstance(found, Refusal) else None
+
+
+class Outcome(NamedTuple):
+    """Outcome is a request's answer from the policies: `refusal` is None when admitted;
+    `headers` are the RateLimit fields for an admitted response."""
+
+    refusal: Refusal | None
+    headers: RawHeaders
+
+
+ADMIT_PLAIN = Outcome(None, [])
+_FIELD_CACHE_MAX = 4096
+_RATELIMIT_FIELDS: dict[tuple[str, int, int], tuple[bytes, bytes]] = {}
+# Named tuples built directly, skipping their Python-level __new__ (as in admission.bucket).
+_new_tuple = tuple.__new__
+
+
+class _Applied:
+    """_Applied is one limit of one policy as it applies to a client class. A plain class with
+    slots: it is hashed by identity, as part of the key of the RateLimit-Policy cache."""
+
+    __slots__ = ("bucket", "group", "label", "limit", "name", "policy", "policy_item")
+
+    def __init__(self, policy: _Compiled, limit: Limit, name: str, label: str) -> None:
+        self.policy = policy
+        self.limit = limit
+        self.bucket = limit.bucket
+        self.group = policy.group
+        self.name = name  # the bucket's name among the client's buckets
+        self.label = label  # its name in the RateLimit fields
+        self.policy_item = f'"{label}";q={limit.amount};w={limit.window_s}'
+
+
+class _Compiled:
+    """_Compiled is a policy ready for requests: key function, class lookup, limits."""
+
+    def __init__(self, policy: Policy, group: int, key: Callable[[Scope], str | None]) -> None:
+        self.policy = policy
+        self.name = policy.name
+        self.group = group
+        self.enforce = policy.enforce
+        self.key = key
+        cost = policy.cost
+        self.cost_fn: Callable[[Scope], int] | None = cost if callable(cost) else None
+        self.cost = cost if isinstance(cost, int) else 1
+        header = policy.class_header
+        self.class_header = header.lower().encode("latin-1") if header else None
+        self.limits: dict[str, list[_Applied]] = {"": self._applied("", policy.limits)}
+        for cls, texts in policy.classes.items():
+            self.limits[cls] = self._applied(cls, texts)
+        self.plain = self.limits[""]
+
+    def _applied(self, cls: str, texts: Sequence[str]) -> list[_Applied]:
+        limits = self.policy.resolve(texts)
+        out = []
+        for i, limit in enumerate(limits):
+            label = self.name + ("/" + cls if cls else "")
+            if len(limits) > 1:
+                label += f"#{i + 1}"
+            out.append(_Applied(self, limit, f"{self.name}:{cls}:{i}", label))
+        return out
+
+    def class_of(self, scope: Scope) -> str:
+        """class_of is the request's listed class, or "" (the policy's own limits)."""
+        header = self.class_header
+        if header is None:
+            return ""
+        for name, value in scope.get("headers", ()):
+            if name == header:
+                text = value.decode("latin-1").strip()
+                return text if text in self.limits else ""
+        return ""
+
+
+class PolicyLimiter:
+    """PolicyLimiter decides requests against `policies` through `store`.
+
+    `store` has `decide_charges(charges)` (a coroutine), or is a `MemoryStore`, whose
+    `decide_charges_at` is called directly. `trusted_proxies` are believed for "ip" keys as in
+    `ADMISSION_TRUSTED_PROXIES`. Counters: `refusals[policy]` and `shadow_refusals[policy]`.
+    """
+
+    def __init__(
+        self,
+        policies: Sequence[Policy],
+        store: object,
+        *,
+        trusted_proxies: Sequence[str] = (),
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.policies = tuple(policies)
+        self.store = store
+        inner = getattr(store, "store", store)  # behind a GuardedStore
+        if not _is_memory(store) and not callable(getattr(inner, "decide_charges", None)):
+            raise TypeError(
+                f"route policies need a store that decides several buckets at once "
+                f"(decide_charges); {type(inner).__name__} does not"
+            )
+        # The memory store's own clock, so that its buckets and the shadow log agree.
+        self.clock: Callable[[], float] = clock or getattr(store, "clock", None) or time.monotonic
+        compiled = []
+        shadow = 0
+        # Policies keyed alike share one key function: a request computes its key once for
+        # all of them (see `charges`).
+        keys: dict[object, Callable[[Scope], str | None]] = {}
+        for policy in self.policies:
+            group = ENFORCED
+            if not policy.enforce:
+                shadow += 1
+                group = shadow
+            key = keys.get(policy.key)
+            if key is None:
+                key = keys[policy.key] = _key_function(policy.key, trusted_proxies)
+            compiled.append(_Compiled(policy, group, key))
+        self._router: Router[_Compiled] = Router([(c, c.policy.match) for c in compiled])
+        self._sync = getattr(store, "decide_charges_at", None) if _is_memory(store) else None
+        self.synchronous = self._sync is not None
+        self.refusals = dict.fromkeys((p.name for p in self.policies), 0)
+        self.shadow_refusals = {p.name: 0 for p in self.policies if not p.enforce}
+        self._shadow_logged: dict[str, float] = {}
+        self._policy_fields: dict[tuple[_Applied, ...], tuple[bytes, bytes]] = {}
+
+    def charges(self, scope: Scope) -> tuple[list[Charge], list[_Applied]]:
+        """charges lists what the request costs in each bucket of each policy it matches, and
+        the limit behind each charge; both empty when none matches."""
+        matched = self._router.match(scope.get("method") or "GET", scope["path"])
+        charges: list[Charge] = []
+        applied: list[_Applied] = []
+        key = None
+        client = None
+        for policy in matched:
+            if policy.key is not key:
+                key = policy.key
+                client = key(scope)
+            if client is None:
+                continue
+            cost = policy.cost if policy.cost_fn is None else _checked_cost(policy, scope)
+            limits = policy.limits[policy.class_of(scope)] if policy.class_header else policy.plain
+            group = policy.group
+            for limit in limits:
+                charges.append(_new_tuple(Charge, (client, limit.name, limit.bucket, cost, group)))
+            applied += limits
+        return charges, applied
+
+    async def decide(self, scope: Scope) -> Outcome:
+        """decide is the request's outcome under every policy it matches."""
+        if self._sync is not None:
+            return self.decide_now(scope)
+        charges, applied = self.charges(scope)
+        if not charges:
+            return ADMIT_PLAIN
+        verdict: Verdict = await self.store.decide_charges(charges)  # type: ignore[attr-defined]
+        return self.outcome(applied, verdict)
+
+    def decide_now(self, scope: Scope) -> Outcome:
+        """decide_now is `decide` without a coroutine, for a memory store (`synchronous`):
+        the middleware calls it directly, as it calls the memory store's `decide_at`."""
+        charges, applied = self.charges(scope)
+        if not charges:
+            return ADMIT_PLAIN
+        assert self._sync is not None
+        return self.outcome(applied, self._sync(charges, self.clock()))
+
+    def outcome(self, applied: Sequence[_Applied], verdict: Verdict) -> Outcome:
+        """outcome turns a store's verdict into headers, counters and, if refused, a Refusal."""
+        decisions = verdict.decisions
+        admitted = verdict.admitted
+        if verdict.refused_groups and admitted:
+            self._count_shadow(applied, verdict.refused_groups)
+        closest = -1
+        shadow = False
+        if admitted:
+            # Fewest tokens left, then the later reset: compared inline, since this runs for
+            # every admitted request and a call per limit costs more than the comparison.
+            best = None
+            for i, limit in enumerate(applied):
+                if limit.group != ENFORCED:
+                    shadow = True
+                    continue
+                d = decisions[i]
+                if (
+                    best is None
+                    or d.remaining < best.remaining
+                    or (d.remaining == best.remaining and d.reset_after_s > best.reset_after_s)
+                ):
+                    best = d
+                    closest = i
+        else:
+            for i, limit in enumerate(applied):
+                if limit.group != ENFORCED:
+                    shadow = True
+                elif closest < 0 or _closer(decisions[i], decisions[closest], admitted):
+                    closest = i
+        if closest < 0:
+            return ADMIT_PLAIN
+        decision = decisions[closest]
+        headers: RawHeaders = [
+            self._policy_field(applied, shadow),
+            _ratelimit_field(applied[closest].label, decision),
+        ]
+        if admitted:
+            return _new_tuple(Outcome, (None, headers))
+        limit = applied[closest]
+        policy = limit.policy.name
+        retry = retry_after_seconds(decision.retry_after_s, limit.bucket.fill_time_s)
+        if isinstance(decision, StorageDenial):
+            # The store failed and ADMISSION_ON_STORAGE_ERROR=deny: nothing is known of the
+            # client's buckets to tell it, and it is no rate refusal of the policy's.
+            headers = [(b"retry-after", str(retry).encode())]
+            return Outcome(Refusal("storage", 503, policy, decision, headers), headers)
+        self.refusals[policy] += 1
+        headers.insert(0, (b"retry-after", str(retry).encode()))
+        return Outcome(Refusal("rate", 429, policy, decision, headers), headers)
+
+    def _policy_field(self, applied: Sequence[_Applied], shadow: bool) -> tuple[bytes, bytes]:
+        """_policy_field is the RateLimit-Policy field listing the enforced limits applied.
+        The same few combinations recur for every request: formatted once each, kept in a
+        cache that configuration bounds (and that is cleared should it ever grow large)."""
+        key = tuple(applied)
+        field = self._policy_fields.get(key)
+        if field is None:
+            items = [a.policy_item for a in applied if a.group == ENFORCED]
+            field = (b"ratelimit-policy", ", ".join(items).encode())
+            if len(self._policy_fields) >= _FIELD_CACHE_MAX:
+                self._policy_fields.clear()
+            self._policy_fields[key] = field
+        return field
+
+    def _count_shadow(self, applied: Sequence[_Applied], groups: frozenset[int]) -> None:
+        seen: set[int] = set()
+        for limit in applied:
+            policy = limit.policy
+            if policy.group in groups and policy.group not in seen:
+                seen.add(policy.group)
+                self.shadow_refusals[policy.name] += 1
+                now = self.clock()
+                last = self._shadow_logged.get(policy.name)
+                if last is None or now - last >= SHADOW_LOG_INTERVAL_S:
+                    self._shadow_logged[policy.name] = now
+                    log.warning(
+                        "shadow policy %r would have refused a request (%d so far); "
+                        "logged at most once a minute",
+                        policy.name,
+                        self.shadow_refusals[policy.name],
+                    )
+
+
+def _key_function(spec: object, trusted_proxies: Sequence[str]) -> Callable[[Scope], str | None]:
+    """_key_function is the client key of a policy's `key`: a callable's answer (None: the
+    policy does not apply), bounded in length, or the ADMISSION_KEY-style key it names."""
+    if callable(spec):
+        custom = spec
+
+        def by_callable(scope: Scope) -> str | None:
+            value = custom(scope)
+            return None if value is None else "c:" + bounded(str(value))
+
+        return by_callable
+    return make_key_func(Settings(key=str(spec), trusted_proxies=tuple(trusted_proxies)))
+
+
+def _closer(a: Decision, b: Decision, admitted: bool) -> bool:
+    """_closer: is `a` closer to refusing than `b`? Among refusals, the later retry is the one
+    the client must wait for; otherwise fewer tokens left, then the later reset."""
+    if not admitted:
+        if a.allowed != b.allowed:
+            return not a.allowed
+        if not a.allowed:
+            return a.retry_after_s > b.retry_after_s
+    if a.remaining != b.remaining:
+        return a.remaining < b.remaining
+    return a.reset_after_s > b.reset_after_s
+
+
+def _ratelimit_field(label: str, decision: Decision) -> tuple[bytes, bytes]:
+    """_ratelimit_field is the RateLimit field for one limit's decision, from a bounded cache:
+    formatting costs more than the rest of the header work (as in admission.headers)."""
+    reset = decision.reset_after_s
+    seconds = math.ceil(reset) if 0 < reset < math.inf else 0
+    key = (label, decision.remaining, seconds)
+    field = _RATELIMIT_FIELDS.get(key)
+    if field is None:
+        if len(_RATELIMIT_FIELDS) >= _FIELD_CACHE_MAX:
+            _RATELIMIT_FIELDS.clear()
+        field = (b"ratelimit", f'"{label}";r={decision.remaining};t={seconds}'.encode())
+        _RATELIMIT_FIELDS[key] = field
+    return field
+
+
+def _checked_cost(policy: _Compiled, scope: Scope) -> int:
+    assert policy.cost_fn is not None
+    cost = policy.cost_fn(scope)
+    if isinstance(cost, bool) or not isinstance(cost, int) or cost < 0:
+        raise ValueError(
+            f"policy {policy.name!r}: cost callable returned {cost!r}, not an int >= 0"
+        )
+    return cost
+
+
+def _is_memory(store: object) -> bool:
+    from admission.stores.memory import MemoryStore
+
+    return type(store) is MemoryStore
+
+
+def default_policy(settings: Settings) -> Policy | None:
+    """default_policy is `ADMISSION_RATE`/`BURST`/`KEY` as the policy "default", which matches
+    every request; None without a rate."""
+    if settings.rate is None:
+        return None
+    return Policy(
+        name=DEFAULT,
+        match=("*",),
+        limits=(settings.rate,),
+        key=settings.key,
+        burst=settings.burst,
+        source="ADMISSION_RATE",
+    )
+
+
+def resolved_policies(settings: Settings) -> tuple[Policy, ...]:
+    """resolved_policies is every policy the settings define, in the order they apply: those
+    of `ADMISSION_POLICIES`, then the implicit `default` of `ADMISSION_RATE` if set. Empty
+    without a policy file (the rate, if any, is then decided on its own, the cheaper path)."""
+    found = settings.policies
+    policies: tuple[Policy, ...] = tuple(found) if isinstance(found, PolicySet) else ()
+    if not policies:
+        return ()
+    default = default_policy(settings)
+    return (*policies, default) if default is not None else policies
+
+
+def generation_bucket(policies: Sequence[Policy]) -> Bucket:
+    """generation_bucket is a bucket that fills as slowly as the slowest limit of `policies`:
+    a memory store built on it keeps each generation of keys that long, so no key is
+    forgotten before its bucket is full again (the bucket itself decides nothing)."""
+    slowest = 1.0
+    for policy in policies:
+        for texts in (policy.limits, *policy.classes.values()):
+            for limit in policy.resolve(texts):
+                slowest = max(slowest, limit.bucket.fill_time_s)
+    return Bucket(slowest, 1)

@@ -1,0 +1,109 @@
+"""benchmarks/policy_instructions.py: what route policies cost per request, in instructions.
+
+The in-process variants of benchmarks/overhead.py (the middleware driven through ASGI with a
+fake receive/send, no network), each run under valgrind's callgrind twice, N1 then N2 requests
+after the same warm-up; the difference of the two totals over N2 - N1 is one request's cost.
+Unlike the timings of overhead.py, the counts don't move with what else the machine is doing.
+
+Variants: bare (no middleware), norate (the middleware, no rate), admission (ADMISSION_RATE),
+policy (one route policy of one limit), 3x2 (3 policies of 2 limits each matching the
+request), 1000 (1,000 policies on distinct literal paths, one matching).
+
+Needs valgrind. Run: python benchmarks/policy_instructions.py [--requests 1000,6000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+VARIANTS = ("bare", "norate", "admission", "policy", "3x2", "1000")
+
+
+def build(name: str) -> object:
+    """build is the app of variant `name`."""
+    sys.path.insert(0, str(HERE))
+    import overhead as o
+
+    from admission import AdmissionMiddleware, Settings
+
+    settings = {
+        "norate": Settings(),
+        "admission": Settings(rate=o.RATE),
+        "policy": o.policy_settings(o.RATE),
+        "3x2": o.policy_settings(o.RATE, 3, 2),
+        "1000": o.policy_settings(o.RATE, 1, 1, 999),
+    }
+    if name == "bare":
+        return o.bare_app
+    return AdmissionMiddleware(o.bare_app, settings=settings[name], handle_signals=False)
+
+
+def run(name: str, requests: int) -> None:
+    """run drives variant `name`: a warm-up, then `requests` requests (the child's work)."""
+    sys.path.insert(0, str(HERE))
+    import overhead as o
+
+    driver = o.Driver(name, build(name), [o.make_scope()])
+
+    async def go() -> None:
+        await driver.run(200)
+        await driver.run(requests)
+
+    asyncio.run(go())
+    if driver.not_ok:
+        raise SystemExit(f"{name}: {driver.not_ok} responses were not 200")
+
+
+def count(name: str, requests: int) -> int:
+    """count runs one variant under callgrind and returns the instructions it executed."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        argv = [sys.executable, __file__, "--child", name, str(requests)]
+        grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv]
+        env = os.environ | {"PYTHONHASHSEED": "0"}
+        subprocess.run(grind, check=True, env=env, capture_output=True)
+        for line in out.read_text().splitlines():
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise SystemExit(f"{name}: callgrind wrote no total")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """main counts each variant's instructions per request and prints the added costs."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", default="1000,6000", help="N1,N2 (default 1000,6000)")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        run(args.child[0], int(args.child[1]))
+        return 0
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (apt install valgrind)")
+    low, high = (int(n) for n in args.requests.split(","))
+    per = {}
+    for name in VARIANTS:
+        per[name] = (count(name, high) - count(name, low)) / (high - low)
+        print(f"  {name:<10}{per[name]:>10,.0f}", flush=True)
+    added = {name: per[name] - per["bare"] for name in VARIANTS}
+    print(f"\n{'variant':<10}{'instr/request':>15}{'added':>10}")
+    for name in VARIANTS:
+        print(f"{name:<10}{per[name]:>15,.0f}{added[name]:>+10,.0f}")
+    print(
+        f"\n3 policies of 2 limits add {added['3x2'] / added['admission']:.2f}x what "
+        f"ADMISSION_RATE adds, {added['3x2'] / added['policy']:.2f}x what one one-limit "
+        f"policy adds; 1,000 literal policies add {per['1000'] - per['policy']:+,.0f} "
+        "instructions to matching one"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
