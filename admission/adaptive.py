@@ -4,34 +4,38 @@ The arithmetic is `next_estimate`, a pure function of the previous estimate, the
 one sampling interval and the time; `AdaptiveLimit` only collects samples (a few additions
 per request) and calls it at most once per interval. docs/overload.md argues the choice.
 
-The rule is Netflix concurrency-limits' gradient limit (GradientLimit, Gradient2Limit):
+The rule is Netflix concurrency-limits' gradient limit (GradientLimit, Gradient2Limit), with
+Envoy's way of keeping the baseline honest and a guard for small windows:
 
 - The baseline is what a request costs when nothing queues: the lowest interval-average
-  latency since the window last measured it at its minimum (see below).
+  latency since the window last measured it at its minimum (below).
 - Each interval, the gradient is tolerance x baseline / the interval's average latency,
-  clamped to 0.5..1: 1 while latency is within `tolerance` x the baseline, less once requests
-  queue. Below 1 the target is limit x gradient (at most halving); at 1, with the window at
-  least half used, it is limit + sqrt(limit) (Gradient2's queue allowance, a growth that is
-  a large step for a large window and a small one for a small window); a window used less
-  than half says nothing about more capacity, and the target is the limit.
+  clamped to 0.5..1. Below 1 (requests queue) the target is limit x gradient, and at least
+  a slot less; at 1, with the window at least half used, it is limit + sqrt(limit)
+  (Gradient2's queue allowance as the growth: a large step for a large window, a small one
+  for a small window). A window used less than half says nothing about more capacity.
 - The limit moves `smoothing` (0.2) of the way to the target. So one slow interval (a pause
   of the machine, a GC, a noisy neighbour: every request in flight slows at once) costs at
   most a tenth of the limit, while a capacity that fell for good keeps the gradient low
   interval after interval and the limit follows it down geometrically.
-- Steady, the limit sits where latency is `tolerance` x the baseline: for a downstream pool
-  of C slots, tolerance x C in flight. Unlike Gradient2, the allowance is not added while
-  requests queue, so there is no standing queue of sqrt(limit) on top (on 4 slots that would
-  be half as much latency again).
+- A step up (the window grew by a slot or more) whose next interval went past the
+  tolerance, or whose latency rose by more than half the step's share and more than half
+  the tolerance, bought too little throughput for what it cost: the limit goes back to
+  before the step, and does not take that step again for `hold_s`. On a small window one
+  slot is a large share of the latency (25 % on 4 slots), and the smoothed gradient alone
+  would settle a slot above the capacity.
 - It starts at the minimum, where nothing queues, so the first intervals measure the
-  baseline; and until the first queueing it doubles per interval (a slow start, as TCP's).
-- The baseline is re-measured every `baseline_s` (as Envoy's adaptive-concurrency filter
-  re-measures its minimum RTT): the window drops to its minimum for one interval to let the
-  larger window's requests finish and one more to measure, then goes back to where it was.
-  A baseline that only ever took the lowest latency seen would miss a service that became
-  slower for good; one that followed the load (Gradient2's long-term average) drifts upward
-  under sustained load, and the limit and latency with it. A limit that came down to its
-  minimum and still queues takes the latency there as the baseline at once: it is the best
-  the service does now.
+  baseline, and doubles per interval, used or not (the clients the small starting window
+  refused may be waiting out their Retry-After), until it queues twice (the first time it
+  halves: a fresh process or a pause can slow a few requests). Then the limit is what that
+  interval measured: the rate served x the baseline x the tolerance.
+- Every `baseline_s` the baseline is re-measured, as Envoy's adaptive-concurrency filter
+  re-measures its minimum RTT: the window drops to its minimum for one interval to let the
+  larger window's requests finish and one more to measure, then goes back. A baseline that
+  only ever took the lowest latency seen would miss a service that became slower for good;
+  one that followed the load (Gradient2's long-term average) drifts up under sustained
+  load, and the limit and latency with it. A limit at its minimum that still queues takes
+  the latency there as the baseline at once: it is the best the service does now.
 - A deadline hit multiplies the limit by `backoff`.
 """
 
@@ -59,8 +63,11 @@ class LimitParams:
     first intervals see the service unloaded: the baseline) and doubles per interval until it
     first queues (a slow start, as TCP's).
     `tolerance` (> 1) is the latency, as a multiple of the baseline, still taken for no
-    queueing (Gradient2's default, 1.5); `smoothing` (0..1] the share of the way to the
-    target the limit moves per interval; `backoff` (0..1) multiplies the limit after a
+    queueing (1.2: Gradient2's 1.5 would let a downstream of 4 slots keep 6 in flight, and
+    every third request wait a round); `smoothing` (0..1] the share of the way to the
+    target the limit moves per interval; `hold_s` how long a step up that queued is not
+    taken again (a failed step every `hold_s` puts interval_s / hold_s of the requests, 2 %,
+    through a window one slot too large); `backoff` (0..1) multiplies the limit after a
     deadline hit. An interval ends at the first sample at least `interval_s` after it began,
     once it holds `min_samples` samples (or 2 per slot of a smaller window: a window of 1
     needs no 400 ms to gather 20 samples of 20 ms) or one drop. Every `baseline_s` the
@@ -121,8 +128,11 @@ class Estimate:
     """Estimate is the adaptive limit's state: the limit (a float; the window is its integer
     part), the baseline (inf before any sample), when the baseline is next re-measured
     (`probe_at`; None before the first interval), where a re-measurement is (`probing`: 0
-    none, DRAINING, MEASURING) and the limit to go back to after it (`resume`), and whether
-    nothing has queued yet (`slow_start`)."""
+    none, DRAINING, MEASURING) and the limit to go back to after it (`resume`), whether
+    nothing has queued yet (`slow_start`), the last interval's average latency
+    (`last_rtt`), the limit before a step up in the last interval (`stepped_from`, 0 when
+    none), until when growth stops at `ceiling` after a step that queued, and how many slow
+    intervals the slow start has seen (`strikes`)."""
 
     limit: float
     baseline_s: float = INF
@@ -134,6 +144,7 @@ class Estimate:
     stepped_from: float = 0.0
     hold_until: float = -INF
     ceiling: float = INF
+    strikes: int = 0
 
 
 def next_estimate(est: Estimate, s: Samples, now: float, p: LimitParams) -> Estimate:
@@ -154,7 +165,9 @@ def next_estimate(est: Estimate, s: Samples, now: float, p: LimitParams) -> Esti
             est, limit=est.resume, baseline_s=rtt, probe_at=now + p.baseline_s, probing=0
         )
     if s.drops:
-        return replace(est, limit=_clamp(est.limit * p.backoff, p), slow_start=False)
+        return replace(
+            est, limit=_clamp(est.limit * p.backoff, p), slow_start=False, stepped_from=0.0
+        )
     baseline = min(est.baseline_s, rtt)
     gradient = max(MIN_GRADIENT, min(1.0, p.tolerance * baseline / rtt))
     limit = est.limit
@@ -165,17 +178,27 @@ def next_estimate(est: Estimate, s: Samples, now: float, p: LimitParams) -> Esti
     if now >= est.probe_at and not est.slow_start:
         # Time to re-measure: at the minimum window, after the larger one's requests drained.
         return replace(
-            est, limit=float(p.minimum), baseline_s=baseline, probing=DRAINING, resume=limit
+            est,
+            limit=float(p.minimum),
+            baseline_s=baseline,
+            probing=DRAINING,
+            resume=limit,
+            stepped_from=0.0,
         )
     # Little's law: the mean in flight. (Counting in flight as each request ends reads half
     # of it when requests end in bursts, as they do when they start together.)
     load = s.latency_s / s.elapsed_s if s.elapsed_s > 0 else limit
     window, before = math.floor(limit), math.floor(est.stepped_from)
     if est.slow_start:
+        if gradient < 1.0 and not est.strikes:
+            # A first slow interval halves the window and the slow start goes on: a fresh
+            # process, or a pause, can slow a few requests at a small window.
+            return replace(
+                _next(est, _clamp(limit / 2, p), rtt, baseline), strikes=1, baseline_s=baseline
+            )
         if gradient < 1.0:
-            # The first queueing: the window goes to what this interval measured, the rate
-            # served x the baseline x the tolerance (TCP's slow start ends at what the flight
-            # that lost a packet carried, halved). Not smoothed: it is a measurement, and the
+            # The second: the window goes to what this interval measured, the rate served x
+            # the baseline x the tolerance. Not smoothed: it is a measurement, and the
             # doubling may have gone far past it while clients waited out a refusal.
             target = load * p.tolerance * baseline / rtt
             return _next(est, _clamp(target, p), rtt, baseline, slow=False)
@@ -219,6 +242,8 @@ def _next(
     stepped_from: float = 0.0,
     slow: bool | None = None,
 ) -> Estimate:
+    """_next is `est` after an ordinary interval: the new limit, baseline and latency, the
+    step taken in it if any, and whether the slow start goes on (None: as before)."""
     return replace(
         est,
         limit=limit,

@@ -31,7 +31,7 @@ def known(limit: float, **fields: object) -> Estimate:
     return dataclasses.replace(est, **fields)
 
 
-def test_it_starts_at_the_minimum_and_doubles_until_the_first_queueing() -> None:
+def test_it_starts_at_the_minimum_and_doubles_until_it_queues_twice() -> None:
     params = LimitParams(minimum=2, maximum=1000)
     assert params.start == 2
     est = Estimate(float(params.start))
@@ -39,19 +39,33 @@ def test_it_starts_at_the_minimum_and_doubles_until_the_first_queueing() -> None
     for step in range(6):
         est = next_estimate(est, pool(est.limit, 128, 16, BASE_S), STEP_S * step, params)
         limits.append(est.limit)
-    # 2, 4, 8, 16 in flight do not queue on 16 slots; 32 does, twice the baseline: the
-    # slow start ends at what that interval measured, the rate served (32 / 40 ms) x the
-    # baseline (20 ms) x the tolerance (1.2), at once.
-    assert limits[:4] == [4.0, 8.0, 16.0, 32.0]
-    assert limits[4] == pytest.approx(32 / 0.040 * 0.020 * 1.2)
+    # 2, 4, 8, 16 in flight do not queue on 16 slots; 32 does, twice the baseline: back to
+    # 16, and on to 32 again, which queues again: the slow start ends at what that interval
+    # measured, the rate served (32 / 40 ms) x the baseline (20 ms) x the tolerance (1.2).
+    assert limits[:6] == [4.0, 8.0, 16.0, 32.0, 16.0, 32.0]
+    assert est.slow_start
+    est = next_estimate(est, pool(est.limit, 128, 16, BASE_S), 0.7, params)
+    assert est.limit == pytest.approx(32 / 0.040 * 0.020 * 1.2)
     assert not est.slow_start
-    assert limits[5] > limits[4]  # 19 in flight on 16 slots: within the tolerance
+    est = next_estimate(est, pool(est.limit, 128, 16, BASE_S), 0.8, params)
+    assert est.limit > 19.2  # 19 in flight on 16 slots: within the tolerance
+
+
+def test_one_slow_interval_at_a_small_window_does_not_end_the_slow_start() -> None:
+    est = next_estimate(Estimate(1.0), interval(BASE_S, load=1), 0.0, P)
+    est = next_estimate(est, interval(BASE_S, load=2), 0.1, P)
+    est = next_estimate(est, interval(3 * BASE_S, load=4), 0.2, P)  # a pause at 4
+    assert est.limit == 2.0 and est.slow_start
+    for t in (0.3, 0.4, 0.5):
+        est = next_estimate(est, interval(BASE_S, load=est.limit), t, P)
+    assert est.limit == 16.0 and est.slow_start
 
 
 def test_the_slow_start_ends_at_what_the_clients_in_flight_measured() -> None:
     # The window doubled to 512 while refused clients waited; 128 came back at once and
-    # queued on 16 slots: the window goes to 16 x the tolerance in one interval.
-    after = next_estimate(Estimate(512.0, baseline_s=BASE_S), pool(512, 128, 16, BASE_S), 1.0, P)
+    # queued on 16 slots, for the second time: the window goes to 16 x the tolerance.
+    est = Estimate(512.0, baseline_s=BASE_S, strikes=1)
+    after = next_estimate(est, pool(512, 128, 16, BASE_S), 1.0, P)
     assert after.limit == pytest.approx(16 * 1.2)
     assert not after.slow_start
 
