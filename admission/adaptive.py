@@ -69,8 +69,10 @@ class LimitParams:
     taken again (a failed step every `hold_s` puts interval_s / hold_s of the requests, 2 %,
     through a window one slot too large); `backoff` (0..1) multiplies the limit after a
     deadline hit. An interval ends at the first sample at least `interval_s` after it began,
-    once it holds `min_samples` samples (or 2 per slot of a smaller window: a window of 1
-    needs no 400 ms to gather 20 samples of 20 ms) or one drop. Every `baseline_s` the
+    once it holds `min_samples` samples, or one drop. (Also at a small window: the slow
+    start from a window of 1 takes longer, 0.4 s to gather 20 samples of 20 ms, but a
+    decision on 2 samples, at a fresh process's first requests, is noise, and ended the slow
+    start at a window of 1 while the service could take 16.) Every `baseline_s` the
     baseline is re-measured at the minimum window.
     """
 
@@ -276,7 +278,6 @@ class AdaptiveLimit:
         self._latency_s = 0.0
         self._drops = 0
         self._began: float | None = None
-        self._need = min(params.min_samples, 2 * params.start)
         resize(params.start)
 
     @property
@@ -291,7 +292,7 @@ class AdaptiveLimit:
         began = self._began
         if began is None:
             self._began = now
-        elif now - began >= self.params.interval_s and self._count >= self._need:
+        elif now - began >= self.params.interval_s and self._count >= self.params.min_samples:
             self._update(now)
 
     def drop(self, now: float) -> None:
@@ -322,7 +323,6 @@ class AdaptiveLimit:
         after = self.limit
         if after != before:
             self._resize(after)
-            self._need = min(self.params.min_samples, 2 * after)
             if abs(after - self._logged) > 0.2 * self._logged:
                 log.info(
                     "adaptive window %d -> %d (latency %.1f ms, baseline %.1f ms)",
