@@ -25,27 +25,58 @@ def interval(rtt_s: float, load: float, drops: int = 0, elapsed_s: float = STEP_
 
 
 def known(limit: float, **fields: object) -> Estimate:
-    """known is an estimate past its slow start, with a 20 ms baseline measured at time 0."""
-    est = Estimate(limit, current_min_s=BASE_S, since=0.0, slow_start=False)
+    """known is an estimate past its slow start, with a 20 ms baseline, due to re-measure it
+    at time 30."""
+    est = Estimate(limit, baseline_s=BASE_S, probe_at=30.0, slow_start=False)
     return dataclasses.replace(est, **fields)
 
 
-def test_it_starts_at_the_minimum_and_doubles_until_the_first_queueing() -> None:
+def test_it_starts_at_the_minimum_and_doubles_until_it_queues_twice() -> None:
     params = LimitParams(minimum=2, maximum=1000)
     assert params.start == 2
     est = Estimate(float(params.start))
     limits = []
-    for step in range(5):
+    for step in range(6):
         est = next_estimate(est, pool(est.limit, 128, 16, BASE_S), STEP_S * step, params)
         limits.append(est.limit)
     # 2, 4, 8, 16 in flight do not queue on 16 slots; 32 does, twice the baseline: back to
-    # 16, the window before the step, and from then on growth is gentle.
-    assert limits == [4.0, 8.0, 16.0, 32.0, 16.0]
+    # 16, and on to 32 again, which queues again: the slow start ends at what that interval
+    # measured, the rate served (32 / 40 ms) x the baseline (20 ms) x the tolerance (1.2).
+    assert limits[:6] == [4.0, 8.0, 16.0, 32.0, 16.0, 32.0]
+    assert est.slow_start
+    est = next_estimate(est, pool(est.limit, 128, 16, BASE_S), 0.7, params)
+    assert est.limit == pytest.approx(32 / 0.040 * 0.020 * 1.2)
     assert not est.slow_start
-    # No hold after the slow start: the next interval of 16 in flight grows it, gently.
-    est = dataclasses.replace(est, limit=16.0)
-    est = next_estimate(est, pool(16, 128, 16, BASE_S), 0.5, params)
-    assert est.limit == pytest.approx(17.6)
+    est = next_estimate(est, pool(est.limit, 128, 16, BASE_S), 0.8, params)
+    assert est.limit > 19.2  # 19 in flight on 16 slots: within the tolerance
+
+
+def test_one_slow_interval_at_a_small_window_does_not_end_the_slow_start() -> None:
+    est = next_estimate(Estimate(1.0), interval(BASE_S, load=1), 0.0, P)
+    est = next_estimate(est, interval(BASE_S, load=2), 0.1, P)
+    est = next_estimate(est, interval(3 * BASE_S, load=4), 0.2, P)  # a pause at 4
+    assert est.limit == 2.0 and est.slow_start
+    for t in (0.3, 0.4, 0.5):
+        est = next_estimate(est, interval(BASE_S, load=est.limit), t, P)
+    assert est.limit == 16.0 and est.slow_start
+
+
+def test_the_slow_start_ends_at_what_the_clients_in_flight_measured() -> None:
+    # The window doubled to 512 while refused clients waited; 128 came back at once and
+    # queued on 16 slots, for the second time: the window goes to 16 x the tolerance.
+    est = Estimate(512.0, baseline_s=BASE_S, strikes=1)
+    after = next_estimate(est, pool(512, 128, 16, BASE_S), 1.0, P)
+    assert after.limit == pytest.approx(16 * 1.2)
+    assert not after.slow_start
+
+
+def test_the_slow_start_doubles_a_window_it_does_not_fill() -> None:
+    # At first the window is small, most clients were refused and wait out Retry-After: the
+    # window must be open when they come back.
+    after = next_estimate(Estimate(2.0), interval(BASE_S, load=0.9), 1.0, P)
+    assert after.limit == 4.0
+    # Past the slow start, a window used less than half does not grow.
+    assert next_estimate(known(2.0), interval(BASE_S, load=0.9), 1.0, P).limit == 2.0
 
 
 def test_an_interval_without_samples_changes_nothing() -> None:
@@ -53,20 +84,18 @@ def test_an_interval_without_samples_changes_nothing() -> None:
     assert next_estimate(est, Samples(elapsed_s=STEP_S), 1.0, P) == est
 
 
-def test_full_window_without_queueing_grows() -> None:
+def test_full_window_without_queueing_grows_by_a_fifth_of_its_square_root() -> None:
     after = next_estimate(known(16.0), interval(BASE_S, load=16), 1.0, P)
-    assert after.limit == pytest.approx(16 * 1.1)
-    assert after.growing
-
-
-def test_a_small_window_grows_by_at_least_half_a_request() -> None:
-    after = next_estimate(known(2.0), interval(BASE_S, load=2), 1.0, P)
-    assert after.limit == pytest.approx(2.5)
+    assert after.limit == pytest.approx(16 + 0.2 * 4)
+    after = next_estimate(known(100.0), interval(BASE_S, load=100), 1.0, P)
+    assert after.limit == pytest.approx(100 + 0.2 * 10)
 
 
 def test_latency_within_the_tolerance_still_grows() -> None:
     after = next_estimate(known(16.0), interval(BASE_S * 1.19, load=16), 1.0, P)
     assert after.limit > 16.0
+    after = next_estimate(known(16.0), interval(BASE_S * 1.21, load=16), 1.0, P)
+    assert after.limit < 16.0
 
 
 def test_a_window_less_than_half_used_does_not_grow() -> None:
@@ -74,65 +103,83 @@ def test_a_window_less_than_half_used_does_not_grow() -> None:
     assert next_estimate(known(100.0), interval(BASE_S, load=50), 1.0, P).limit > 100.0
 
 
-def test_one_slow_interval_after_growth_within_the_same_window_is_not_believed() -> None:
-    est = next_estimate(known(4.0), interval(BASE_S, load=4), 1.0, P)
-    assert est.limit == pytest.approx(4.5) and not est.growing
-    after = next_estimate(est, interval(2 * BASE_S, load=4), 1.1, P)
-    assert after.limit == pytest.approx(4.5)
+def test_queueing_moves_the_limit_a_fifth_of_the_way_to_limit_x_gradient() -> None:
+    # Twice the baseline: the gradient is 1.2 x 20 / 40 = 0.6, the target 9.6.
+    after = next_estimate(known(16.0), interval(2 * BASE_S, load=16), 1.0, P)
+    assert after.limit == pytest.approx(16 - 0.2 * 6.4)
 
 
-def test_one_slow_interval_alone_holds_the_limit() -> None:
-    # A pause of the machine slows every request in one interval: not the service's doing.
-    after = next_estimate(known(16.0), interval(4 * BASE_S, load=16), 1.0, P)
-    assert after.limit == 16.0
-    assert after.queued
+def test_queueing_just_above_the_tolerance_aims_at_least_a_slot_lower() -> None:
+    # 6 in flight at 1.25 x the baseline: the gradient 0.96 would aim 0.24
+    # lower; the target is a whole slot lower, so the window leaves 6 in 5 intervals.
+    after = next_estimate(known(6.0), interval(1.25 * BASE_S, load=6), 1.0, P)
+    assert after.limit == pytest.approx(6 - 0.2)
 
 
-def test_two_slow_intervals_shrink_the_limit_towards_the_measured_capacity() -> None:
-    # 16 in flight on 4 slots of 20 ms: each request takes 80 ms; the service serves
-    # 16 / 4 = 4 at once. The limit goes half the way there (at most halving), then again.
-    est = next_estimate(known(16.0), interval(4 * BASE_S, load=16), 1.0, P)
-    est = next_estimate(est, interval(4 * BASE_S, load=16), 1.1, P)
-    assert est.limit == pytest.approx(10.0)  # 16 + 0.5 x (4 - 16)
-    est = next_estimate(est, interval(10 / 4 * BASE_S, load=10), 1.2, P)
-    assert est.limit == pytest.approx(7.0)  # 10 + 0.5 x (4 - 10)
-    # No hold: at a steady limit this was the capacity falling (or a long pause), and the
-    # limit must be free to find its level again.
-    assert est.hold_until == -math.inf
-    est = next_estimate(est, interval(BASE_S, load=7), 1.3, P)
-    assert est.limit == pytest.approx(7.7)
+def test_a_step_up_that_queued_goes_back_and_holds_below_that_step() -> None:
+    est = next_estimate(known(4.9, last_rtt=BASE_S), interval(BASE_S, load=4), 1.0, P)
+    assert int(est.limit) == 5 and est.stepped_from == 4.9  # a step: a window of 5
+    # 5 in flight on 4 slots: latency up 25 %, more than half the step's share (12.5 %).
+    est = next_estimate(est, interval(1.25 * BASE_S, load=5), 1.1, P)
+    assert est.limit == 4.9 and est.hold_until == pytest.approx(1.1 + P.hold_s)
+    # Until the hold ends, growth stops below the window of 5...
+    for t in (1.2, 1.3, 3.0, 1.1 + P.hold_s - 0.01):
+        est = next_estimate(est, interval(BASE_S, load=4), t, P)
+        assert 4.9 <= est.limit < 5.0, t
+    # ...and afterwards it tries again.
+    est = next_estimate(est, interval(BASE_S, load=4), 1.1 + P.hold_s, P)
+    assert est.limit >= 5.0
 
 
-def test_one_slow_interval_right_after_growing_is_believed() -> None:
-    est = next_estimate(known(4.0), interval(BASE_S, load=4), 1.0, P)
-    assert not est.growing and est.limit == pytest.approx(4.5)  # still a window of 4
-    est = next_estimate(est, interval(BASE_S, load=4), 1.05, P)
-    assert est.growing and est.limit == pytest.approx(5.0)  # a window of 5: a step up
-    after = next_estimate(est, interval(1.25 * BASE_S, load=5), 1.1, P)
-    assert after.limit == pytest.approx(4.5)  # back to before the step: a window of 4
-    assert after.hold_until == pytest.approx(1.1 + P.hold_s)
+def test_a_step_up_past_the_tolerance_goes_back_even_after_a_slow_interval() -> None:
+    # The interval before the step was slow (a pause), so latency fell after it; but 5 in
+    # flight on 4 slots is past the tolerance: the step queued all the same.
+    est = known(4.9, last_rtt=3 * BASE_S, stepped_from=4.5)
+    est = next_estimate(est, interval(1.25 * BASE_S, load=5), 1.0, P)
+    assert est.limit == 4.5 and est.hold_until == pytest.approx(1.0 + P.hold_s)
+
+
+def test_a_step_up_whose_latency_rose_more_than_half_its_share_goes_back() -> None:
+    # 3 -> 4 in flight (a third more), latency up 18 %: within the tolerance, but more than
+    # half the step's share: the step bought too little throughput for what it cost.
+    est = known(4.1, last_rtt=BASE_S, stepped_from=3.5)
+    est = next_estimate(est, interval(1.18 * BASE_S, load=4), 1.0, P)
+    assert est.limit == 3.5 and est.ceiling == pytest.approx(3.999)
+
+
+def test_a_step_up_that_bought_throughput_is_kept() -> None:
+    # 16 -> 17 in flight, latency up 5 %: less than half the tolerance (10 %).
+    est = known(17.2, last_rtt=BASE_S, stepped_from=16.5)
+    after = next_estimate(est, interval(1.05 * BASE_S, load=17), 1.0, P)
+    assert after.limit > 17.2 and after.hold_until == -math.inf
+
+
+def test_under_a_hold_a_pause_is_recovered_up_to_below_the_step() -> None:
+    est = known(10.5, hold_until=5.0, ceiling=10.999)
+    est = next_estimate(est, interval(10 * BASE_S, load=10), 1.0, P)  # a pause: -10 %
+    assert est.limit == pytest.approx(9.45)
+    for step in range(30):
+        est = next_estimate(est, interval(BASE_S, load=10), 1.1 + step * 0.1, P)
+        assert est.limit < 11.0
+    assert int(est.limit) == 10
+
+
+def test_one_slow_interval_costs_at_most_a_tenth_of_the_limit() -> None:
+    # A pause of the machine slows every request in one interval, here 10 times: the
+    # gradient stops at 0.5, and the limit moves a fifth of the way to half of it.
+    after = next_estimate(known(20.0), interval(10 * BASE_S, load=20), 1.0, P)
+    assert after.limit == pytest.approx(18.0)
 
 
 def test_one_interval_shrinks_the_limit_by_at_most_half() -> None:
     params = dataclasses.replace(P, smoothing=1.0)
-    est = known(100.0, queued=True)
-    after = next_estimate(est, interval(50 * BASE_S, load=100), 1.0, params)
+    after = next_estimate(known(100.0), interval(50 * BASE_S, load=100), 1.0, params)
     assert after.limit == pytest.approx(50.0)
 
 
-def test_after_a_shrink_the_limit_holds_before_it_grows_again() -> None:
-    est = known(4.0, hold_until=3.0)
-    for t in (1.0, 2.0, 2.99):
-        est = next_estimate(est, interval(BASE_S, load=4), t, P)
-        assert est.limit == 4.0, t
-    est = next_estimate(est, interval(BASE_S, load=4), 3.0, P)
-    assert est.limit == pytest.approx(4.5)
-
-
-def test_a_deadline_hit_backs_off_and_holds() -> None:
+def test_a_deadline_hit_backs_off() -> None:
     after = next_estimate(known(20.0), interval(BASE_S, load=20, drops=1), 1.0, P)
     assert after.limit == pytest.approx(18.0)
-    assert after.hold_until == pytest.approx(1.0 + P.hold_s)
 
 
 @pytest.mark.parametrize(
@@ -145,75 +192,86 @@ def test_a_deadline_hit_backs_off_and_holds() -> None:
     ],
 )
 def test_the_limit_stays_within_its_bounds(samples: Samples) -> None:
-    params = LimitParams(minimum=4, maximum=64, initial=4, hold_s=0.0)
+    params = LimitParams(minimum=4, maximum=64, initial=4, baseline_s=1.0)
     for start in (4.0, 5.0, 63.0, 64.0):
         est = known(start)
-        for step in range(30):
+        for step in range(60):  # past re-measurements of the baseline too
             est = next_estimate(est, samples, step * STEP_S, params)
             assert 4 <= est.limit <= 64
 
 
-def test_the_first_interval_sets_the_baseline() -> None:
+def test_the_first_interval_sets_the_baseline_and_when_to_measure_it_again() -> None:
     after = next_estimate(Estimate(10.0), interval(0.030, load=10), 5.0, P)
     assert after.baseline_s == pytest.approx(0.030)
-    assert after.since == 5.0
+    assert after.probe_at == 5.0 + P.baseline_s
     assert after.limit == pytest.approx(20.0)  # no queueing seen: the slow start doubles it
 
 
-def test_the_baseline_is_the_lowest_interval_average_and_forgets_it_after_a_while() -> None:
-    params = LimitParams(baseline_s=10.0)
-    est = next_estimate(Estimate(10.0), interval(0.020, load=1), 0.0, params)
-    est = next_estimate(est, interval(0.030, load=1), 1.0, params)
-    assert est.baseline_s == pytest.approx(0.020)
-    # The service became slower for good: 20 ms is still remembered until the second period
-    # ends (between baseline_s and twice that after it was seen), then 30 ms is the baseline.
-    for t in (5.0, 10.0, 15.0, 19.9):
-        est = next_estimate(est, interval(0.030, load=1), t, params)
-        assert est.baseline_s == pytest.approx(0.020), t
-    est = next_estimate(est, interval(0.030, load=1), 20.0, params)
-    assert est.baseline_s == pytest.approx(0.030)
+def test_the_baseline_is_the_lowest_interval_average() -> None:
+    est = next_estimate(known(4.0), interval(0.030, load=1), 1.0, P)
+    assert est.baseline_s == pytest.approx(BASE_S)
+    est = next_estimate(est, interval(0.015, load=1), 2.0, P)
+    assert est.baseline_s == pytest.approx(0.015)
 
 
-def test_a_limit_stuck_at_its_minimum_while_queueing_takes_its_latency_as_the_baseline() -> None:
-    params = LimitParams(minimum=2, floor_intervals=5)
-    est = known(2.0, queued=True)
-    slow = interval(3 * BASE_S, load=2)
-    for step in range(4):
-        est = next_estimate(est, slow, STEP_S * step, params)
-        assert est.limit == 2.0 and est.baseline_s == BASE_S
-    est = next_estimate(est, slow, 0.4, params)
-    assert est.baseline_s == pytest.approx(3 * BASE_S)
+def test_the_baseline_is_measured_again_at_the_minimum_window_and_the_limit_restored() -> None:
+    params = LimitParams(minimum=2, baseline_s=30.0)
+    slow = 1.1 * BASE_S  # the service became 10 % slower for good; the window is 20
+    est = next_estimate(known(20.0), interval(slow, load=20), 29.9, params)
+    assert est.limit > 20.0 and est.probing == 0
+    grown = est.limit
+    # Due: the window drops to its minimum...
+    est = next_estimate(est, interval(slow, load=20), 30.0, params)
+    assert est.limit == 2.0 and est.probing == adaptive.DRAINING and est.resume == grown
+    # ...the requests the larger window admitted finish, queued or not: ignored...
+    est = next_estimate(est, interval(10 * BASE_S, load=20), 30.1, params)
+    assert est.limit == 2.0 and est.probing == adaptive.MEASURING
+    assert est.baseline_s == pytest.approx(BASE_S)
+    # ...and the next interval, at the minimum, is the new baseline, even if higher.
+    est = next_estimate(est, interval(slow, load=2), 30.2, params)
+    assert est.baseline_s == pytest.approx(slow)
+    assert est.limit == grown and est.probing == 0
+    assert est.probe_at == pytest.approx(60.2)
+
+
+def test_a_limit_at_its_minimum_that_still_queues_takes_its_latency_as_the_baseline() -> None:
+    params = LimitParams(minimum=2)
+    est = next_estimate(known(2.0), interval(3 * BASE_S, load=2), 1.0, params)
+    assert est.baseline_s == pytest.approx(3 * BASE_S) and est.limit == 2.0
     # From the new baseline, the full window grows again at once.
-    est = next_estimate(est, slow, 0.5, params)
-    assert est.limit == pytest.approx(2.5)
+    est = next_estimate(est, interval(3 * BASE_S, load=2), 1.1, params)
+    assert est.limit > 2.0
 
 
-def pool(limit: float, clients: int, capacity: int, hold_s: float) -> Samples:
+def pool(limit: float, clients: int, capacity: int, hold_s: float, pause: float = 1.0) -> Samples:
     """pool is one interval of a closed loop on a pool of `capacity` slots held `hold_s`
-    each: min(limit, clients) in flight, waiting their turn beyond the capacity."""
+    each: min(limit, clients) in flight, waiting their turn beyond the capacity; `pause`
+    stretches every request (the machine paused)."""
     in_flight = min(int(limit), clients)
-    rtt = hold_s * max(1.0, in_flight / capacity)
+    rtt = hold_s * max(1.0, in_flight / capacity) * pause
     return interval(rtt, load=in_flight)
 
 
-def test_against_a_pool_the_limit_follows_a_capacity_drop_and_probes_rarely() -> None:
+def test_against_a_pool_the_limit_follows_a_capacity_drop_and_rides_out_pauses() -> None:
     est = Estimate(float(P.start))
     now = 0.0
-    trace: list[tuple[int, int]] = []
+    trace: list[int] = []
     for capacity in (16, 4):
-        for _ in range(100):  # 10 s of 100 ms intervals
+        for step in range(100):  # 10 s of 100 ms intervals
             now += STEP_S
-            est = next_estimate(est, pool(est.limit, 128, capacity, BASE_S), now, P)
-            trace.append((capacity, int(est.limit)))
-    first, second = [w for _, w in trace[:100]], [w for _, w in trace[100:]]
-    # Settled, the pool is kept full, with at most `tolerance` x its capacity in flight but
-    # for a probe now and then...
-    assert all(16 <= w <= 21 for w in first[20:])
-    assert sum(w > 19 for w in first[20:]) <= 8
-    # ...and within a second of the drop, too, where the probes are one request above the
-    # capacity, at most 1 interval in 10.
-    assert all(4 <= w <= 5 for w in second[10:])
-    assert sum(w > 4 for w in second[10:]) <= 9
+            # The machine pauses for 2 intervals, every 1.3 s: every request 4 times slower.
+            pause = 4.0 if step % 13 in (5, 6) else 1.0
+            est = next_estimate(est, pool(est.limit, 128, capacity, BASE_S, pause), now, P)
+            trace.append(int(est.limit))
+    first, second = trace[:100], trace[100:]
+    # Settled, the pool is kept full, with up to `tolerance` x its capacity in flight; a
+    # pause (two intervals) costs the window less than a fifth, for a few intervals...
+    assert all(15 <= w <= 20 for w in first[10:]), first
+    assert sum(w >= 16 for w in first[10:]) >= 80, first
+    # ...and within 2 s of the drop, at the capacity, but for a step above it now and then,
+    # and a slot below after a pause.
+    assert all(3 <= w <= 5 for w in second[20:]), second
+    assert sum(w == 4 for w in second[20:]) >= 70, second
 
 
 def test_record_waits_for_the_interval_and_the_samples_before_resizing() -> None:
@@ -231,18 +289,16 @@ def test_record_waits_for_the_interval_and_the_samples_before_resizing() -> None
     assert sizes == [10, 20]
 
 
-def test_a_small_window_needs_two_samples_per_slot_not_min_samples() -> None:
+def test_a_small_window_waits_for_min_samples_too() -> None:
+    # Two samples of a fresh process's first requests are noise, not a measurement.
     sizes: list[int] = []
-    limit = AdaptiveLimit(LimitParams(minimum=1, interval_s=0.1, min_samples=20), sizes.append)
+    limit = AdaptiveLimit(LimitParams(minimum=1, interval_s=0.1, min_samples=5), sizes.append)
     assert sizes == [1]
-    limit.record(0.05, 0.0)
-    limit.record(0.05, 0.1)  # 2 samples of a window of 1 over 100 ms: enough
-    assert sizes == [1, 2]
-    for t in (0.12, 0.14, 0.16):
+    for t in (0.0, 0.1, 0.2, 0.3):
         limit.record(0.05, t)
-    assert sizes == [1, 2]  # 3 samples for a window of 2: not yet
-    limit.record(0.05, 0.2)
-    assert sizes == [1, 2, 4]
+    assert sizes == [1]  # 4 samples over 300 ms: not yet
+    limit.record(0.05, 0.4)
+    assert sizes == [1, 2]
 
 
 def test_drops_end_an_interval_without_enough_samples() -> None:
@@ -282,14 +338,12 @@ def test_a_move_of_more_than_a_fifth_since_the_last_logged_one_is_logged(
         {"minimum": 5, "maximum": 4},
         {"initial": 2000},
         {"tolerance": 1.0},
-        {"growth": 1.0},
         {"smoothing": 0.0},
         {"backoff": 1.0},
         {"backoff": 0.0},
         {"min_samples": 0},
         {"baseline_s": 0.0},
         {"interval_s": -1.0},
-        {"hold_s": -1.0},
     ],
 )
 def test_bad_params_are_refused(kwargs: dict[str, float]) -> None:
