@@ -18,8 +18,8 @@ import contextlib
 import logging
 import sys
 from asyncio import current_task, get_running_loop
-from time import perf_counter
 from collections.abc import Awaitable, Callable, Sequence
+from time import perf_counter
 from typing import Protocol
 
 from admission.context import STATE_KEY
@@ -60,10 +60,10 @@ class Shared:
     drain's flag, the ledger of requests in flight, the statistics and the ticker.
 
     `clock` replaces the event loop's clock for the timeouts, the ticker and `time_left`, and
-    `time.perf_counter` for the latency (None: those). `watch_delay_s` is how long a request runs before its client is
-    watched for going away. `drop_connection` drops a client's connection outright (a client
-    that stopped reading would never take a closing answer); it says False where the server
-    doesn't allow it.
+    `time.perf_counter` for the latency (None: those). `watch_delay_s` is how long a request
+    runs before its client is watched for going away. `drop_connection` drops a client's
+    connection outright (a client that stopped reading would never take a closing answer); it
+    says False where the server doesn't allow it.
     """
 
     def __init__(

@@ -83,7 +83,8 @@ class Ticker:
         self.period_s = period_s
         self.watch_delay_s = watch_delay_s
         self.clock = clock
-        self.watch_clock = watch_clock        #: The armed timer of each loop with requests in flight; a loop closed before its timer
+        self.watch_clock = watch_clock
+        #: The armed timer of each loop with requests in flight; a loop closed before its timer
         #: disarmed is forgotten at the next arming.
         self.timers: dict[asyncio.AbstractEventLoop, asyncio.TimerHandle] = {}
 
