@@ -311,8 +311,8 @@ class Exchange:
             if self._extra_headers or draining:
                 # Connection: close while draining: keep-alive clients reconnect, and so reach
                 # an instance that is not draining.
-                headers = list(message.get("headers", ()))
-                headers.extend(self._extra_headers)
+                # One list built from both (not a copy then an extend: a call fewer).
+                headers = [*message.get("headers", ()), *self._extra_headers]
                 if draining:
                     headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
