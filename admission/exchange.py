@@ -194,7 +194,11 @@ class Exchange:
                 raise
             await self._answer_abort()
         finally:
-            self.end()
+            # Stopped: from here on `abort` and `tick` do nothing. Nothing can abort between
+            # the application's return and these lines: no await comes between them.
+            self.running = False
+            if self._watcher is not None:
+                self._watcher.cancel()
             try:
                 if self.lifetime is not None:
                     await self.lifetime.close()
@@ -257,13 +261,6 @@ class Exchange:
         if self.deadline is None:
             return None
         return max(0.0, self.deadline - self.clock())
-
-    def end(self) -> None:
-        """end stops everything; from here on `abort` and `tick` do nothing. Synchronous on
-        purpose: nothing can abort between the app returning and this call."""
-        self.running = False
-        if self._watcher is not None:
-            self._watcher.cancel()
 
     def abort(self, reason: Reason) -> None:
         """abort cancels the application for `reason`, once, while it runs."""
