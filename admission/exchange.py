@@ -387,7 +387,8 @@ class TimedExchange(Exchange):
         send: Send,
         extra_headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
-        super().__init__(shared, scope, receive, send, extra_headers)
+        # By name, not through super(): on Python 3.11 that builds a proxy object per request.
+        Exchange.__init__(self, shared, scope, receive, send, extra_headers)
         self.timeouts = timeouts = shared.timeouts
         now = self.clock()
         self._deadline_at = self._read_deadline = NEVER

@@ -204,8 +204,11 @@ class HttpProtocol(HttpToolsProtocol):
             HttpToolsProtocol.data_received(self, data)
             return
         if self.head_began is None and self.read_timeout_s is not None:
-            # The first byte of a request after a kept-alive gap: the head's clock starts now.
-            self._head_begins()
+            # The first byte of a request after a kept-alive gap: the head's clock starts now
+            # (`_head_begins`, inline: this runs for every request).
+            self.head_began = self.loop.time()
+            if self.head_timer is None:
+                self._head_begins()
         room = self.max_header_bytes - self.head_bytes
         if len(data) <= room:
             self.head_bytes += len(data)
