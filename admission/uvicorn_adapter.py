@@ -254,9 +254,9 @@ class HttpProtocol(HttpToolsProtocol):
         """_head_begins starts the clock of a request head: a loop time written down. The
         connection's one timer is armed only if it is not already; when it fires it closes a
         head that is late, re-arms for the due time of one in progress and otherwise lapses
-        until the next head begins. A kept-alive connection whose heads arrive whole so costs
-        a clock read per request, not a timer armed and cancelled (about 2,000 instructions per
-        request with ADMISSION_READ_TIMEOUT set, by benchmarks/instructions.py)."""
+        until the next head begins. A kept-alive connection so costs a clock read per request,
+        not a timer armed and cancelled (see docs/performance.md, "The request path's cost
+        cut", for what that buys)."""
         assert self.read_timeout_s is not None
         self.head_began = self.loop.time()
         if self.head_timer is None:
