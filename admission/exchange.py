@@ -19,6 +19,7 @@ import logging
 import sys
 from asyncio import current_task, get_running_loop
 from collections.abc import Awaitable, Callable, Sequence
+from time import perf_counter
 from typing import Protocol
 
 from admission.context import STATE_KEY
@@ -58,11 +59,11 @@ class Shared:
     """Shared is what every exchange of one middleware reads and counts on: the timeouts, the
     drain's flag, the ledger of requests in flight, the statistics and the ticker.
 
-    `clock` replaces the event loop's clock for the timeouts, the ticker and `time_left`
-    (None: the loop's own). `watch_delay_s` is how long a request runs before its client is
-    watched for going away. `drop_connection` drops a client's connection outright (a client
-    that stopped reading would never take a closing answer); it says False where the server
-    doesn't allow it.
+    `clock` replaces the event loop's clock for the timeouts, the ticker and `time_left`, and
+    `time.perf_counter` for the latency (None: those). `watch_delay_s` is how long a request
+    runs before its client is watched for going away. `drop_connection` drops a client's
+    connection outright (a client that stopped reading would never take a closing answer); it
+    says False where the server doesn't allow it.
     """
 
     def __init__(
@@ -81,6 +82,9 @@ class Shared:
         self.ledger = ledger if ledger is not None else Ledger()
         self.stats = stats if stats is not None else Stats()
         self.clock = clock
+        # Latency on perf_counter, not the loop's clock: uvloop's is the time the loop's
+        # iteration began, in whole milliseconds, which reads 0 for most fast requests.
+        self.latency_clock = clock or perf_counter
         self.drop_connection = drop_connection
         # Without a timeout the ticker only starts the disconnect watch: twice per watch delay.
         self.ticker = Ticker(
@@ -88,6 +92,7 @@ class Shared:
             period_s=TICK_S if timeouts.enabled else watch_delay_s,
             watch_delay_s=watch_delay_s,
             clock=clock,
+            watch_clock=self.latency_clock,
         )
         # Without write and idle timeouts, responses go through the exchange's lean `send`.
         self.untimed_send = timeouts.write_s is None and timeouts.idle_s is None
@@ -99,7 +104,9 @@ class Exchange:
     `run(app)` runs the application and finishes the request (see the module's docstring).
     `task` is the request's task, which an abort cancels; `loop` the loop it runs on. `clock`
     is the clock every time of the exchange is read on (the loop's, unless the shared state
-    gives one); `begun_at` is its reading at admission. `deadline` is the loop time at which
+    gives one). `begun_at` is the time of admission on `Shared.latency_clock` (perf_counter
+    unless the shared state gives a clock), `latency_s` the time from there to the end of the
+    request, once it ended. `deadline` is the loop time at which
     the handler is cancelled (None: no deadline); `draining()` says whether the service has
     begun to drain. `lifetime` is created on first use by `admission.context.request_lifetime`
     and closed when the request ends. Made on the event loop the request runs on, from within
@@ -121,6 +128,7 @@ class Exchange:
         "completed",
         "deadline",
         "disconnected",
+        "latency_s",
         "lifetime",
         "loop",
         "reason",
@@ -146,9 +154,11 @@ class Exchange:
         self._send = send
         self._extra_headers = extra_headers
         self.loop = loop = get_running_loop()
-        self.clock = clock = shared.clock or loop.time
+        self.clock = shared.clock or loop.time
         self.task: asyncio.Task[object] | None = current_task(loop)
-        self.begun_at = clock()
+        # One clock read per request: the loop's clock is read only by a TimedExchange.
+        self.begun_at = shared.latency_clock()
+        self.latency_s = 0.0
         self.websocket = scope["type"] == "websocket"
         self.reason: Reason | None = None
         self.running = True
@@ -184,13 +194,18 @@ class Exchange:
                 raise
             await self._answer_abort()
         finally:
-            self.end()
+            # Stopped: from here on `abort` and `tick` do nothing. Nothing can abort between
+            # the application's return and these lines: no await comes between them.
+            self.running = False
+            if self._watcher is not None:
+                self._watcher.cancel()
             try:
                 if self.lifetime is not None:
                     await self.lifetime.close()
             finally:
                 shared.ledger.leave(self)
-                shared.stats.observe(self.clock() - self.begun_at)
+                self.latency_s = latency = shared.latency_clock() - self.begun_at
+                shared.stats.observe(latency)
                 # scope -> state -> exchange -> scope is a reference cycle: left in place, every
                 # request's objects (the server's included) wait for the cyclic garbage
                 # collector instead of being freed here, which costs more than all the rest.
@@ -247,13 +262,6 @@ class Exchange:
             return None
         return max(0.0, self.deadline - self.clock())
 
-    def end(self) -> None:
-        """end stops everything; from here on `abort` and `tick` do nothing. Synchronous on
-        purpose: nothing can abort between the app returning and this call."""
-        self.running = False
-        if self._watcher is not None:
-            self._watcher.cancel()
-
     def abort(self, reason: Reason) -> None:
         """abort cancels the application for `reason`, once, while it runs."""
         if not self.running or self.reason is not None or self.task is None:
@@ -300,8 +308,8 @@ class Exchange:
             if self._extra_headers or draining:
                 # Connection: close while draining: keep-alive clients reconnect, and so reach
                 # an instance that is not draining.
-                headers = list(message.get("headers", ()))
-                headers.extend(self._extra_headers)
+                # One list built from both (not a copy then an extend: a call fewer).
+                headers = [*message.get("headers", ()), *self._extra_headers]
                 if draining:
                     headers.append((b"connection", b"close"))
                 message = {**message, "headers": headers}
@@ -379,9 +387,10 @@ class TimedExchange(Exchange):
         send: Send,
         extra_headers: Sequence[tuple[bytes, bytes]] = (),
     ) -> None:
-        super().__init__(shared, scope, receive, send, extra_headers)
+        # By name, not through super(): on Python 3.11 that builds a proxy object per request.
+        Exchange.__init__(self, shared, scope, receive, send, extra_headers)
         self.timeouts = timeouts = shared.timeouts
-        now = self.begun_at
+        now = self.clock()
         self._deadline_at = self._read_deadline = NEVER
         self._receive_due = self._send_due = self._idle_due = NEVER
         self._receive_reason = IDLE_TIMEOUT

@@ -282,12 +282,12 @@ class AdmissionMiddleware:
         latency if it completed, a drop if it hit its deadline, nothing if the client went away
         or admission cut it short for another reason (a slow client, the drain)."""
         assert self.adaptive is not None
-        # The exchange's own clock: its begun_at is a reading of it.
+        # The exchange's own clock, which the adaptive window's intervals are counted on.
         now = exchange.clock()
         reason = exchange.reason
         if reason is None:
             if not exchange.disconnected:
-                self.adaptive.record(now - exchange.begun_at, now)
+                self.adaptive.record(exchange.latency_s, now)
         elif reason is reasons.DEADLINE:
             self.adaptive.drop(now)
 

@@ -62,7 +62,8 @@ class Ticker:
 
     At every tick it calls `tick(now, watch_before)` of each exchange of the loop in the ledger:
     `now` is the clock (the loop's own unless `clock` is given), `watch_before` the time before
-    which an exchange began if it has run `watch_delay_s`. It ticks every `period_s` (TICK_S
+    which an exchange began if it has run `watch_delay_s`, on `watch_clock` (the one exchanges
+    stamp their admission with; None: the same as `now`). It ticks every `period_s` (TICK_S
     while a timeout is set), and at least twice per watch delay, so that a hang-up is noticed
     between one and one and a half watch delays after the request began. A loop's timer
     disarms itself once none of its requests is left: `if loop not in ticker.timers:
@@ -76,11 +77,13 @@ class Ticker:
         period_s: float = TICK_S,
         watch_delay_s: float = DISCONNECT_WATCH_DELAY_S,
         clock: Callable[[], float] | None = None,
+        watch_clock: Callable[[], float] | None = None,
     ) -> None:
         self.ledger = ledger
         self.period_s = period_s
         self.watch_delay_s = watch_delay_s
         self.clock = clock
+        self.watch_clock = watch_clock
         #: The armed timer of each loop with requests in flight; a loop closed before its timer
         #: disarmed is forgotten at the next arming.
         self.timers: dict[asyncio.AbstractEventLoop, asyncio.TimerHandle] = {}
@@ -99,7 +102,9 @@ class Ticker:
         """tick visits the exchanges of `loop` in flight once, and re-arms while there are any
         (called by the timer; tests call it to tick at a time of their choosing)."""
         now = self.clock() if self.clock is not None else loop.time()
-        watch_before = now - self.watch_delay_s
+        watch_before = (
+            now if self.watch_clock is None else self.watch_clock()
+        ) - self.watch_delay_s
         mine = False
         for item in self.ledger.live():
             # Only this loop's requests: another loop's (another thread's) are not ours to touch.

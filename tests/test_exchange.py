@@ -11,6 +11,7 @@ import asyncio
 import json
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
@@ -22,6 +23,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 import admission
+from admission.context import STATE_KEY
 from admission.exchange import Exchange, Shared, TimedExchange, Timeouts
 from admission.middleware import AdmissionMiddleware
 from admission.reasons import DEADLINE
@@ -678,3 +680,35 @@ async def test_the_exchange_leaves_the_scope_when_the_request_ends() -> None:
     assert seen and seen[0] is not None
     assert "admission" not in scope["state"]
     assert admission.time_left(scope) is None
+
+
+def test_latency_is_measured_finer_than_uvloops_clock() -> None:
+    # uvloop's clock is the time its iteration began, in whole milliseconds: a request that
+    # runs within one iteration would read a latency of 0 on it.
+    uvloop = pytest.importorskip("uvloop")
+    exchanges: list[Exchange] = []
+
+    async def busy(scope: Any, receive: Any, send: Any) -> None:
+        exchanges.append(scope["state"][STATE_KEY])
+        until_s = time.perf_counter() + 0.0002
+        while time.perf_counter() < until_s:
+            pass
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    mw = AdmissionMiddleware(busy, settings=Settings(), handle_signals=False)
+
+    async def requests() -> None:
+        for _ in range(5):
+            client = Client()
+            await mw(http_scope(), client.receive, client.send)
+
+    loop = uvloop.new_event_loop()
+    try:
+        loop.run_until_complete(requests())
+    finally:
+        loop.close()
+    latencies = [exchange.latency_s for exchange in exchanges]
+    assert len(latencies) == 5
+    assert all(0.0002 <= latency < 1.0 for latency in latencies), latencies
+    assert mw.stats._latency_sum == pytest.approx(sum(latencies))

@@ -211,6 +211,30 @@ async def test_every_request_of_a_kept_alive_connection_has_the_head_limits() ->
         writer.close()
 
 
+async def test_a_head_gets_the_whole_read_timeout_from_its_first_byte_on_an_older_connection() -> (
+    None
+):
+    # The connection's one head timer is armed at the accept, for the first request: when it
+    # fires, the second head has run for less than the read timeout and must not be cut yet.
+    with run_server(admission_serve(), {"ADMISSION_READ_TIMEOUT": "1"}) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        connected = time.monotonic()
+        writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        status, _, _ = await read_response(reader)
+        assert status == 200
+        # Past the middle of the first read timeout, a second head starts and stalls.
+        await asyncio.sleep(max(0.0, connected + 0.6 - time.monotonic()))
+        writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n")
+        started = time.monotonic()
+        status, _, body = await asyncio.wait_for(read_response(reader), 5)
+        waited = time.monotonic() - started
+        writer.close()
+    assert (status, json.loads(body)["reason"]) == (408, "header_timeout")
+    # Never early (the timer armed for the first head fired 0.4 s into this one), and not
+    # much late either.
+    assert 0.95 <= waited < 3.0, waited
+
+
 # --- the drain under --workers -------------------------------------------------------------------
 
 LOAD_CONNECTIONS = 6
