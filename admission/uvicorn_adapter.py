@@ -47,6 +47,13 @@ log = logging.getLogger("uvicorn.error")
 # is closed as it is.
 LINGER_S = 1.0
 LINGER_BYTES = 1024 * 1024
+# What a request may send besides its body once its head is read (chunk framing and
+# trailers, which count against max_header_bytes with the head), per body byte received on top
+# of max_header_bytes. The smallest chunk, "1\r\nX\r\n", costs 5 bytes of framing per body
+# byte: 8 lets chunks of any size through, with room for short chunk extensions, while a
+# client that sends no body can send no more than max_header_bytes in all, and one that does
+# is held to a constant multiple of what it sent as body (which the application reads anyway).
+FRAMING_PER_BODY_BYTE = 8
 # How long a connection accepted but still silent when the server shuts down has to send its
 # request (which the drain then answers) before it is closed unanswered.
 FRESH_CONNECTION_GRACE_S = 1.0
@@ -161,8 +168,11 @@ class HttpProtocol(HttpToolsProtocol):
     each later one (the gap before it is the keep-alive timeout's): a connection that trickles
     its head is answered 408 and closed, one that sent nothing is closed. A head larger than
     `max_header_bytes` is answered 431 as soon as the limit is crossed; the parser never sees
-    the rest. A connection still silent when the server shuts down gets
-    FRESH_CONNECTION_GRACE_S to send its request, so that the drain answers it.
+    the rest. Each head is counted from its own first byte, pipelined or not. Trailer fields are
+    dropped, never stored nor seen by the application, and count with chunk framing against the
+    same limit (plus FRAMING_PER_BODY_BYTE per body byte). A connection still silent when the
+    server shuts down gets FRESH_CONNECTION_GRACE_S to send its request, so that the drain
+    answers it.
     """
 
     def __init__(
@@ -176,7 +186,17 @@ class HttpProtocol(HttpToolsProtocol):
         limits = server_limits(config)
         self.max_header_bytes = limits.max_header_bytes
         self.read_timeout_s = limits.read_timeout_s
-        self.head_bytes = 0
+        # The parser's position on the connection (bytes fed to it) and how far it may go: the
+        # current request's start + max_header_bytes + (1 + FRAMING_PER_BODY_BYTE) per body
+        # byte, so that what a request sends besides its body (head, chunk framing, trailers)
+        # stays within max_header_bytes + FRAMING_PER_BODY_BYTE per body byte.
+        self.fed = 0
+        self.limit = self.max_header_bytes
+        # Where the bytes being parsed start, and the body bytes in them so far: a request
+        # that begins inside them begins after those body bytes.
+        self.piece_start = 0
+        self.piece_body = 0
+        self.began = False
         self.in_head = True
         # The loop time the head in progress began at (None: no head under way, or no read
         # timeout), and the connection's one head timer (see `_head_begins`).
@@ -193,58 +213,87 @@ class HttpProtocol(HttpToolsProtocol):
         self._disarm_head_timer()
         super().connection_lost(exc)
 
-    # data_received, on_headers_complete and on_message_complete run for every request: they
-    # call uvicorn's by name, not through super(), which on Python 3.11 builds a proxy object
-    # per call (about 300 instructions per call).
+    # data_received, on_headers_complete, on_body and on_message_complete run for every
+    # request: they call uvicorn's by name, not through super(), which on Python 3.11 builds a
+    # proxy object per call (about 300 instructions per call).
     def data_received(self, data: bytes) -> None:
         if self.discarded is not None:
             self._discard(len(data))
             return
-        if not self.in_head:
-            HttpToolsProtocol.data_received(self, data)
-            return
-        if self.head_began is None and self.read_timeout_s is not None:
+        if self.in_head and self.head_began is None and self.read_timeout_s is not None:
             # The first byte of a request after a kept-alive gap: the head's clock starts now
             # (`_head_begins`, inline: this runs for every request).
             self.head_began = self.loop.time()
             if self.head_timer is None:
                 self._head_begins()
-        room = self.max_header_bytes - self.head_bytes
-        if len(data) <= room:
-            self.head_bytes += len(data)
-            HttpToolsProtocol.data_received(self, data)
+        if len(data) > self.limit - self.fed:
+            self._feed_to_limit(data)
             return
-        # Only as much as the limit allows reaches the parser: if the head ends within it, the
-        # rest is body (or the next request); otherwise the head is too large.
-        self.head_bytes += room
-        super().data_received(data[:room])
-        if self.transport.is_closing():
-            return
-        if self.in_head:
-            self._refuse_head(len(data) - room)
-        else:
-            self.data_received(data[room:])
+        start = self.piece_start = self.fed
+        self.fed = start + len(data)
+        self.piece_body = 0
+        HttpToolsProtocol.data_received(self, data)
+        if self.began:
+            self.began = False
+            if self.in_head:
+                # A request begun within `data` whose head is not over yet began after the
+                # last blank line in `data`, if any (blank lines before a request line, which
+                # llhttp skips and keeps nothing of, are the only ones it may contain).
+                blank = data.rfind(b"\r\n\r\n")
+                if blank >= 0:
+                    self.limit = max(self.limit, start + blank + 4 + self.max_header_bytes)
+
+    def _feed_to_limit(self, data: bytes) -> None:
+        """_feed_to_limit feeds `data`, more than the limit allows were it all head, chunk
+        framing or trailers, to the parser in pieces, each as large as the limit allows then
+        (which grows with body bytes, and starts over with each request), until the request
+        in progress is over its limit."""
+        pos = 0
+        while pos < len(data):
+            room = self.limit - self.fed
+            if room <= 0:
+                self._over_limit(len(data) - pos)
+                return
+            self.data_received(data[pos : pos + room])
+            if self.transport.is_closing() or self.discarded is not None:
+                return
+            pos += room
 
     def on_headers_complete(self) -> None:
         # The head is in: its clock stops. The timer stays armed (see `_head_begins`).
         self.in_head = False
         self.head_began = None
         HttpToolsProtocol.on_headers_complete(self)
+        # uvicorn's parser callback appends the trailer fields of a chunked body to the list
+        # the scope shares: they must not be stored, nor merged into the header section
+        # (RFC 9110 section 6.5.1).
+        self.headers = _HeadFields(self.headers)  # type: ignore[assignment]
+
+    def on_body(self, body: bytes) -> None:
+        self.piece_body += len(body)
+        self.limit += (1 + FRAMING_PER_BODY_BYTE) * len(body)
+        HttpToolsProtocol.on_body(self, body)
 
     def on_message_complete(self) -> None:
         HttpToolsProtocol.on_message_complete(self)
-        # Whatever comes next is the next request's head; its clock starts with its first byte.
+        # Whatever comes next is the next request's head; its clock starts with its first byte,
+        # and it begins after the body bytes read with it (refined in data_received).
         self.in_head = True
-        self.head_bytes = 0
+        self.began = True
+        self.limit = self.piece_start + self.piece_body + self.max_header_bytes
 
     def shutdown(self) -> None:
         """shutdown (the server is stopping) closes an idle kept-alive connection, lets a
         request in progress finish, and gives a connection whose request has not arrived yet
         FRESH_CONNECTION_GRACE_S to send it."""
-        if self.in_head and (self.cycle is None or self.head_bytes > 0):
+        if self.in_head and (self.cycle is None or self._head_begun()):
             self.loop.call_later(FRESH_CONNECTION_GRACE_S, self._shutdown_now)
             return
         super().shutdown()
+
+    def _head_begun(self) -> bool:
+        """_head_begun is True once bytes of the next request's head have arrived."""
+        return self.fed > self.limit - self.max_header_bytes
 
     def _shutdown_now(self) -> None:
         if not self.transport.is_closing():
@@ -284,19 +333,42 @@ class HttpProtocol(HttpToolsProtocol):
             # again with its next byte.
             self.head_began = None
             return
-        if self.head_bytes:
+        if self._head_begun():
             self.transport.write(_problem(HEADER_TIMEOUT))
         self.transport.close()
+
+    def _over_limit(self, unread: int) -> None:
+        """_over_limit ends a request that sent more than its limit besides its body: with 431
+        when nothing else is being answered on the connection, after the answers to the
+        requests before it for a pipelined head; by closing the connection once an answer to
+        it (or to a request after it) has begun."""
+        self._disarm_head_timer()
+        cycle = self.cycle
+        if self.in_head:
+            if cycle is not None and not cycle.response_complete:
+                # The newest request is answered last: its end is this head's turn.
+                self.discarded = 0
+                self._discard(unread)
+                cycle.on_response = self._refuse_after_response
+                return
+        elif cycle is None or self.pipeline or cycle.response_started:
+            self.transport.close()
+            return
+        else:
+            # Too much chunk framing or trailers: the request is over for its application too.
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self._refuse_head(unread)
+
+    def _refuse_after_response(self) -> None:
+        self.on_response_complete()
+        if not self.transport.is_closing():
+            self._unset_keepalive_if_required()
+            self._refuse_head(0)
 
     def _refuse_head(self, unread: int) -> None:
         """_refuse_head answers 431, then reads and drops what the client still sends, up to
         LINGER_BYTES for at most LINGER_S, so that the client can read the answer."""
-        self._disarm_head_timer()
-        if self.cycle is not None and not self.cycle.response_complete:
-            # A pipelined head while the previous response is still being written: an answer
-            # now would land inside that response. The connection ends instead.
-            self.transport.close()
-            return
         self.transport.write(_problem(HEADER_TOO_LARGE))
         self.discarded = 0
         with contextlib.suppress(Exception):
@@ -324,6 +396,17 @@ def _problem(reason: Reason) -> bytes:
     lines = [b"HTTP/1.1 %d %s" % (reason.status, HTTPStatus(reason.status).phrase.encode())]
     lines += [name + b": " + value for name, value in fields]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+class _HeadFields(tuple[tuple[bytes, bytes], ...]):
+    """_HeadFields stands for uvicorn's list of a request's header fields once its head is
+    read: it holds the head's fields (uvicorn looks at them for an upgrade) and drops the
+    trailer fields uvicorn's parser callback appends. A tuple: built without a Python call."""
+
+    __slots__ = ()
+
+    def append(self, field: tuple[bytes, bytes]) -> None:
+        """append drops a trailer field."""
 
 
 class AdmissionServer(uvicorn.Server):
