@@ -189,3 +189,19 @@ def test_memory_store_finds_a_key_again_after_an_insert_reused_its_entry() -> No
     assert not store.decide_charges_at([Charge("c", "a", bucket, 1)], 5.0).admitted
     assert store.decide_charges_at([Charge("c", "b", bucket, 1)], 5.0).admitted
     assert not store.decide_charges_at([Charge("c", "b", bucket, 1)], 5.0).admitted
+
+
+def test_memory_store_keeps_two_clients_of_one_request_apart() -> None:
+    # The store digests a request's client once for its run of charges; a charge of another
+    # client (a policy keyed otherwise) must get that client's digest, not the previous one's.
+    bucket = Bucket(1.0, 1)
+    store = MemoryStore(Bucket(60.0, 1))
+    both = [
+        Charge("ip:1", "p", bucket, 1),
+        Charge("h:x", "p", bucket, 1),
+        Charge("ip:1", "q", bucket, 1),
+    ]
+    assert store.decide_charges_at(both, 0.0).admitted
+    assert len(store) == 3
+    for client, name in (("ip:1", "p"), ("h:x", "p"), ("ip:1", "q")):
+        assert not store.decide_charges_at([Charge(client, name, bucket, 1)], 0.0).admitted
