@@ -169,3 +169,39 @@ def test_memory_store_forgets_keys_only_once_their_buckets_are_full() -> None:
     assert len(store) > 0
     store.decide_charges_at([], 200.0)
     assert len(store) == 0
+
+
+def test_memory_store_finds_a_key_again_after_an_insert_reused_its_entry() -> None:
+    # The store finds each charge's entry once, before deciding; inserting a new key may then
+    # take the place of the least recently used one, if its bucket is full again. Here the new
+    # key "b" takes the entry of "a", charged in the same request right after it: "a" must
+    # be found afresh (and held anew), not written into the entry that is now "b"'s.
+    bucket = Bucket(1.0, 2)
+    store = MemoryStore(Bucket(60.0, 1))
+    assert store.decide_charges_at([Charge("c", "a", bucket, 1)], 0.0).admitted
+    # At 5 s "a" is full again and the least recently used key.
+    verdict = store.decide_charges_at(
+        [Charge("c", "b", bucket, 1), Charge("c", "a", bucket, 2)], 5.0
+    )
+    assert verdict.admitted and [d.remaining for d in verdict.decisions] == [1, 0]
+    assert len(store) == 2
+    # "a" holds no token now, and "b" one.
+    assert not store.decide_charges_at([Charge("c", "a", bucket, 1)], 5.0).admitted
+    assert store.decide_charges_at([Charge("c", "b", bucket, 1)], 5.0).admitted
+    assert not store.decide_charges_at([Charge("c", "b", bucket, 1)], 5.0).admitted
+
+
+def test_memory_store_keeps_two_clients_of_one_request_apart() -> None:
+    # The store digests a request's client once for its run of charges; a charge of another
+    # client (a policy keyed otherwise) must get that client's digest, not the previous one's.
+    bucket = Bucket(1.0, 1)
+    store = MemoryStore(Bucket(60.0, 1))
+    both = [
+        Charge("ip:1", "p", bucket, 1),
+        Charge("h:x", "p", bucket, 1),
+        Charge("ip:1", "q", bucket, 1),
+    ]
+    assert store.decide_charges_at(both, 0.0).admitted
+    assert len(store) == 3
+    for client, name in (("ip:1", "p"), ("h:x", "p"), ("ip:1", "q")):
+        assert not store.decide_charges_at([Charge(client, name, bucket, 1)], 0.0).admitted
