@@ -20,8 +20,8 @@ import limits
 
 from admission.bucket import Bucket
 from admission.errors import PolicyError
+from admission.parsers import MAX_RATE_AMOUNT, Invalid, Rate
 from admission.responses import Scope
-from admission.settings import MAX_RATE_AMOUNT, Invalid, Rate
 
 if sys.version_info >= (3, 11):
     import tomllib

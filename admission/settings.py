@@ -23,7 +23,21 @@ from typing import Any, Literal
 
 import limits
 
-from admission.errors import ConfigError, Problem, as_text, quote
+from admission.errors import ConfigError, PolicyError, Problem, as_text, quote
+from admission.parsers import (
+    MAX_RATE_AMOUNT,
+    MAX_RATE_PERIOD_S,
+    WHOLE_DIGITS,
+    Choice,
+    Invalid,
+    Parser,
+    Rate,
+    Seconds,
+    Whole,
+    fmt,
+    is_unset,
+)
+from admission.policies import Policy, check_policies, load_policies
 
 ENV_PREFIX = "ADMISSION_"
 STORAGE_SCHEMES = (
@@ -40,167 +54,6 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 def _env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
-
-
-class Invalid(ValueError):
-    """Invalid is a parser's refusal; `reason` says what is wrong beyond "not the accepted
-    form" (for example "the amount must be at least 1"), or is empty."""
-
-    def __init__(self, reason: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-# --- parsers: each turns a value from the environment (a string) or from code into the
-# field's final type, or raises Invalid; `accepted` states the form and its range.
-
-
-class Parser:
-    """Parser is one field's parsing and its accepted form, stated once."""
-
-    accepted: str = ""
-
-    def __call__(self, raw: object) -> Any:
-        raise NotImplementedError
-
-
-def _is_unset(raw: object) -> bool:
-    return raw is None or (isinstance(raw, str) and raw.strip() == "")
-
-
-def _fmt(number: float) -> str:
-    # As the number would be written in the variable: 1000000 and 0.001, never 1e+06.
-    return str(int(number)) if float(number).is_integer() else repr(float(number))
-
-
-# Plain decimal ASCII only: no sign, exponent, underscore, Unicode digit, nan or inf, and few
-# enough digits that nothing absurd is even converted.
-_DECIMAL = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
-_WHOLE = re.compile(r"[0-9]{1,12}")
-
-
-class Seconds(Parser):
-    """Seconds is a duration from `low` to `high` seconds; `zero` (when not None) says what 0
-    means, and allows it; `unset` (when not None) says what no value means, and allows it."""
-
-    def __init__(
-        self, low: float, high: float, *, zero: str | None = None, unset: str | None = None
-    ) -> None:
-        self.low, self.high, self.zero, self.unset = low, high, zero, unset
-        self.accepted = f"a number of seconds from {_fmt(low)} to {_fmt(high)}"
-        if zero is not None:
-            self.accepted += f", or 0 {zero}"
-        if unset is not None:
-            self.accepted += f", or empty {unset}"
-
-    def __call__(self, raw: object) -> float | None:
-        if self.unset is not None and _is_unset(raw):
-            return None
-        if isinstance(raw, str):
-            if not _DECIMAL.fullmatch(raw.strip()):
-                raise Invalid()
-            value = float(raw.strip())
-        elif isinstance(raw, int) and not isinstance(raw, bool):
-            if raw != 0 and not self.low <= raw <= self.high:
-                raise Invalid("out of range")  # before float(), which overflows past 1e308
-            value = float(raw)
-        elif isinstance(raw, float):
-            value = raw
-        else:
-            raise Invalid()
-        if value == 0 and self.zero is not None:
-            return 0.0
-        if not (math.isfinite(value) and self.low <= value <= self.high):
-            raise Invalid("out of range")
-        return value
-
-
-class Whole(Parser):
-    """Whole is a whole number from `low` to `high` of `unit`; `unset` (when not None) says
-    what no value means, and allows it."""
-
-    def __init__(self, low: int, high: int, unit: str, *, unset: str | None = None) -> None:
-        self.low, self.high, self.unset = low, high, unset
-        self.accepted = f"a whole number of {unit} from {low} to {_fmt(high)}"
-        if unset is not None:
-            self.accepted += f", or empty {unset}"
-
-    def __call__(self, raw: object) -> int | None:
-        if self.unset is not None and _is_unset(raw):
-            return None
-        if isinstance(raw, str):
-            if not _WHOLE.fullmatch(raw.strip()):
-                raise Invalid()
-            value = int(raw.strip())
-        elif isinstance(raw, int) and not isinstance(raw, bool):
-            value = raw
-        else:
-            raise Invalid()
-        if not self.low <= value <= self.high:
-            raise Invalid("out of range")
-        return value
-
-
-class Choice(Parser):
-    """Choice is one of a few exact words or numbers."""
-
-    def __init__(self, *options: str | int) -> None:
-        self.options = options
-        shown = [f"'{o}'" if isinstance(o, str) else str(o) for o in options]
-        self.accepted = ", ".join(shown[:-1]) + " or " + shown[-1] if len(shown) > 1 else shown[0]
-
-    def __call__(self, raw: object) -> Any:
-        for option in self.options:
-            if isinstance(option, int):
-                if isinstance(raw, str) and raw.strip() == str(option):
-                    return option
-                if type(raw) is int and raw == option:
-                    return option
-            elif isinstance(raw, str) and raw.strip() == option:
-                return option
-        raise Invalid()
-
-
-# One rate only: `limits` would also take "1/second;5/minute" (keeping only the first) and
-# "10 per 0 seconds" (as per 1 second), both silently not what was written.
-_ONE_RATE = re.compile(
-    r"\s*([0-9]{1,12})\s*(?:/|\s*per\s*)\s*([0-9]{1,12})?\s*[a-z]+\s*", re.I | re.ASCII
-)
-MAX_RATE_AMOUNT = 1_000_000_000
-MAX_RATE_PERIOD_S = 366 * 86400
-
-
-class Rate(Parser):
-    """Rate is a token refill rate in limits notation, kept as written (stripped)."""
-
-    accepted = (
-        "a rate in limits notation such as '100/second', '6000/minute' or '10 per 2 seconds', "
-        f"of 1 to {_fmt(MAX_RATE_AMOUNT)} per period, a period of at most a year, "
-        "or empty for no rate limit"
-    )
-
-    def __call__(self, raw: object) -> str | None:
-        if _is_unset(raw):
-            return None
-        if not isinstance(raw, str):
-            raise Invalid()
-        rate = raw.strip()
-        one = _ONE_RATE.fullmatch(rate)
-        if one is None:
-            raise Invalid()
-        if int(one.group(1)) < 1:
-            raise Invalid("the amount must be at least 1")
-        if one.group(2) is not None and int(one.group(2)) == 0:
-            raise Invalid("the period must be at least 1")
-        try:
-            item = limits.parse(rate)
-        except ValueError:
-            raise Invalid() from None
-        if item.amount > MAX_RATE_AMOUNT:
-            raise Invalid(f"the amount must be at most {_fmt(MAX_RATE_AMOUNT)}")
-        if item.get_expiry() > MAX_RATE_PERIOD_S:
-            raise Invalid("the period must be at most a year")
-        return rate
 
 
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]{1,100}")
@@ -347,7 +200,7 @@ class WindowSize(Parser):
         )
 
     def __call__(self, raw: object) -> int | str | None:
-        if _is_unset(raw):
+        if is_unset(raw):
             return None
         if isinstance(raw, str) and raw.strip().lower() == "auto":
             return "auto"
@@ -362,7 +215,7 @@ class PriorityFrom(Parser):
     )
 
     def __call__(self, raw: object) -> str | None:
-        if _is_unset(raw):
+        if is_unset(raw):
             return None
         if not isinstance(raw, str):
             raise Invalid()
@@ -397,7 +250,7 @@ class ShedAt(Parser):
             raise Invalid("each fraction must be from 0.01 to 1")
         if fractions["sheddable"] > fractions["default"]:
             raise Invalid("sheddable work must not get more of the window than default work")
-        return f"sheddable:{_fmt(fractions['sheddable'])},default:{_fmt(fractions['default'])}"
+        return f"sheddable:{fmt(fractions['sheddable'])},default:{fmt(fractions['default'])}"
 
 
 MAX_SHOWN_PATH = 256
@@ -410,10 +263,7 @@ class Policies(Parser):
     accepted = "the path of a TOML file of [[policy]] tables (docs/policies.md), or empty for none"
 
     def __call__(self, raw: object) -> PolicySet | None:
-        from admission.errors import PolicyError
-        from admission.policies import Policy, check_policies, load_policies
-
-        if _is_unset(raw) or (isinstance(raw, tuple | list) and not raw):
+        if is_unset(raw) or (isinstance(raw, tuple | list) and not raw):
             return None
         if isinstance(raw, PolicySet):
             return raw
@@ -489,7 +339,7 @@ class Spec:
         if isinstance(value, tuple):
             text = ",".join(as_text(v) for v in value)
         elif isinstance(value, float) and math.isfinite(value):
-            text = _fmt(value)  # as it would be written: 30, 0.05
+            text = fmt(value)  # as it would be written: 30, 0.05
         else:
             text = "" if value is None else as_text(value)
         return self.redact(text) if self.redact is not None else text
@@ -1098,7 +948,9 @@ def _check_storage(uri: str) -> str:
                     raise ValueError(loc)
             if scheme == "redis+sentinel":
                 path = [p for p in parts.path.split("/") if p]
-                if not 1 <= len(path) <= 2 or (len(path) == 2 and not _WHOLE.fullmatch(path[1])):
+                if not 1 <= len(path) <= 2 or (
+                    len(path) == 2 and not WHOLE_DIGITS.fullmatch(path[1])
+                ):
                     raise ValueError("service name and db")
         elif scheme == "redis+unix":
             if not parts.path:
@@ -1107,7 +959,7 @@ def _check_storage(uri: str) -> str:
         else:
             _ = parts.port  # raises ValueError on a bad port
             db = parts.path.strip("/")
-            if db and not _WHOLE.fullmatch(db):
+            if db and not WHOLE_DIGITS.fullmatch(db):
                 raise ValueError("db")
             _check_redis_options(uri)
     except ValueError:
