@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import os
@@ -490,3 +491,20 @@ def server_has_read(server_port: int, client_port: int) -> bool:
             ):
                 return int(queues.split(":")[1], 16) == 0
     return False
+
+
+async def read_stream_response(
+    reader: asyncio.StreamReader,
+) -> tuple[int, dict[str, str], bytes]:
+    """read_stream_response reads one HTTP/1.1 response with a Content-Length body from an
+    asyncio stream; EOFError when the connection closes before a status line arrives."""
+    status_line = await reader.readline()
+    if not status_line:
+        raise EOFError("closed before a response")
+    status = int(status_line.split()[1])
+    headers: dict[str, str] = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return status, headers, body

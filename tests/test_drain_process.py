@@ -28,6 +28,7 @@ from tests.support import (
     admission_serve,
     pid_alive,
     plain_uvicorn,
+    read_stream_response,
     run_server,
     wait_until,
 )
@@ -418,21 +419,6 @@ class LoadTally:
     stop_at: float = 0.0
 
 
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    """read_response reads one HTTP/1.1 response with a Content-Length body; EOFError when the
-    connection closes before a status line arrives."""
-    status_line = await reader.readline()
-    if not status_line:
-        raise EOFError("closed before a response")
-    status = int(status_line.split()[1])
-    headers: dict[str, str] = {}
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return status, headers, body
-
-
 async def load_connection(port: int, ids: Iterator[int], tally: LoadTally, *, polite: bool) -> None:
     """load_connection sends requests one after the other on a kept-alive connection,
     reconnecting when the server says `Connection: close`, until the listener is gone, the time
@@ -456,7 +442,9 @@ async def load_connection(port: int, ids: Iterator[int], tally: LoadTally, *, po
             f"GET /slow?ms=50 HTTP/1.1\r\nHost: test\r\nX-Request-Id: {request_id}\r\n\r\n".encode()
         )
         try:
-            status, headers, body = await asyncio.wait_for(read_response(reader), CLIENT_TIMEOUT_S)
+            status, headers, body = await asyncio.wait_for(
+                read_stream_response(reader), CLIENT_TIMEOUT_S
+            )
         except asyncio.TimeoutError:
             tally.outcomes["hang"] += 1
             return

@@ -25,7 +25,14 @@ import httpx
 import pytest
 import uvicorn.config
 
-from tests.support import REPO, ServerProcess, admission_serve, run_server, wait_until
+from tests.support import (
+    REPO,
+    ServerProcess,
+    admission_serve,
+    read_stream_response,
+    run_server,
+    wait_until,
+)
 
 pytestmark = pytest.mark.process
 
@@ -36,21 +43,6 @@ def exit_status(server: ServerProcess, timeout_s: float) -> int:
     """exit_status waits (polling) for the server to exit and returns its status."""
     wait_until(lambda: server.process.poll() is not None, timeout_s, "the server to exit")
     return int(server.process.returncode)
-
-
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:
-    """read_response reads one HTTP/1.1 response with a Content-Length body; EOFError when the
-    connection closes before a status line arrives."""
-    status_line = await reader.readline()
-    if not status_line:
-        raise EOFError("closed before a response")
-    status = int(status_line.split()[1])
-    headers: dict[str, str] = {}
-    while (line := await reader.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode("latin-1").partition(":")
-        headers[name.strip().lower()] = value.strip()
-    body = await reader.readexactly(int(headers.get("content-length", "0")))
-    return status, headers, body
 
 
 # --- who the client is ---------------------------------------------------------------------------
@@ -181,7 +173,7 @@ async def test_an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() 
     with run_server(admission_serve(), {"ADMISSION_IDLE_TIMEOUT": "1"}) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-        status, headers, _ = await read_response(reader)
+        status, headers, _ = await read_stream_response(reader)
         answered = time.monotonic()
         assert status == 200 and headers.get("connection") != "close"
         # uvicorn's own keep-alive timeout is 5 s: closed well before it, at the idle timeout.
@@ -198,13 +190,13 @@ async def test_every_request_of_a_kept_alive_connection_has_the_head_limits() ->
         # Two heads of 40 KiB each: each within the 64 KiB limit, together over it.
         for _ in range(2):
             writer.write(forty_kib)
-            status, _, _ = await read_response(reader)
+            status, _, _ = await read_stream_response(reader)
             assert status == 200
         # A third head, trickled: its clock starts with its first byte (uvicorn's keep-alive
         # timeout, 5 s, stops counting then), so it is closed after the read timeout.
         writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n")
         started = time.monotonic()
-        status, _, body = await asyncio.wait_for(read_response(reader), 4)
+        status, _, body = await asyncio.wait_for(read_stream_response(reader), 4)
         assert (status, json.loads(body)["reason"]) == (408, "header_timeout")
         assert await asyncio.wait_for(reader.read(1), 4) == b""
         assert time.monotonic() - started < 3.0
@@ -220,13 +212,13 @@ async def test_a_head_gets_the_whole_read_timeout_from_its_first_byte_on_an_olde
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         connected = time.monotonic()
         writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-        status, _, _ = await read_response(reader)
+        status, _, _ = await read_stream_response(reader)
         assert status == 200
         # Past the middle of the first read timeout, a second head starts and stalls.
         await asyncio.sleep(max(0.0, connected + 0.6 - time.monotonic()))
         writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n")
         started = time.monotonic()
-        status, _, body = await asyncio.wait_for(read_response(reader), 5)
+        status, _, body = await asyncio.wait_for(read_stream_response(reader), 5)
         waited = time.monotonic() - started
         writer.close()
     assert (status, json.loads(body)["reason"]) == (408, "header_timeout")
@@ -262,7 +254,7 @@ async def hammer(port: int, tally: Counter[str], stop_at: float) -> None:
                 writer.write(request)
                 try:
                     status, headers, _ = await asyncio.wait_for(
-                        read_response(reader), CLIENT_TIMEOUT_S
+                        read_stream_response(reader), CLIENT_TIMEOUT_S
                     )
                 except asyncio.TimeoutError:
                     tally["hang"] += 1
@@ -462,7 +454,7 @@ async def test_a_worker_still_draining_accepts_after_the_other_has_stopped() -> 
             asyncio.open_connection("127.0.0.1", server.port), 0.5
         )
         writer.write(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
-        status, _, body = await asyncio.wait_for(read_response(reader), 2)
+        status, _, body = await asyncio.wait_for(read_stream_response(reader), 2)
         answered_in = time.monotonic() - started
         writer.close()
         slow_status, _, _ = await request
