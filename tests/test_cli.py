@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
+from admission.bench.process import free_port
 from admission.cli import main
 from admission.settings import ACCEPTED
-from tests.support import REPO, free_port
+from tests.support import REPO
 
 # One bad value per variable (test_settings.py tries several each).
 FIRST_BAD = {
