@@ -1,4 +1,5 @@
-"""Shared helpers for tests that run real processes: free ports, servers, redis-servers."""
+"""Shared helpers for tests that run real processes: servers (started with
+admission.bench.process.served), redis-servers, and raw HTTP over sockets."""
 
 from __future__ import annotations
 
