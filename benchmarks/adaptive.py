@@ -39,10 +39,7 @@ import contextlib
 import json
 import os
 import random
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -55,8 +52,8 @@ from admission.bench.loadgen import (
     read_response,
     run_coroutine,
 )
+from admission.bench.process import PORT, NotReady, served, without_settings
 from admission.bench.recommend import percentile
-from admission.bench.sweep import free_port, stop
 
 HOST = "127.0.0.1"
 CLIENTS = 128
@@ -110,31 +107,24 @@ class Run:
 
 @contextlib.contextmanager
 def serve(window: int | str, pin: bool) -> Iterator[int]:
-    """serve runs the demo under `admission serve` with the window on a free port and yields
-    the port once /healthz answers."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADMISSION_")}
+    """serve runs the demo under `admission serve` with the window on a free port (on CPU 0
+    only, with `pin`) and yields the port once /healthz answers."""
+    env = without_settings()
     env["ADMISSION_WINDOW"] = str(window)
     env["ADMISSION_QUEUE_TIMEOUT"] = "0"
     if window == "auto":
         env["ADMISSION_WINDOW_MIN"] = str(AUTO_MIN)
         env["ADMISSION_WINDOW_MAX"] = str(AUTO_MAX)
-    argv = [sys.executable, "-m", "admission", "serve", "--host", HOST, "--port", str(port)]
-    if pin and shutil.which("taskset"):
-        argv = ["taskset", "-c", "0", *argv]
-    with tempfile.TemporaryFile() as output:
-        process = subprocess.Popen(argv, env=env, stdout=output, stderr=subprocess.STDOUT)
+    argv = [sys.executable, "-m", "admission", "serve", "--host", HOST, "--port", PORT]
+    cpus = {0} if pin else None
+    with contextlib.ExitStack() as stack:
         try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while _get(port, "/healthz") is None:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    output.seek(0)
-                    tail = output.read().decode(errors="replace")[-2000:]
-                    raise SystemExit(f"admission serve did not start:\n{tail}")
-                time.sleep(0.05)
-            yield port
-        finally:
-            stop(process, 15)
+            server = stack.enter_context(
+                served(argv, env, start_timeout_s=START_TIMEOUT_S, stop_timeout_s=15, cpus=cpus)
+            )
+        except NotReady as exc:
+            raise SystemExit(f"admission serve did not start:\n{exc.log[-2000:]}") from exc
+        yield server.port
 
 
 def _get(port: int, target: str) -> dict[str, object] | None:

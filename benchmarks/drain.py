@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from admission.bench.sweep import free_port
+from admission.bench.process import PORT, served, without_settings
 
 REPO = Path(__file__).resolve().parent.parent
 SERVERS = {
@@ -74,19 +72,11 @@ async def in_flight(probe: httpx.AsyncClient) -> int:
 def one_run(server: str, longest_s: float, count: int) -> Run:
     """one_run starts a server, drains it once with `count` requests in flight and returns the
     times measured from SIGTERM."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADMISSION_")}
+    env = without_settings()
     env["ADMISSION_DRAIN_TIMEOUT"] = str(max(30.0, 3 * longest_s))
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            [*SERVERS[server], str(port)], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO
-        )
-        try:
-            return asyncio.run(_drain_once(process, port, longest_s, count))
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    # Up once /readyz answers: the in-flight count the run watches comes from it.
+    with served([*SERVERS[server], PORT], env, ready_path="/readyz", cwd=REPO) as running:
+        return asyncio.run(_drain_once(running.process, running.port, longest_s, count))
 
 
 async def _drain_once(
@@ -99,10 +89,6 @@ async def _drain_once(
         httpx.AsyncClient(base_url=url, timeout=1) as probe,
         httpx.AsyncClient(base_url=url, timeout=longest_s + 30, limits=limits) as client,
     ):
-        while await in_flight(probe) < 0:
-            if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError("the server did not start")
-            await asyncio.sleep(0.05)
 
         async def request(ms: int) -> tuple[int, float]:
             response = await client.get(f"/slow?ms={ms}")

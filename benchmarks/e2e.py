@@ -44,17 +44,14 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from admission.bench.loadgen import LoadResult, load
+from admission.bench.process import NotReady, served, without_settings
 from admission.bench.recommend import percentile
-from admission.bench.sweep import free_port, stop
 
 HOST = "127.0.0.1"
 RATE = "1000000/second"
@@ -64,14 +61,13 @@ TARGET_RATIO = 0.95
 IMPLEMENTATIONS = ("uvloop", "httptools")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Server:
     """Server is one uvicorn process under test."""
 
     name: str
     process: subprocess.Popen[bytes]
     port: int
-    log_path: Path
 
     def implementations(self) -> list[str]:
         """implementations lists the IMPLEMENTATIONS whose extension modules are mapped in the
@@ -88,14 +84,6 @@ class Server:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=0.5) as response:
-            return bool(response.status == 200)
-    except OSError:
-        return False
-
-
 @contextlib.contextmanager
 def server(
     name: str,
@@ -108,31 +96,21 @@ def server(
 ) -> Iterator[Server]:
     """server starts `argv` with `{port}` filled in (on `cpus` only, if given), waits until
     `/` answers 200, yields it, and stops it with SIGTERM (SIGKILL if it lingers)."""
-    port = free_port()
-    with tempfile.NamedTemporaryFile(prefix=f"e2e-{name}-", suffix=".log") as log:
-        process = subprocess.Popen(
-            [a.replace("{port}", str(port)) for a in argv],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        srv = Server(name, process, port, Path(log.name))
-        if cpus:
-            os.sched_setaffinity(process.pid, cpus)
+    with contextlib.ExitStack() as stack:
         try:
-            deadline = time.monotonic() + start_timeout_s
-            while not _answers(f"http://{HOST}:{port}/"):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"{name} server did not start:\n{srv.log_path.read_text()}")
-                time.sleep(0.1)
-            yield srv
-        finally:
-            stop(process, stop_timeout_s)
-
-
-def base_env() -> dict[str, str]:
-    """base_env is this environment without any ADMISSION_* variable."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("ADMISSION_")}
+            running = stack.enter_context(
+                served(
+                    argv,
+                    env,
+                    ready_path="/",
+                    start_timeout_s=start_timeout_s,
+                    stop_timeout_s=stop_timeout_s,
+                    cpus=cpus,
+                )
+            )
+        except NotReady as exc:
+            raise SystemExit(f"{name} server did not start:\n{exc.log}") from exc
+        yield Server(name, running.process, running.port)
 
 
 @dataclass
@@ -250,16 +228,19 @@ def server_commands(*, calibrate: bool) -> dict[str, tuple[list[str], dict[str, 
     commands: dict[str, tuple[list[str], dict[str, str]]] = {
         "bare": (
             [python, "-m", "uvicorn", "admission.demo:app", *listen, *uvicorn_opts],
-            base_env(),
+            without_settings(),
         ),
-        "admission": (serve, base_env()),
-        "admission+rate": (serve, base_env() | {"ADMISSION_RATE": RATE}),
+        "admission": (serve, without_settings()),
+        "admission+rate": (serve, without_settings() | {"ADMISSION_RATE": RATE}),
     }
     if calibrate:
         here = str(Path(__file__).resolve().parent)
         for name, factory in (("send-only", "e2e:send_only"), ("headers-only", "e2e:headers_only")):
             app = (factory, "--factory", "--app-dir", here)
-            commands[name] = ([python, "-m", "uvicorn", *app, *listen, *uvicorn_opts], base_env())
+            commands[name] = (
+                [python, "-m", "uvicorn", *app, *listen, *uvicorn_opts],
+                without_settings(),
+            )
     return commands
 
 

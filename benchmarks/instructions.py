@@ -33,8 +33,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from e2e import HOST, RATE, base_env, server, server_commands
+from e2e import HOST, RATE, server, server_commands
 from fastapi_json import BODY
+
+from admission.bench.process import without_settings
 
 HERE = Path(__file__).resolve().parent
 GET = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
@@ -67,7 +69,7 @@ def all_commands(*, calibrate: bool) -> tuple[Commands, dict[str, bytes]]:
     commands["admission+all"] = (serve, env | ALL_FEATURES)
     python = sys.executable
     listen = ["--host", HOST, "--port", "{port}"]
-    env = base_env()
+    env = without_settings()
     app_env = env | {
         "PYTHONPATH": os.pathsep.join(filter(None, (str(HERE), env.get("PYTHONPATH"))))
     }

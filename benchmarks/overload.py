@@ -40,19 +40,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import subprocess
 import sys
-import tempfile
 import textwrap
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from admission.bench.loadgen import LoadResult, load
+from admission.bench.process import PORT, NotReady, served, without_settings
 from admission.bench.recommend import percentile
-from admission.bench.sweep import free_port, stop
 
 HOST = "127.0.0.1"
 PATH = "/slow?ms=20"
@@ -92,35 +87,20 @@ class Line:
 def admission_serve(window: int | None) -> Iterator[int]:
     """admission_serve runs the demo under `admission serve` on a free port, with the window
     (None: none), and yields the port once /healthz answers."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADMISSION_")}
+    env = without_settings()
     if window is not None:
         env["ADMISSION_WINDOW"] = str(window)
         env["ADMISSION_QUEUE_TIMEOUT"] = "0"
-    argv = [sys.executable, "-m", "admission", "serve", "--host", HOST, "--port", str(port)]
-    with tempfile.TemporaryFile() as output:
-        # Output to a file, not a pipe: nobody reads it while the load runs.
-        process = subprocess.Popen(argv, env=env, stdout=output, stderr=subprocess.STDOUT)
+    argv = [sys.executable, "-m", "admission", "serve", "--host", HOST, "--port", PORT]
+    with contextlib.ExitStack() as stack:
         try:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while not _healthy(port):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    output.seek(0)
-                    tail = output.read().decode(errors="replace")[-2000:]
-                    raise SystemExit(f"admission serve did not start:\n{tail}")
-                time.sleep(0.05)
-            load(HOST, port, PATH, 8, WARMUP_S)
-            yield port
-        finally:
-            stop(process, 15)
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{HOST}:{port}/healthz", timeout=1) as response:
-            return int(response.status) == 200
-    except (OSError, urllib.error.URLError):
-        return False
+            server = stack.enter_context(
+                served(argv, env, start_timeout_s=START_TIMEOUT_S, stop_timeout_s=15)
+            )
+        except NotReady as exc:
+            raise SystemExit(f"admission serve did not start:\n{exc.log[-2000:]}") from exc
+        load(HOST, server.port, PATH, 8, WARMUP_S)
+        yield server.port
 
 
 def find_knee(port: int, unloaded: Line, duration_s: float) -> tuple[int, list[Line]]:

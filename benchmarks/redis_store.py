@@ -65,6 +65,7 @@ from limits import RateLimitItemPerSecond
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import FixedWindowRateLimiter
 
+from admission.bench.recommend import percentile
 from admission.settings import Settings
 from admission.stores import open_store
 from admission.stores.guard import GuardedStore
@@ -235,23 +236,29 @@ async def measure(url: str, own: bool, duration_s: float, rounds: int, layer_cal
         await admin.aclose()
 
 
+def _percentile(sorted_values: list[float], q: float) -> float:
+    """_percentile is `percentile` of latencies a run must have measured."""
+    value = percentile(sorted_values, q)
+    if value is None:
+        raise SystemExit("no latencies were measured")
+    return value
+
+
 def report(callers: int, samples: dict[str, list[Sample]], errors: int) -> None:
     """report prints one table for one concurrency."""
     rates = {name: statistics.median(s.rate for s in ss) for name, ss in samples.items()}
-    p50s = {
-        name: statistics.median([x for s in ss for x in s.latencies_s])
-        for name, ss in samples.items()
-    }
+    lats = {name: sorted(x for s in ss for x in s.latencies_s) for name, ss in samples.items()}
+    p50s = {name: _percentile(lat, 50) for name, lat in lats.items()}
     print(
         f"{callers} caller{'s' if callers > 1 else ''}:\n"
         f"  {'variant':<11}{'decisions/s':>12}{'µs/decision':>13}{'p50 µs':>9}{'p99 µs':>9}"
         f"{'vs ping':>9}"
     )
-    for name, ss in samples.items():
-        lat = sorted(x for s in ss for x in s.latencies_s)
+    for name in samples:
+        p99 = _percentile(lats[name], 99)
         print(
             f"  {name:<11}{rates[name]:>12.0f}{1e6 / rates[name]:>13.1f}"
-            f"{p50s[name] * 1e6:>9.0f}{lat[int(0.99 * len(lat))] * 1e6:>9.0f}"
+            f"{p50s[name] * 1e6:>9.0f}{p99 * 1e6:>9.0f}"
             f"{rates['ping'] / rates[name]:>8.2f}x"
         )
     ours = samples["admission"]

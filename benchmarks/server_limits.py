@@ -23,17 +23,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from admission.bench.sweep import free_port
+from admission.bench.process import PORT, served, without_settings
 
 REPO = Path(__file__).resolve().parent.parent
 SERVERS = {
@@ -144,26 +141,14 @@ def main() -> None:
     parser.add_argument("--trickling", type=int, default=200)
     parser.add_argument("--trickle-s", type=float, default=6.0)
     args = parser.parse_args()
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADMISSION_")}
+    env = without_settings()
     env["ADMISSION_READ_TIMEOUT"] = "2"
-    argv = [*SERVERS[args.server], "--host", "127.0.0.1", "--port", str(port)]
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(argv, env=env, cwd=REPO, stdout=log, stderr=log)
-        try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=0.5)
-                    break
-                except httpx.HTTPError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.05)
-            asyncio.run(measure(args, process.pid, port))
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+    argv = [*SERVERS[args.server], "--host", "127.0.0.1", "--port", PORT]
+    # Any answer on /healthz will do: plain uvicorn's demo has none of its own (404).
+    with served(
+        argv, env, ready=lambda status: True, start_timeout_s=20, stop_timeout_s=30, cwd=REPO
+    ) as server:
+        asyncio.run(measure(args, server.process.pid, server.port))
 
 
 if __name__ == "__main__":

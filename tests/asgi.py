@@ -111,7 +111,8 @@ async def until(predicate: Callable[[], bool]) -> None:
 
 
 class ManualClock:
-    """ManualClock answers `time()` with whatever the test set; `advance` moves it on."""
+    """ManualClock answers `time()`, or a call, with whatever the test set; `advance` moves it
+    on."""
 
     def __init__(self, now: float) -> None:
         self.now = now
@@ -119,5 +120,28 @@ class ManualClock:
     def time(self) -> float:
         return self.now
 
+    def __call__(self) -> float:
+        return self.now
+
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class CountingApp:
+    """CountingApp answers 200 with a header of its own and counts the requests it sees;
+    requests to /hold wait until `release` is set."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.paths: list[str] = []
+        self.release = asyncio.Event()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        self.calls += 1
+        self.paths.append(scope["path"])
+        if scope["path"] == "/hold":
+            await self.release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-app", b"yes")]})
+        await send({"type": "http.response.body", "body": b"app"})

@@ -1,4 +1,5 @@
-"""Shared helpers for tests that run real processes: free ports, servers, redis-servers."""
+"""Shared helpers for tests that run real processes: servers (started with
+admission.bench.process.served), redis-servers, and raw HTTP over sockets."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import http.client
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,14 +20,9 @@ from pathlib import Path
 
 import httpx
 
+from admission.bench.process import NotReady, Server, free_port, served, without_settings
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    """free_port is a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -40,47 +35,6 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> No
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
-@dataclass
-class ServerProcess:
-    """ServerProcess is a real server on 127.0.0.1:`port`, its output captured to a file."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def log(self) -> str:
-        """log is everything the server printed so far."""
-        return self.log_path.read_text(errors="replace")
-
-    def signal(self, sig: int = signal.SIGTERM) -> None:
-        self.process.send_signal(sig)
-
-    def wait(self, timeout_s: float) -> int:
-        """wait waits for exit and returns the status (negative: killed by that signal)."""
-        return self.process.wait(timeout=timeout_s)
-
-    def stop(self) -> None:
-        """stop ends the server whatever state it is in."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(url + "/healthz", timeout=0.5).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 @contextlib.contextmanager
 def run_server(
     argv: list[str],
@@ -90,48 +44,35 @@ def run_server(
     ready_path: str = "/healthz",
     start_timeout_s: float = 20.0,
     new_session: bool = False,
-) -> Iterator[ServerProcess]:
-    """run_server starts `argv` (with `{port}` replaced) with ADMISSION_* taken only from `env`,
-    waits until `ready_path` answers, yields it, and stops it at the end. `new_session` starts
-    it as the leader of a process group of its own, which a test may signal as a terminal
-    would (`os.killpg(server.process.pid, ...)`)."""
-    port = port or free_port()
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("ADMISSION_")}
+    cwd: Path = REPO,
+) -> Iterator[Server]:
+    """run_server is `served` as the tests run a server: from `cwd`, with ADMISSION_*
+    taken only from `env`, unbuffered output, and started once `ready_path` answers anything
+    below 500; a server that does not start is an AssertionError with its log. `new_session`
+    starts it as the leader of a process group of its own, which a test may signal as a
+    terminal would (`os.killpg(server.process.pid, ...)`)."""
+    full_env = without_settings()
     full_env.update(env or {})
     full_env.setdefault("PYTHONUNBUFFERED", "1")
-    with tempfile.TemporaryDirectory(prefix="admission-server-") as tmp:
-        log_path = Path(tmp) / "server.log"
-        with log_path.open("wb") as log_file:
-            process = subprocess.Popen(
-                [a.replace("{port}", str(port)) for a in argv],
-                env=full_env,
-                stdout=log_file,
-                stderr=subprocess.STDOUT,
-                cwd=REPO,
-                start_new_session=new_session,
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(
+                served(
+                    argv,
+                    full_env,
+                    port=port,
+                    ready_path=ready_path,
+                    ready=lambda status: status < 500,
+                    start_timeout_s=start_timeout_s,
+                    cwd=cwd,
+                    new_session=new_session,
+                )
             )
-        server = ServerProcess(process, port, log_path)
-        try:
-            _wait_ready(server, ready_path, start_timeout_s)
-            yield server
-        finally:
-            server.stop()
-
-
-def _wait_ready(server: ServerProcess, ready_path: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if server.process.poll() is not None:
-            code = server.process.returncode
-            raise AssertionError(f"server exited with {code}:\n{server.log()}")
-        try:
-            if httpx.get(server.url + ready_path, timeout=0.5).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"server did not start in {timeout_s}s:\n{server.log()}")
-        time.sleep(0.05)
+        except NotReady as exc:
+            if exc.returncode is not None:
+                raise AssertionError(f"server exited with {exc.returncode}:\n{exc.log}") from exc
+            raise AssertionError(f"server did not start in {start_timeout_s}s:\n{exc.log}") from exc
+        yield server
 
 
 def admission_serve(app: str | None = None, *extra: str) -> list[str]:
@@ -438,11 +379,11 @@ def body_of(response: http.client.HTTPResponse) -> bytes:
     return response.body  # type: ignore[attr-defined,no-any-return]
 
 
-def in_flight(server: ServerProcess) -> int:
+def in_flight(server: Server) -> int:
     return int(httpx.get(server.url + "/readyz", timeout=2).json()["in_flight"])
 
 
-def metric(server: ServerProcess, name: str, **labels: str) -> float:
+def metric(server: Server, name: str, **labels: str) -> float:
     """metric is the sample of the server's /metrics with `labels` (others may be there too,
     such as the empty `policy` of refusals that are not rate limits), 0.0 when absent."""
     text = httpx.get(server.url + "/metrics", timeout=2).text
@@ -455,7 +396,7 @@ def metric(server: ServerProcess, name: str, **labels: str) -> float:
     return 0.0
 
 
-def request_concurrently(server: ServerProcess, paths: list[str]) -> list[http.client.HTTPResponse]:
+def request_concurrently(server: Server, paths: list[str]) -> list[http.client.HTTPResponse]:
     """request_concurrently connects once per path, then sends every request before reading
     any answer, so that all of them are in the server at once."""
     socks = [socket.create_connection(("127.0.0.1", server.port), timeout=SETTLE_S) for _ in paths]
@@ -468,7 +409,7 @@ def request_concurrently(server: ServerProcess, paths: list[str]) -> list[http.c
             sock.close()
 
 
-def get_concurrently(server: ServerProcess, paths: list[str]) -> list[int]:
+def get_concurrently(server: Server, paths: list[str]) -> list[int]:
     """get_concurrently is the statuses of `request_concurrently`."""
     return [response.status for response in request_concurrently(server, paths)]
 

@@ -9,6 +9,7 @@ the honest client is refused; with buffering it is served every time.
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -131,7 +132,7 @@ def test_sigterm_while_a_body_is_read_ahead_answers_it_503_and_exits_promptly() 
             client_port = sock.getsockname()[1]
             wait_until(lambda: server_has_read(server.port, client_port), 5, "the server reads")
             signalled = time.monotonic()
-            server.signal()
+            server.process.send_signal(signal.SIGTERM)
             answer = b""
             while b"\r\n\r\n" not in answer:
                 data = sock.recv(4096)

@@ -8,9 +8,11 @@ import sys
 
 import pytest
 
+from admission.bench.process import free_port
 from admission.cli import main
 from admission.settings import ACCEPTED
-from tests.support import REPO, free_port
+from tests.settings_values import GARBAGE, NEEDS
+from tests.support import REPO
 
 # One bad value per variable (test_settings.py tries several each).
 FIRST_BAD = {
@@ -193,8 +195,6 @@ def test_config_reports_every_bad_variable_at_once_one_line_each() -> None:
 def test_config_over_garbage_values_exits_0_or_2_with_one_line_each_and_no_traceback(
     field: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from tests.test_settings import GARBAGE, NEEDS
-
     for name in list(os.environ):
         if name.startswith("ADMISSION_"):
             monkeypatch.delenv(name)

@@ -11,7 +11,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import free_port, wait_until
+from admission.bench.process import free_port
+from tests.support import run_server
 
 SCRIPT = shutil.which("admission", path=str(Path(sys.executable).parent))
 
@@ -34,27 +35,12 @@ app = Starlette(routes=[Route("/", index)])
 def test_serve_finds_an_app_module_in_the_current_directory(tmp_path: Path) -> None:
     # A console script, unlike `python -m`, does not put the current directory on sys.path.
     (tmp_path / "mymodule.py").write_text(APP)
-    port = free_port()
     assert SCRIPT is not None
-    process = subprocess.Popen(
-        [SCRIPT, "serve", "mymodule:app", "--port", str(port)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-
-        def answers() -> bool:
-            assert process.poll() is None, process.stdout.read() if process.stdout else ""
-            try:
-                return httpx.get(f"http://127.0.0.1:{port}/", timeout=0.5).text == "mine\n"
-            except httpx.HTTPError:
-                return False
-
-        wait_until(answers, 20, "the app from the current directory to answer")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
+    argv = [SCRIPT, "serve", "mymodule:app", "--port", "{port}"]
+    with run_server(argv, cwd=tmp_path, ready_path="/") as server:
+        assert httpx.get(server.url + "/", timeout=5).text == "mine\n"
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=20) == 0
 
 
 def test_an_app_module_that_fails_on_import_is_reported_in_one_closing_line(

@@ -23,8 +23,8 @@ import httpx
 import pytest
 import websockets
 
+from admission.bench.process import Server
 from tests.support import (
-    ServerProcess,
     admission_serve,
     pid_alive,
     plain_uvicorn,
@@ -45,7 +45,7 @@ IN_FLIGHT = 8
 # --- helpers -----------------------------------------------------------------------------------
 
 
-def exit_status(server: ServerProcess, timeout_s: float) -> tuple[int, float]:
+def exit_status(server: Server, timeout_s: float) -> tuple[int, float]:
     """exit_status waits for the server to exit and returns its status and the monotonic time
     at which it was first seen gone (polled every 10 ms)."""
     deadline = time.monotonic() + timeout_s
@@ -56,7 +56,7 @@ def exit_status(server: ServerProcess, timeout_s: float) -> tuple[int, float]:
     return server.process.returncode, time.monotonic()
 
 
-def in_flight(server: ServerProcess) -> int:
+def in_flight(server: Server) -> int:
     """in_flight is what the server's /readyz reports (-1 when it does not answer)."""
     try:
         return int(httpx.get(server.url + "/readyz", timeout=1).json()["in_flight"])
@@ -124,7 +124,7 @@ def started_pids(path: Path) -> set[str]:
 
 
 async def sigterm_with_requests_in_flight(
-    server: ServerProcess, *, extra_until: float | None = None
+    server: Server, *, extra_until: float | None = None
 ) -> tuple[list[Reply], Reply, float]:
     """sigterm_with_requests_in_flight puts IN_FLIGHT requests to /slow?ms=SLOW_MS in flight,
     sends SIGTERM, sends a new request 0.2 s later and returns the in-flight replies, the new
@@ -135,7 +135,7 @@ async def sigterm_with_requests_in_flight(
         wait_until, lambda: in_flight(server) >= IN_FLIGHT, 10, f"{IN_FLIGHT} in flight"
     )
     signalled = time.monotonic()
-    server.signal(signal.SIGTERM)
+    server.process.send_signal(signal.SIGTERM)
     await asyncio.sleep(0.2)
     late = await fetch(server.url + "/", timeout_s=5)
     return list(await asyncio.gather(*requests)), late, signalled
@@ -180,7 +180,7 @@ async def test_drain_delay_fails_readiness_while_still_serving_then_refuses() ->
         holder = asyncio.ensure_future(fetch(server.url + "/slow?ms=3000"))
         await asyncio.to_thread(wait_until, lambda: in_flight(server) >= 1, 10, "1 in flight")
         signalled = time.monotonic()
-        server.signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
 
         readyz = await fetch(server.url + "/readyz")
         while readyz.status == 200 and time.monotonic() - signalled < 1.0:
@@ -217,7 +217,7 @@ async def test_drain_timeout_cancels_stragglers_closes_connections_and_logs_how_
         requests = [asyncio.ensure_future(fetch(url)) for _ in range(3)]
         await asyncio.to_thread(wait_until, lambda: in_flight(server) >= 3, 10, "3 in flight")
         signalled = time.monotonic()
-        server.signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
         status, exited = await asyncio.to_thread(exit_status, server, 10)
         replies = await asyncio.gather(*requests)
         log = server.log()
@@ -283,7 +283,7 @@ async def test_sigterm_drains_every_worker(argv: list[str], starts_file: Path) -
             await asyncio.to_thread(wait_until, added_started, 10, "the added request started")
         workers = started_pids(starts_file)
         signalled = time.monotonic()
-        server.signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
         # The supervisor passes the signal on within its 0.5 s polling period; until then a new
         # request is still served. Once both workers drain, a new one is refused.
         await asyncio.to_thread(
@@ -323,7 +323,7 @@ async def test_drain_releases_children_tasks_and_cleanups_after_the_app_shutdown
             10,
             "the job's child",
         )
-        server.signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
         reply = await job
         status, _ = exit_status(server, 15)
         log = server.log()
@@ -354,7 +354,7 @@ async def test_open_websocket_is_closed_with_1001_when_the_drain_begins() -> Non
         async with websockets.connect(ws_url, open_timeout=5) as socket:
             await socket.send("hello")
             assert await asyncio.wait_for(socket.recv(), 5) == "hello"
-            server.signal(signal.SIGTERM)
+            server.process.send_signal(signal.SIGTERM)
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await asyncio.wait_for(socket.recv(), CLIENT_TIMEOUT_S)
         status, _ = exit_status(server, 10)
@@ -370,12 +370,12 @@ async def test_second_sigint_cancels_what_is_in_flight_instead_of_waiting() -> N
         url = server.url + "/slow?ms=20000"
         requests = [asyncio.ensure_future(fetch(url)) for _ in range(2)]
         await asyncio.to_thread(wait_until, lambda: in_flight(server) >= 2, 10, "2 in flight")
-        server.signal(signal.SIGINT)
+        server.process.send_signal(signal.SIGINT)
         await asyncio.to_thread(
             wait_until, lambda: "draining: new requests refused" in server.log(), 5, "draining"
         )
         hurried = time.monotonic()
-        server.signal(signal.SIGINT)
+        server.process.send_signal(signal.SIGINT)
         status, exited = await asyncio.to_thread(exit_status, server, 15)
         replies = await asyncio.gather(*requests)
         log = server.log()
@@ -496,7 +496,7 @@ async def test_steady_load_through_sigterm_completes_or_refuses_every_request(
             wait_until, lambda: tally.outcomes["200"] >= 10 * LOAD_CONNECTIONS, 5, "the stream"
         )
         served_before = tally.outcomes["200"]
-        server.signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
         tally.stop_at = time.monotonic() + LOAD_MAX_S
         await asyncio.gather(*clients)
         status, _ = await asyncio.to_thread(exit_status, server, 10)

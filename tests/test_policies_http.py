@@ -15,8 +15,9 @@ from admission import AdmissionMiddleware, Settings
 from admission.limiter import REFUSAL_STATE_KEY, generation_bucket, resolved_policies
 from admission.policies import Policy
 from admission.stores.memory import MemoryStore
+from tests.asgi import CountingApp, ManualClock
+from tests.structured_fields import parse_sf_list
 from tests.support import REPO
-from tests.test_ratelimit_http import CountingApp, ManualClock, parse_sf_list
 
 EXAMPLE = str(REPO / "tests" / "apps" / "policies.toml")
 
@@ -25,7 +26,7 @@ class Service:
     """Service is the middleware with route policies around a counting app."""
 
     def __init__(self, **settings: Any) -> None:
-        self.clock = ManualClock()
+        self.clock = ManualClock(500.0)
         self.app = CountingApp()
         self.settings = Settings(**settings)
         store = MemoryStore(generation_bucket(resolved_policies(self.settings)), clock=self.clock)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from typing import Any
 
 import httpx
@@ -18,117 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from admission import AdmissionMiddleware, Settings
 from admission.bucket import Bucket
 from admission.stores.memory import MemoryStore
-
-
-class ManualClock:
-    """ManualClock moves only when the test moves it."""
-
-    def __init__(self) -> None:
-        self.now = 500.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class CountingApp:
-    """CountingApp answers 200 with a header of its own and counts the requests it sees;
-    requests to /hold wait until `release` is set."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-        self.paths: list[str] = []
-        self.release = asyncio.Event()
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return
-        self.calls += 1
-        self.paths.append(scope["path"])
-        if scope["path"] == "/hold":
-            await self.release.wait()
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-app", b"yes")]})
-        await send({"type": "http.response.body", "body": b"app"})
-
-
-# --- a small RFC 8941 (Structured Field Values) list parser, enough to validate the fields ---
-
-_KEY = re.compile(r"[a-z*][a-z0-9_\-.*]*")
-_TOKEN = re.compile(r"[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*")
-_NUMBER = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,3})?")
-
-BareItem = int | float | str | bool
-
-
-def parse_sf_list(text: str) -> list[tuple[BareItem, dict[str, BareItem]]]:
-    """parse_sf_list parses a Structured Field List of items (no inner lists); ValueError if
-    `text` is not one."""
-    pos = 0
-    members: list[tuple[BareItem, dict[str, BareItem]]] = []
-
-    def bare(i: int) -> tuple[BareItem, int]:
-        if i >= len(text):
-            raise ValueError("item expected")
-        c = text[i]
-        if c == '"':
-            out, i = [], i + 1
-            while i < len(text):
-                ch = text[i]
-                if ch == "\\":
-                    if i + 1 >= len(text) or text[i + 1] not in '"\\':
-                        raise ValueError("bad escape")
-                    out.append(text[i + 1])
-                    i += 2
-                elif ch == '"':
-                    return "".join(out), i + 1
-                elif not (0x20 <= ord(ch) <= 0x7E):
-                    raise ValueError("bad string character")
-                else:
-                    out.append(ch)
-                    i += 1
-            raise ValueError("unterminated string")
-        if c == "?":
-            if text[i + 1 : i + 2] in ("0", "1"):
-                return text[i + 1] == "1", i + 2
-            raise ValueError("bad boolean")
-        number = _NUMBER.match(text, i)
-        if number:
-            raw = number.group(0)
-            return (float(raw) if "." in raw else int(raw)), number.end()
-        token = _TOKEN.match(text, i)
-        if token:
-            return token.group(0), token.end()
-        raise ValueError(f"unexpected {c!r}")
-
-    while True:
-        item, pos = bare(pos)
-        params: dict[str, BareItem] = {}
-        while pos < len(text) and text[pos] == ";":
-            pos += 1
-            while pos < len(text) and text[pos] == " ":
-                pos += 1
-            key = _KEY.match(text, pos)
-            if not key:
-                raise ValueError("parameter key expected")
-            pos = key.end()
-            value: BareItem = True
-            if pos < len(text) and text[pos] == "=":
-                value, pos = bare(pos + 1)
-            params[key.group(0)] = value
-        members.append((item, params))
-        while pos < len(text) and text[pos] in " \t":
-            pos += 1
-        if pos == len(text):
-            return members
-        if text[pos] != ",":
-            raise ValueError(f"',' expected at {pos}")
-        pos += 1
-        while pos < len(text) and text[pos] in " \t":
-            pos += 1
-        if pos == len(text):
-            raise ValueError("trailing comma")
+from tests.asgi import CountingApp, ManualClock
+from tests.structured_fields import BareItem, parse_sf_list
 
 
 @pytest.mark.parametrize(
@@ -156,7 +46,7 @@ class Service:
     """Service is the middleware around a counting app, with a memory store on a manual clock."""
 
     def __init__(self, rate: str, **settings: Any) -> None:
-        self.clock = ManualClock()
+        self.clock = ManualClock(500.0)
         self.app = CountingApp()
         self.settings = Settings(rate=rate, **settings)
         bucket = Bucket(self.settings.emission_interval_s, self.settings.capacity)

@@ -25,21 +25,15 @@ import httpx
 import pytest
 import uvicorn.config
 
-from tests.support import (
-    REPO,
-    ServerProcess,
-    admission_serve,
-    read_stream_response,
-    run_server,
-    wait_until,
-)
+from admission.bench.process import Server
+from tests.support import REPO, admission_serve, read_stream_response, run_server, wait_until
 
 pytestmark = pytest.mark.process
 
 CLIENT_TIMEOUT_S = 10.0
 
 
-def exit_status(server: ServerProcess, timeout_s: float) -> int:
+def exit_status(server: Server, timeout_s: float) -> int:
     """exit_status waits (polling) for the server to exit and returns its status."""
     wait_until(lambda: server.process.poll() is not None, timeout_s, "the server to exit")
     return int(server.process.returncode)
@@ -281,7 +275,7 @@ async def test_five_sigterms_under_steady_load_with_two_workers_lose_no_request(
             ]
             loaded = functools.partial(lambda t: t["200"] >= 50, tally)
             await asyncio.to_thread(wait_until, loaded, 10, "the load")
-            server.signal(signal.SIGTERM)
+            server.process.send_signal(signal.SIGTERM)
             await asyncio.gather(*clients)
             status = await asyncio.to_thread(exit_status, server, 15)
             assert status == 0, server.log()
@@ -304,7 +298,7 @@ def slow_request(url: str, ms: int) -> tuple[int, str | None, float]:
     return response.status_code, reason, time.monotonic() - started
 
 
-def both_workers_started(server: ServerProcess) -> None:
+def both_workers_started(server: Server) -> None:
     """both_workers_started waits until both workers have started their application: a
     worker still starting when the signal comes has no drain to run yet."""
     wait_until(lambda: server.log().count("Application startup complete.") >= 2, 20, "both workers")
@@ -404,7 +398,7 @@ async def test_the_supervisor_lets_go_of_the_listening_socket_when_the_drain_beg
         await asyncio.to_thread(
             wait_until, lambda: in_flight_at_least(server.url, 1), 5, "the request in flight"
         )
-        server.signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
         await asyncio.to_thread(
             wait_until, lambda: not holds_socket(supervisor, inode), 2, "the supervisor to let go"
         )
@@ -442,7 +436,7 @@ async def test_a_worker_still_draining_accepts_after_the_other_has_stopped() -> 
         await asyncio.to_thread(
             wait_until, lambda: in_flight_at_least(server.url, 1), 5, "the request in flight"
         )
-        server.signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
         await asyncio.to_thread(
             wait_until,
             lambda: server.log().count("Finished server process") == 1,
@@ -466,9 +460,9 @@ async def test_a_worker_still_draining_accepts_after_the_other_has_stopped() -> 
 
 def test_sighup_leaves_the_supervisor_and_its_workers_serving() -> None:
     with run_server(admission_serve(None, "--workers", "2")) as server:
-        server.signal(signal.SIGHUP)
+        server.process.send_signal(signal.SIGHUP)
         wait_until(lambda: "Received SIGHUP" in server.log(), 5, "the SIGHUP logged")
         assert httpx.get(server.url + "/", timeout=5).status_code == 200
         assert server.process.poll() is None
-        server.signal(signal.SIGTERM)
+        server.process.send_signal(signal.SIGTERM)
         assert exit_status(server, 15) == 0

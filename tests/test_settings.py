@@ -10,6 +10,7 @@ import pytest
 from admission.errors import ConfigError
 from admission.settings import ACCEPTED, Settings, redact_uri
 from admission.stores import open_store
+from tests.settings_values import GARBAGE, NEEDS
 from tests.support import REPO
 
 # Bad values per field, as they arrive from the environment. Every field must have some, so a
@@ -191,17 +192,6 @@ GOOD: dict[str, list[tuple[str, object]]] = {
     "on_refuse": [],
 }
 
-# Variables that only make sense together with others: those others, set to good values.
-NEEDS = {
-    "burst": {"ADMISSION_RATE": "10/second"},
-    "queue_timeout": {"ADMISSION_WINDOW": "8"},
-    "max_waiters": {"ADMISSION_WINDOW": "8", "ADMISSION_QUEUE_TIMEOUT": "0.1"},
-    "window_min": {"ADMISSION_WINDOW": "auto"},
-    "window_max": {"ADMISSION_WINDOW": "auto"},
-    "queue_order": {"ADMISSION_WINDOW": "8", "ADMISSION_QUEUE_TIMEOUT": "0.1"},
-    "priority": {"ADMISSION_WINDOW": "8"},
-}
-
 
 def _env(field: str, raw: str) -> dict[str, str]:
     return {"ADMISSION_" + field.upper(): raw, **NEEDS.get(field, {})}
@@ -379,40 +369,6 @@ def test_config_shows_the_effective_defaults_that_follow_other_settings() -> Non
 
 # --- every number bounded, every field against garbage ---------------------------------------
 
-GARBAGE = [
-    "1" * 310,
-    "1" + "0" * 399,
-    "1e308",
-    "1e-300",
-    "0.0000001",
-    "-1",
-    "-0",
-    "+5",
-    "1_0",
-    "\u0663",  # ARABIC-INDIC DIGIT THREE
-    "\uff11\uff12",  # FULLWIDTH 12
-    "\u00b2",  # SUPERSCRIPT TWO
-    "nan",
-    "NaN",
-    "inf",
-    "-inf",
-    "Infinity",
-    "0",
-    "0x10",
-    "1e3",
-    "9" * 20,
-    "4294967297",
-    "/",
-    "/,/",
-    "0.0.0.0/0",
-    "::/0",
-    "\x00",
-    "\u200b",  # ZERO WIDTH SPACE
-    "x" * 5000,
-    "redis://:s3cret@h:6379/0#frag",
-    "-1/second",
-    "1/0 second",
-]
 # The range each numeric field documents; accepted values must fall inside.
 RANGES: dict[str, tuple[float, float]] = {
     "burst": (1, 1_000_000_000),

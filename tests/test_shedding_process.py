@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from admission.bench.process import Server
 from tests.support import (
-    ServerProcess,
     admission_serve,
     body_of,
     in_flight,
@@ -34,18 +34,18 @@ HOLD_MS = 8000
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
+def server() -> Iterator[Server]:
     env = {"ADMISSION_WINDOW": "10", "ADMISSION_PRIORITY": "header:X-Priority"}
     with run_server(admission_serve(), env) as proc:
         yield proc
 
 
-def start(server: ServerProcess, priority: str) -> socket.socket:
+def start(server: Server, priority: str) -> socket.socket:
     return open_request(server.port, f"/slow?ms={HOLD_MS}", headers={"X-Priority": priority})
 
 
 def test_window_of_ten_sheds_sheddable_at_8_default_at_9_and_gives_critical_the_10th(
-    server: ServerProcess,
+    server: Server,
 ) -> None:
     # Ten slow requests started one after another, sheddable first, then default, then
     # critical; each class is tried once more when its share is used up.

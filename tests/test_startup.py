@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from admission import AdmissionMiddleware, ConfigError, Lifetime, service_lifetime
+from admission.bench.process import free_port, served
 from admission.context import adopt_service_lifetime
-from tests.support import REPO, free_port, plain_uvicorn, run_server
+from tests.support import REPO, plain_uvicorn, run_server
 
 
 def test_bad_variable_stops_plain_uvicorn_with_the_one_line(tmp_path: Path) -> None:
@@ -41,8 +43,8 @@ def test_cleanup_registered_at_import_runs_at_the_drain(tmp_path: Path) -> None:
     with run_server(
         plain_uvicorn("tests.apps.import_time:app"), {"IMPORT_TIME_MARK": str(mark)}
     ) as server:
-        server.signal()
-        server.wait(20)
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(timeout=20)
         assert mark.read_text() == "cleanup ran\n", server.log()
 
 
@@ -86,32 +88,16 @@ def test_bad_variables_under_plain_uvicorn_exit_3_with_one_prefixed_line_each(
 def test_bad_variables_with_lifespan_off_answer_500_without_the_configuration() -> None:
     import httpx
 
-    from tests.support import wait_until
-
-    port = free_port()
-    argv = [
-        a.replace("{port}", str(port))
-        for a in plain_uvicorn("tests.apps.counted:app", "--lifespan", "off")
-    ]
+    argv = plain_uvicorn("tests.apps.counted:app", "--lifespan", "off")
     env = {"ADMISSION_WINDOW": "zero", "PATH": ""}
-    server = subprocess.Popen(
-        argv, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    answers: list[httpx.Response] = []
-
-    def answered() -> bool:
-        try:
-            answers.append(httpx.get(f"http://127.0.0.1:{port}/", timeout=2))
-        except httpx.HTTPError:
-            return False
-        return True
-
-    try:
-        wait_until(answered, 20, "an answer")
-    finally:
-        server.terminate()
-        output, _ = server.communicate(timeout=20)
-    response = answers[-1]
+    # Any answer will do: without a lifespan the middleware is built at the first request.
+    with served(
+        argv, env, cwd=REPO, ready_path="/", ready=lambda status: True, start_timeout_s=20
+    ) as server:
+        response = httpx.get(server.url + "/", timeout=2)
+        server.process.terminate()
+        server.process.wait(timeout=20)
+        output = server.log()
     assert response.status_code == 500
     assert response.json()["reason"] == "configuration"
     assert "ADMISSION_WINDOW" not in response.text

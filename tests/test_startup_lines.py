@@ -4,12 +4,14 @@ nothing about a drain for a server that never served."""
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 
 import pytest
 
-from tests.support import REPO, admission_serve, free_port, plain_uvicorn, run_server, wait_until
+from admission.bench.process import free_port
+from tests.support import REPO, admission_serve, plain_uvicorn, run_server, wait_until
 
 pytestmark = pytest.mark.process
 
@@ -71,7 +73,7 @@ def test_a_port_in_use_does_not_log_a_drain_for_a_server_that_never_served() -> 
 
 def test_an_idle_server_stopped_by_a_signal_still_logs_its_drain() -> None:
     with run_server(admission_serve(), {}) as server:
-        server.signal()
-        assert server.wait(20) == 0
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=20) == 0
         assert "drain started" in server.log()
     assert free_port()

@@ -17,11 +17,12 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from admission.bench.process import free_port
 from admission.bucket import Bucket, Decision
 from admission.errors import StorageError, StorageTimeout
 from admission.stores.guard import GuardedStore
 from admission.stores.redis import RedisStore
-from tests.support import RedisServer, free_port
+from tests.support import RedisServer
 
 pytestmark = pytest.mark.redis
 

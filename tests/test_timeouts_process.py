@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from admission.bench.process import Server
 from tests.support import (
     SETTLE_S,
-    ServerProcess,
     admission_serve,
     body_of,
     get_concurrently,
@@ -38,7 +38,7 @@ WINDOW = 2
 # The issue's bound for the read timeout; the others get the same slack or more.
 READ_MARGIN_S = 0.5
 
-Serve = Callable[..., ServerProcess]
+Serve = Callable[..., Server]
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def serve() -> Iterator[Serve]:
     the end of the test."""
     with contextlib.ExitStack() as stack:
 
-        def start(**settings: str) -> ServerProcess:
+        def start(**settings: str) -> Server:
             env = {"ADMISSION_WINDOW": str(WINDOW)}
             env.update({f"ADMISSION_{name.upper()}": value for name, value in settings.items()})
             return stack.enter_context(run_server(admission_serve(), env))
@@ -55,7 +55,7 @@ def serve() -> Iterator[Serve]:
         yield start
 
 
-def assert_slots_free(server: ServerProcess) -> None:
+def assert_slots_free(server: Server) -> None:
     wait_until(lambda: in_flight(server) == 0, SETTLE_S, "in_flight to return to 0")
     assert metric(server, "admission_window_used", kind="http") == 0
     assert get_concurrently(server, ["/slow?ms=100"] * WINDOW) == [200] * WINDOW

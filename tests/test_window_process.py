@@ -18,9 +18,9 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
+from admission.bench.process import Server
 from tests.support import (
     SETTLE_S,
-    ServerProcess,
     admission_serve,
     body_of,
     get_concurrently,
@@ -38,7 +38,7 @@ WINDOW = 4
 WEBSOCKET_WINDOW = 2
 
 
-def assert_idle(server: ServerProcess) -> None:
+def assert_idle(server: Server) -> None:
     """assert_idle waits until nothing is in flight and no slot is taken."""
     wait_until(lambda: in_flight(server) == 0, SETTLE_S, "in_flight to return to 0")
     assert metric(server, "admission_window_used", kind="http") == 0
@@ -49,14 +49,14 @@ def assert_idle(server: ServerProcess) -> None:
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[ServerProcess]:
+def server() -> Iterator[Server]:
     env = {"ADMISSION_WINDOW": str(WINDOW), "ADMISSION_WEBSOCKET_WINDOW": str(WEBSOCKET_WINDOW)}
     with run_server(admission_serve(), env) as proc:
         yield proc
 
 
 @pytest.fixture
-def idle_server(server: ServerProcess) -> ServerProcess:
+def idle_server(server: Server) -> Server:
     assert_idle(server)
     return server
 
@@ -65,7 +65,7 @@ def idle_server(server: ServerProcess) -> ServerProcess:
 
 
 def test_window_admits_exactly_its_size_and_rejects_the_rest_with_retry_after(
-    idle_server: ServerProcess,
+    idle_server: Server,
 ) -> None:
     server = idle_server
     # Every request arrives within a few milliseconds, long before the first admitted one
@@ -83,7 +83,7 @@ def test_window_admits_exactly_its_size_and_rejects_the_rest_with_retry_after(
     assert_idle(server)
 
 
-def test_slots_come_back_within_a_second_when_clients_hang_up(idle_server: ServerProcess) -> None:
+def test_slots_come_back_within_a_second_when_clients_hang_up(idle_server: Server) -> None:
     server = idle_server
     disconnects = metric(server, "admission_rejected_total", reason="disconnect")
     socks = [open_request(server.port, "/slow?ms=10000") for _ in range(5)]
@@ -102,7 +102,7 @@ def test_slots_come_back_within_a_second_when_clients_hang_up(idle_server: Serve
     assert_idle(server)
 
 
-def test_failing_handler_answers_500_and_leaks_no_slot(idle_server: ServerProcess) -> None:
+def test_failing_handler_answers_500_and_leaks_no_slot(idle_server: Server) -> None:
     server = idle_server
     # More failures than slots, one after another: a leaked slot per failure would fill the
     # window and turn the last ones into 429.
@@ -114,7 +114,7 @@ def test_failing_handler_answers_500_and_leaks_no_slot(idle_server: ServerProces
 
 
 def test_websockets_have_their_own_window_and_do_not_starve_http(
-    idle_server: ServerProcess,
+    idle_server: Server,
 ) -> None:
     server = idle_server
     url = f"ws://127.0.0.1:{server.port}/ws"

@@ -13,27 +13,21 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
+from admission.bench.process import LOOPBACK, http_get
 from admission.bench.recommend import Row
 from admission.bench.sweep import (
     ADMISSION_SERVE,
-    LOOPBACK,
-    START_TIMEOUT_S,
     LoadPlan,
     _check_answered,
-    _wait_healthy,
-    free_port,
-    http_get,
     measure,
     server_env,
-    stop,
+    started,
     to_row,
 )
 
@@ -64,22 +58,10 @@ class AutoResult:
 def served_auto(target: str) -> Iterator[int]:
     """served_auto runs `target` under `admission serve` with ADMISSION_WINDOW=auto on a free
     port and yields the port once it is healthy; it is stopped on the way out."""
-    port = free_port()
     env = server_env(1)
     env["ADMISSION_WINDOW"] = "auto"
-    with tempfile.TemporaryFile() as output:
-        process = subprocess.Popen(
-            ADMISSION_SERVE.argv(target, port),
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            _wait_healthy(process, port, ADMISSION_SERVE, START_TIMEOUT_S, output)
-            yield port
-        finally:
-            stop(process)
+    with started(target, env, ADMISSION_SERVE) as port:
+        yield port
 
 
 def measure_auto(target: str, plan: LoadPlan) -> AutoResult:

@@ -10,35 +10,24 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import IO
 
+from admission.bench import process
 from admission.bench.loadgen import LoadResult, load
+from admission.bench.process import LOOPBACK, free_port, http_get
 from admission.bench.recommend import Row, percentile
 from admission.errors import quote
 from admission.settings import redact_uri
-
-LOOPBACK = "127.0.0.1"
 
 #: How long a served target may take to answer its health check before the bench gives up.
 START_TIMEOUT_S = 30.0
 
 #: How long a served target may take to exit after SIGTERM before it is killed.
 STOP_TIMEOUT_S = 10.0
-
-#: Interval between health-check attempts while a target starts.
-POLL_INTERVAL_S = 0.05
 
 
 class BenchError(Exception):
@@ -112,18 +101,6 @@ class LoadPlan:
     retry_after_cap_s: float | None = None
 
 
-def free_port() -> int:
-    """free_port asks the kernel for an unused loopback TCP port and returns its number.
-
-    The port is released before returning, so another process could take it first; the
-    served target then fails to bind and the bench reports that it did not start.
-    """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def server_env(window: int, base: Mapping[str, str] | None = None) -> dict[str, str]:
     """server_env is the environment of a served target: `base` (default os.environ) plus
     the window under test, no queueing for a slot, and no drain delay.
@@ -139,17 +116,37 @@ def server_env(window: int, base: Mapping[str, str] | None = None) -> dict[str, 
     return env
 
 
-def http_get(host: str, port: int, path: str, timeout_s: float) -> tuple[int, bytes]:
-    """http_get makes one GET and returns (status, body); any status counts as an answer.
+@contextmanager
+def started(
+    target: str,
+    env: Mapping[str, str],
+    launcher: Launcher = ADMISSION_SERVE,
+    *,
+    start_timeout_s: float = START_TIMEOUT_S,
+) -> Iterator[int]:
+    """started runs `target` with `env` on a free port and yields the port once the
+    launcher's health path answers 200.
 
-    Connection failures raise OSError (urllib.error.URLError is one).
+    If the process exits or `start_timeout_s` passes first, BenchError is raised with the end
+    of the process's output. On leaving, the process gets SIGTERM, and is killed if it has
+    not exited within STOP_TIMEOUT_S.
     """
-    url = f"http://{host}:{port}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:
-            return int(response.status), bytes(response.read())
-    except urllib.error.HTTPError as exc:
-        return int(exc.code), exc.read()
+    port = free_port()
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(
+                process.served(
+                    launcher.argv(target, port),
+                    env,
+                    port=port,
+                    ready_path=launcher.health_path,
+                    start_timeout_s=start_timeout_s,
+                    stop_timeout_s=STOP_TIMEOUT_S,
+                )
+            )
+        except process.NotReady as exc:
+            raise BenchError(_not_ready(launcher, exc)) from exc
+        yield port
 
 
 @contextmanager
@@ -160,30 +157,11 @@ def served(
     *,
     start_timeout_s: float = START_TIMEOUT_S,
 ) -> Iterator[int]:
-    """served runs `target` with the given window on a free port and yields the port.
-
-    It returns once the launcher's health path answers 200, polling until
-    `start_timeout_s`; if the process exits or the deadline passes first, BenchError is
-    raised with the end of the process's output. On leaving, the process gets SIGTERM,
-    and is killed if it has not exited within STOP_TIMEOUT_S.
-    """
-    port = free_port()
-    with tempfile.TemporaryFile() as output:
-        process = subprocess.Popen(
-            launcher.argv(target, port),
-            env=server_env(window),
-            stdin=subprocess.DEVNULL,
-            # A file, not a pipe: nobody reads while the load runs, and a full pipe
-            # would block the server on its own logging.
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            _wait_healthy(process, port, launcher, start_timeout_s, output)
-            _check_window(target, window, port)
-            yield port
-        finally:
-            stop(process)
+    """served runs `target` with the given window (server_env) as `started` does and yields
+    the port, once it has checked that the target runs with that window (_check_window)."""
+    with started(target, server_env(window), launcher, start_timeout_s=start_timeout_s) as port:
+        _check_window(target, window, port)
+        yield port
 
 
 def _check_window(target: str, window: int, port: int) -> None:
@@ -200,54 +178,19 @@ def _check_window(target: str, window: int, port: int) -> None:
         )
 
 
-def _wait_healthy(
-    process: subprocess.Popen[bytes],
-    port: int,
-    launcher: Launcher,
-    timeout_s: float,
-    output: IO[bytes],
-) -> None:
-    """_wait_healthy polls the health path until it answers 200, the process dies, or time's up."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if process.poll() is not None:
-            raise BenchError(
-                f"{launcher.name} exited with code {process.returncode} before it answered "
-                f"{launcher.health_path}: {_tail(output)}"
-            )
-        try:
-            status, _ = http_get(LOOPBACK, port, launcher.health_path, timeout_s=1.0)
-        except OSError:
-            status = 0
-        if status == 200:
-            return
-        if time.monotonic() >= deadline:
-            raise BenchError(
-                f"{launcher.name} did not answer 200 on {launcher.health_path} within "
-                f"{timeout_s:g} s (last status {status or 'none'}): {_tail(output)}"
-            )
-        time.sleep(POLL_INTERVAL_S)
-
-
-def _tail(output: IO[bytes], lines: int = 3) -> str:
-    """_tail returns the last `lines` non-blank lines of a child's captured output, joined
-    on one line; "(no output)" when there were none."""
-    output.seek(0)
-    text = output.read().decode("utf-8", "replace")
-    last = [line.strip() for line in text.splitlines() if line.strip()][-lines:]
-    return " | ".join(last) if last else "(no output)"
-
-
-def stop(process: subprocess.Popen[bytes], timeout_s: float = STOP_TIMEOUT_S) -> None:
-    """stop sends SIGTERM and waits up to `timeout_s` for the process to exit, then kills it."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+def _not_ready(launcher: Launcher, exc: process.NotReady) -> str:
+    """_not_ready says in one line why a served target did not start, with the last three
+    non-blank lines of its output ("(no output)" when there were none)."""
+    tail = " | ".join(process.last_lines(exc.log, 3)) or "(no output)"
+    if exc.returncode is not None:
+        return (
+            f"{launcher.name} exited with code {exc.returncode} before it answered "
+            f"{launcher.health_path}: {tail}"
+        )
+    return (
+        f"{launcher.name} did not answer 200 on {launcher.health_path} within "
+        f"{exc.timeout_s:g} s (last status {exc.last_status or 'none'}): {tail}"
+    )
 
 
 def to_row(window: int | None, result: LoadResult) -> Row:
