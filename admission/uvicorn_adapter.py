@@ -26,6 +26,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
 from types import FrameType
@@ -281,12 +282,16 @@ class HttpProtocol(HttpToolsProtocol):
         # The head is in: its clock stops. The timer stays armed (see `_head_begins`).
         self.in_head = False
         self.head_began = None
+        cycle = self.cycle
         HttpToolsProtocol.on_headers_complete(self)
-        # uvicorn's parser callback appends the trailer fields of a chunked body to the list
-        # the scope shares: they must not be stored, nor merged into the header section
-        # (RFC 9110 section 6.5.1). From here to the next request's start (which makes a new
-        # list) that callback is all that uses the attribute, so it gets a sink.
-        self.headers = _TRAILER_SINK  # type: ignore[assignment]
+        if self.cycle is not cycle:
+            # A request to answer (a websocket upgrade makes no cycle here, and reads the
+            # fields again). uvicorn's parser callback appends the trailer fields of a chunked
+            # body to the list the scope shares: they must not be stored, nor merged into the
+            # header section (RFC 9110 section 6.5.1). From here to the next request's start
+            # (which makes a new list) only that callback and a declined upgrade's second
+            # look use the attribute, so it gets a sink.
+            self.headers = _TRAILER_SINK  # type: ignore[assignment]
 
     def on_body(self, body: bytes) -> None:
         self.piece_body += len(body)
@@ -420,12 +425,16 @@ def _problem(reason: Reason) -> bytes:
 class _TrailerSink:
     """_TrailerSink stands for uvicorn's list of a request's header fields once its head is
     read: the fields appended then are trailer fields, and it drops them. One for every
-    connection: it holds nothing."""
+    connection: it holds nothing, and iterates as empty (uvicorn looks for an upgrade in it
+    once more when it declines one, and then finds none either way)."""
 
     __slots__ = ()
 
     def append(self, field: tuple[bytes, bytes]) -> None:
         """append drops a trailer field."""
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(())
 
 
 _TRAILER_SINK = _TrailerSink()

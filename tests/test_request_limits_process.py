@@ -9,6 +9,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 from tests.support import admission_serve, run_server
 
 ONE_BYTE_CHUNKED = (
@@ -73,10 +75,16 @@ def test_one_byte_chunks_are_served_however_many() -> None:
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]
 
 
-def test_a_trailer_never_chooses_the_clients_bucket() -> None:
+@pytest.mark.parametrize(
+    "connection",
+    [b"Connection: close\r\n", b"Connection: upgrade, close\r\nUpgrade: h2c\r\n"],
+    ids=["plain", "declined-upgrade"],
+)
+def test_a_trailer_never_chooses_the_clients_bucket(connection: bytes) -> None:
+    # Also with an upgrade the server declines: uvicorn then looks at the fields once more.
     env = {"ADMISSION_RATE": "2/minute", "ADMISSION_TRUSTED_PROXIES": "127.0.0.1"}
     head = b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n"
-    head += b"X-Forwarded-For: 1.1.1.1\r\nConnection: close\r\n\r\n"
+    head += b"X-Forwarded-For: 1.1.1.1\r\n" + connection + b"\r\n"
     with run_server(admission_serve(), env) as server:
         answers = [
             raw_exchange(
