@@ -128,3 +128,24 @@ def test_a_head_read_with_the_previous_body_is_limited_from_its_own_start() -> N
             while data := sock.recv(65536):
                 answer += data
     assert statuses(answer) == [200, 431], answer[-300:]
+
+
+def test_a_head_begun_in_the_read_of_the_request_before_has_the_whole_limit() -> None:
+    # The second head starts 10 KB into a read and ends in the next one: counted from the
+    # read's start it would be over the 64 KiB limit, from its own start it is well within.
+    first = b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 10_000 + b"\r\n\r\n"
+    second = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 60_000 + b"\r\n\r\n"
+    with (
+        run_server(admission_serve(), {}) as server,
+        socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock,
+    ):
+        sock.sendall(first + second[:30_000])
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            answer += sock.recv(65536)
+        # The first request is answered: the read that carried it was parsed.
+        sock.sendall(second[30_000:] + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        with contextlib.suppress(OSError):
+            while data := sock.recv(65536):
+                answer += data
+    assert statuses(answer) == [200, 200, 200], answer[-300:]
