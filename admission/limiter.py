@@ -351,7 +351,8 @@ class PolicyLimiter:
         for client, specs in runs:
             for spec in specs:
                 limit = spec[6]
-                charges.append(Charge(client, limit.name, limit.bucket, limit.policy.cost))
+                charge = (client, limit.name, limit.bucket, limit.policy.cost, ENFORCED)
+                charges.append(_new_tuple(Charge, charge))
                 applied.append(limit)
         assert self._sync is not None
         return self.outcome(applied, self._sync(charges, now))
