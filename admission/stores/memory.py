@@ -238,8 +238,10 @@ class MemoryStore:
         if now >= self._check_at:
             self._check(now)
         # The lookups, the LRU moves and the entries found are inline and kept: this runs once
-        # per bucket of every request a policy matches, and a call per lookup and per move
-        # cost more than the arithmetic (benchmarks/policy_instructions.py, variant 3x2).
+        # per bucket of every request `take_all_at` leaves to it (refused, with a shadow policy
+        # or a cost callable, or decided by a guarded store's local fallback), and a call per
+        # lookup and per move cost more than the arithmetic (benchmarks/
+        # policy_instructions.py, variant 3x2, measured before `take_all_at`).
         index, digests, held, newer, older = self._arrays
         mask = self._mask
         found: list[int] = []
