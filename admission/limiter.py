@@ -229,7 +229,7 @@ class PolicyLimiter:
             for c in compiled:
                 c.with_specs()
         self._plans: dict[tuple[_Compiled, ...], _Plan] = {}
-        self._run_fields: dict[tuple[Specs, ...], tuple[bytes, bytes]] = {}
+        self._run_fields: dict[tuple[_Applied, ...], tuple[bytes, bytes]] = {}
         self.refusals = dict.fromkeys((p.name for p in self.policies), 0)
         self.shadow_refusals = {p.name: 0 for p in self.policies if not p.enforce}
         self._shadow_logged: dict[str, float] = {}
@@ -333,10 +333,11 @@ class PolicyLimiter:
             runs.append((client, specs))
         field = plan.field
         if field is None:
-            which = tuple([specs for _, specs in runs])
+            # A run's first limit stands for its policy and class, hashed by identity.
+            which = tuple([specs[0][6] for _, specs in runs])
             field = self._run_fields.get(which)
             if field is None:
-                items = [spec[6].policy_item for specs in which for spec in specs]
+                items = [spec[6].policy_item for _, specs in runs for spec in specs]
                 field = (b"ratelimit-policy", ", ".join(items).encode())
                 if len(self._run_fields) >= _FIELD_CACHE_MAX:
                     self._run_fields.clear()
