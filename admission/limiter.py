@@ -4,6 +4,12 @@
 key, class, limits and cost, and asks the store to decide every charge at once, all or nothing
 (`admission.charges`). Its `Outcome` carries the RateLimit fields for the response, and on a
 refusal the `Refusal`: the policy that refused, the decision and the headers of the 429.
+
+With the memory store, a request whose policies are all enforced and of a fixed cost is first
+tried in one pass (`MemoryStore.take_all_at`) on data worked out once per policy, class and
+tuple of matching policies (`_Plan`): no Charge or Decision per limit. When a bucket refuses,
+or a shadow policy or a cost callable is involved, the request takes the general path
+(`charges`, `decide_charges_at`, `outcome`), which decides the same.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from admission.bucket import Bucket, Decision
 from admission.charges import ENFORCED, Charge, Verdict
@@ -23,6 +29,7 @@ from admission.responses import Scope
 from admission.routes import Router
 from admission.settings import PolicySet, Settings
 from admission.stores.guard import StorageDenial
+from admission.stores.memory import BucketSpec, MemoryStore, bucket_spec
 
 log = logging.getLogger("admission")
 
@@ -105,6 +112,17 @@ class _Compiled:
         for cls, texts in policy.classes.items():
             self.limits[cls] = self._applied(cls, texts)
         self.plain = self.limits[""]
+        # For the memory store's one pass (see `with_specs`): the limits of each class.
+        self.specs: dict[str, Specs] = {}
+        self.plain_specs: Specs = ()
+
+    def with_specs(self) -> None:
+        """with_specs works out the memory store's data for each class's limits
+        (`bucket_spec`), once; only a policy of a fixed cost has any."""
+        if self.cost_fn is None:
+            for cls, limits in self.limits.items():
+                self.specs[cls] = tuple(bucket_spec(a.name, a.bucket, self.cost, a) for a in limits)
+            self.plain_specs = self.specs[""]
 
     def _applied(self, cls: str, texts: Sequence[str]) -> list[_Applied]:
         limits = self.policy.resolve(texts)
@@ -126,6 +144,41 @@ class _Compiled:
                 text = value.decode("latin-1").strip()
                 return text if text in self.limits else ""
         return ""
+
+
+Specs = tuple[BucketSpec[_Applied], ...]
+Runs = Sequence[tuple[str, Specs]]
+
+
+class _Plan:
+    """_Plan is how the memory store's one pass decides requests matching one tuple of
+    policies (`PolicyLimiter.decide_now`), worked out the first time that tuple matches.
+
+    `general`: a shadow policy or a cost callable is among them, and every such request takes
+    the general path. Else `field` is their RateLimit-Policy field when it is the same for
+    every request (no classes, no key callable that may skip a policy), and `key`, when every
+    one of them is keyed by that same key function (and `field` is set), makes a request one
+    run of `specs`, the limits of them all. Otherwise `policies` are walked per request.
+    """
+
+    __slots__ = ("field", "general", "key", "policies", "specs")
+
+    def __init__(self, policies: tuple[_Compiled, ...]) -> None:
+        self.policies = policies
+        self.general = any(not p.enforce or p.cost_fn is not None for p in policies)
+        fixed = not self.general and not any(
+            p.class_header or callable(p.policy.key) for p in policies
+        )
+        self.field: tuple[bytes, bytes] | None = None
+        self.key: Callable[[Scope], str] | None = None
+        self.specs: Specs = ()
+        if fixed:
+            items = [a.policy_item for p in policies for a in p.plain]
+            self.field = (b"ratelimit-policy", ", ".join(items).encode())
+            if len({p.key for p in policies}) == 1:
+                # Not a key callable (`fixed`): a key function of `make_key_func`, never None.
+                self.key = cast(Callable[[Scope], str], policies[0].key)
+                self.specs = tuple(spec for p in policies for spec in p.plain_specs)
 
 
 class PolicyLimiter:
@@ -170,7 +223,13 @@ class PolicyLimiter:
             compiled.append(_Compiled(policy, group, key))
         self._router: Router[_Compiled] = Router([(c, c.policy.match) for c in compiled])
         self._sync = getattr(store, "decide_charges_at", None) if _is_memory(store) else None
+        self._take = cast(MemoryStore, store).take_all_at if _is_memory(store) else _no_take
         self.synchronous = self._sync is not None
+        if self.synchronous:
+            for c in compiled:
+                c.with_specs()
+        self._plans: dict[tuple[_Compiled, ...], _Plan] = {}
+        self._run_fields: dict[tuple[_Applied, ...], tuple[bytes, bytes]] = {}
         self.refusals = dict.fromkeys((p.name for p in self.policies), 0)
         self.shadow_refusals = {p.name: 0 for p in self.policies if not p.enforce}
         self._shadow_logged: dict[str, float] = {}
@@ -210,12 +269,94 @@ class PolicyLimiter:
 
     def decide_now(self, scope: Scope) -> Outcome:
         """decide_now is `decide` without a coroutine, for a memory store (`synchronous`):
-        the middleware calls it directly, as it calls the memory store's `decide_at`."""
-        charges, applied = self.charges(scope)
-        if not charges:
+        the middleware calls it directly, as it calls the memory store's `decide_at`.
+
+        A request admitted by every bucket is decided in the store's one pass, without a
+        Charge or a Decision per limit; any other takes the general path, which tells the
+        refusal (benchmarks/policy_instructions.py, variant 3x2)."""
+        matched = self._router.match(scope.get("method") or "GET", scope["path"])
+        if not matched:
             return ADMIT_PLAIN
+        plan = self._plans.get(matched)
+        if plan is None:
+            plan = self._plan(matched)
+        key = plan.key
+        if key is not None:
+            # The common case: one client key for every policy matched, a fixed field.
+            runs: Runs = ((key(scope), plan.specs),)
+            field = plan.field
+        elif plan.general:
+            charges, applied = self.charges(scope)
+            if not charges:
+                return ADMIT_PLAIN
+            assert self._sync is not None
+            return self.outcome(applied, self._sync(charges, self.clock()))
+        else:
+            runs, field = self._runs(plan, scope)
+            if not runs:
+                return ADMIT_PLAIN
+        now = self.clock()
+        found = self._take(runs, now)
+        if found is None:
+            return self._decide_runs(runs, now)
+        decision, limit = found
+        headers = [field, _ratelimit_field(limit.label, decision)]
+        return _new_tuple(Outcome, (None, headers))
+
+    def _plan(self, matched: tuple[_Compiled, ...]) -> _Plan:
+        """_plan is the plan of a tuple of policies, worked out once. A few tuples recur (one
+        per route, more only with patterns that overlap): the cache that holds them is
+        cleared should it ever grow large."""
+        plan = _Plan(matched)
+        if len(self._plans) >= _FIELD_CACHE_MAX:
+            self._plans.clear()
+        self._plans[matched] = plan
+        return plan
+
+    def _runs(
+        self, plan: _Plan, scope: Scope
+    ) -> tuple[list[tuple[str, Specs]], tuple[bytes, bytes]]:
+        """_runs is the request's client keys, each with the limits it applies to, for a plan
+        of several key functions or of classes, and the RateLimit-Policy field of them."""
+        runs: list[tuple[str, Specs]] = []
+        key = None
+        client = None
+        for policy in plan.policies:
+            if policy.key is not key:
+                key = policy.key
+                client = key(scope)
+            if client is None:
+                continue
+            specs = (
+                policy.specs[policy.class_of(scope)] if policy.class_header else policy.plain_specs
+            )
+            runs.append((client, specs))
+        field = plan.field
+        if field is None:
+            # A run's first limit stands for its policy and class, hashed by identity.
+            which = tuple([specs[0][6] for _, specs in runs])
+            field = self._run_fields.get(which)
+            if field is None:
+                items = [spec[6].policy_item for _, specs in runs for spec in specs]
+                field = (b"ratelimit-policy", ", ".join(items).encode())
+                if len(self._run_fields) >= _FIELD_CACHE_MAX:
+                    self._run_fields.clear()
+                self._run_fields[which] = field
+        return runs, field
+
+    def _decide_runs(self, runs: Runs, now: float) -> Outcome:
+        """_decide_runs is the general path for `runs` the one pass did not admit: their
+        charges, as `charges` lists them, decided by the store's `decide_charges_at`."""
+        charges: list[Charge] = []
+        applied: list[_Applied] = []
+        for client, specs in runs:
+            for spec in specs:
+                limit = spec[6]
+                charge = (client, limit.name, limit.bucket, limit.policy.cost, ENFORCED)
+                charges.append(_new_tuple(Charge, charge))
+                applied.append(limit)
         assert self._sync is not None
-        return self.outcome(applied, self._sync(charges, self.clock()))
+        return self.outcome(applied, self._sync(charges, now))
 
     def outcome(self, applied: Sequence[_Applied], verdict: Verdict) -> Outcome:
         """outcome turns a store's verdict into headers, counters and, if refused, a Refusal."""
@@ -353,9 +494,12 @@ def _checked_cost(policy: _Compiled, scope: Scope) -> int:
     return cost
 
 
-def _is_memory(store: object) -> bool:
-    from admission.stores.memory import MemoryStore
+def _no_take(runs: Runs, now: float) -> None:
+    """_no_take stands for `MemoryStore.take_all_at` with any other store (never called)."""
+    raise TypeError("only a memory store decides requests synchronously")
 
+
+def _is_memory(store: object) -> bool:
     return type(store) is MemoryStore
 
 

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import mmap
 import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
-from admission.bucket import Bucket, Decision
+from admission.bucket import _EPSILON_S, Bucket, Decision
 from admission.charges import Charge, Verdict, decide_charges
 
 log = logging.getLogger("admission.store")
@@ -68,6 +70,33 @@ def _name_digest(name: str) -> int:
 
 _NAME_DIGESTS: dict[str, int] = {}
 _NAME_DIGESTS_MAX = 4096
+
+# BucketSpec is one bucket as `MemoryStore.take_all_at` takes it (see `bucket_spec`): its
+# name's digest, the TAT step of its cost, its capacity in seconds, that plus the rounding
+# tolerance, its interval, its capacity in tokens, and a tag of the caller's.
+T = TypeVar("T")
+BucketSpec = tuple[int, float, float, float, float, int, T]
+_new_tuple = tuple.__new__
+# More tokens than any bucket holds (capacities are at most 1e9): fewer than it is the first.
+_NO_TOKENS = 1 << 62
+# A global, not an attribute of `math`: one lookup fewer per bucket in `take_all_at`.
+_floor = math.floor
+
+
+def bucket_spec(name: str, bucket: Bucket, cost: int, tag: T) -> BucketSpec[T]:
+    """bucket_spec is what `MemoryStore.take_all_at` needs of the bucket `name` (a charge's
+    name) charged a fixed `cost`, computed once when the configuration is read rather than per
+    request: `_name_digest(name)`, and the constants of `Bucket.decide` (`cost * interval`,
+    `capacity * interval`, `limit + _EPSILON_S`), the very expressions it computes, so the
+    floats are identical.
+    `tag` is handed back for the bucket closest to refusing. A cost above the capacity (which
+    no request could pay) or below 0 is a ValueError: `take_all_at` never refuses for it."""
+    if not 0 <= cost <= bucket.capacity:
+        raise ValueError(f"cost must be from 0 to the capacity {bucket.capacity}, not {cost}")
+    interval = bucket.interval_s
+    capacity = bucket.capacity
+    limit = capacity * interval
+    return (_name_digest(name), cost * interval, limit, limit + _EPSILON_S, interval, capacity, tag)
 
 
 def _zeros(size: int) -> memoryview:
@@ -209,8 +238,10 @@ class MemoryStore:
         if now >= self._check_at:
             self._check(now)
         # The lookups, the LRU moves and the entries found are inline and kept: this runs once
-        # per bucket of every request a policy matches, and a call per lookup and per move
-        # cost more than the arithmetic (benchmarks/policy_instructions.py, variant 3x2).
+        # per bucket of every request `take_all_at` leaves to it (refused, with a shadow policy
+        # or a cost callable, or decided by a guarded store's local fallback), and a call per
+        # lookup and per move cost more than the arithmetic (benchmarks/
+        # policy_instructions.py, variant 3x2, measured before `take_all_at`).
         index, digests, held, newer, older = self._arrays
         mask = self._mask
         found: list[int] = []
@@ -260,6 +291,133 @@ class MemoryStore:
                 self._insert(keys[i], new, now)
                 inserted = True
         return verdict
+
+    def take_all_at(
+        self, runs: Sequence[tuple[str, Sequence[BucketSpec[T]]]], now: float
+    ) -> tuple[Decision, T] | None:
+        """take_all_at is `decide_charges_at` for a request whose buckets all admit, in one
+        pass and without a Charge or a Decision per bucket: `runs` pairs each client key with
+        the specs of its buckets (`bucket_spec`), all enforced. If every bucket admits, each
+        is charged and moved to the most recent end exactly as `decide_charges_at` would, and
+        the answer is the decision of the bucket closest to refusing (fewest tokens left, then
+        the later reset; the first of equals) with its spec's tag. If one refuses (or there is
+        no bucket), nothing is changed and the answer is None: the caller asks
+        `decide_charges_at` for the details. Tests hold the two equal, bucket for bucket and
+        float for float (tests/test_take_all.py)."""
+        if now >= self._check_at:
+            self._check(now)
+        index, digests, held, newer, older = self._arrays
+        mask = self._mask
+        # What to write back once every bucket has admitted: nothing is written before.
+        entries: list[int] = []
+        new_tats: list[float] = []
+        best: T | None = None
+        best_remaining = _NO_TOKENS
+        best_ahead = 0.0
+        missing = False
+        for client, specs in runs:
+            client_digest = hash(client) if _HASH_IS_KEYED else digest_of(client)
+            for name_digest, step, limit, most, interval, capacity, tag in specs:
+                digest = client_digest ^ name_digest
+                i = digest & mask
+                entry = index[i]
+                while entry and digests[entry] != digest:
+                    i = (i + 1) & mask
+                    entry = index[i]
+                # `Bucket.decide`, expression for expression (see `bucket_spec`).
+                if entry:
+                    tat = held[entry]
+                    new_tat = (now if tat < now else tat) + step
+                else:
+                    new_tat = now + step
+                    missing = True
+                ahead = new_tat - now
+                if ahead > most:
+                    return None
+                remaining = _floor((limit - ahead) / interval + _EPSILON_S)
+                if remaining > capacity:
+                    remaining = capacity
+                elif remaining < 0:
+                    remaining = 0
+                if remaining < best_remaining or (
+                    remaining == best_remaining and ahead > best_ahead
+                ):
+                    best = tag
+                    best_remaining = remaining
+                    best_ahead = ahead
+                entries.append(entry)
+                new_tats.append(new_tat)
+        if not entries:
+            return None
+        if missing:
+            # A bucket not held yet: inserted, which may reuse an entry found above.
+            self._write_back(runs, entries, new_tats, now)
+            return _new_tuple(Decision, (True, best_remaining, 0.0, best_ahead)), best  # type: ignore[return-value]  # set: a bucket
+        # Written from the most recent end back, while the buckets are the most recent
+        # already, in this order (a client's requests one after another): moving each to the
+        # most recent end in turn would leave the list as it is, so one read per bucket does
+        # instead of eight reads and writes.
+        last = older[0]
+        k = len(entries)
+        while k:
+            k -= 1
+            entry = entries[k]
+            if entry != last:
+                # Not so: each is written (again) and moved, in order, as `decide_at` does.
+                for k, entry in enumerate(entries):
+                    held[entry] = new_tats[k]
+                    last = older[0]
+                    if entry != last:
+                        before = older[entry]
+                        after = newer[entry]
+                        newer[before] = after
+                        older[after] = before
+                        older[entry] = last
+                        newer[entry] = 0
+                        newer[last] = entry
+                        older[0] = entry
+                break
+            held[entry] = new_tats[k]
+            last = older[entry]
+        return _new_tuple(Decision, (True, best_remaining, 0.0, best_ahead)), best  # type: ignore[return-value]  # set: a bucket
+
+    def _write_back(
+        self,
+        runs: Sequence[tuple[str, Sequence[BucketSpec[T]]]],
+        entries: list[int],
+        new_tats: list[float],
+        now: float,
+    ) -> None:
+        """_write_back is `take_all_at`'s writing when some bucket is new, in the order and
+        with the rule of `decide_charges_at`: after an insert, a key is found afresh."""
+        digests: list[int] = []
+        for client, specs in runs:
+            client_digest = hash(client) if _HASH_IS_KEYED else digest_of(client)
+            digests += [client_digest ^ spec[0] for spec in specs]
+        held = self._tats
+        inserted = False
+        for k, new in enumerate(new_tats):
+            entry = self._find(digests[k]) if inserted else entries[k]
+            if entry:
+                held[entry] = new
+                self._touch(entry)
+            elif new > now:
+                self._insert(digests[k], new, now)
+                inserted = True
+
+    def _touch(self, entry: int) -> None:
+        """_touch moves `entry` to the most recent end of the list of use."""
+        newer, older = self._newer, self._older
+        last = older[0]
+        if entry != last:
+            before = older[entry]
+            after = newer[entry]
+            newer[before] = after
+            older[after] = before
+            older[entry] = last
+            newer[entry] = 0
+            newer[last] = entry
+            older[0] = entry
 
     async def decide_charges(self, charges: Sequence[Charge]) -> Verdict:
         """decide_charges decides a request's charges now (see `decide_charges_at`)."""
