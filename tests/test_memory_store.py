@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from admission.bucket import Bucket
+from admission.charges import Charge
 from admission.stores.memory import BYTES_PER_KEY, MemoryStore
 from tests.support import admission_serve, run_server
 
@@ -252,3 +253,39 @@ def test_keys_are_digested_with_a_keyed_hash_even_without_hash_randomisation() -
     assert all(r.returncode == 0 for r in runs), runs[0].stderr
     # The same key digests differently in two processes: the secret is the store's own.
     assert runs[0].stdout != runs[1].stdout
+
+
+def _charge(client: str, cost: int, bucket: Bucket) -> Charge:
+    return Charge(client, "limit", bucket, cost)
+
+
+def _tokens_left(store: MemoryStore, client: str, bucket: Bucket) -> int:
+    """_tokens_left probes `client`'s bucket at 0 without taking a token."""
+    verdict = store.decide_charges_at([_charge(client, 0, bucket)], 0.0)
+    return verdict.decisions[0].remaining
+
+
+def test_a_bucket_whose_entry_an_insert_reused_is_found_afresh() -> None:
+    bucket = Bucket(1.0, 10)
+    store = MemoryStore(bucket, max_keys=2, clock=lambda: 0.0)
+    store.decide_charges_at([_charge("a", 1, bucket)], 0.0)
+    store.decide_charges_at([_charge("b", 1, bucket)], 0.0)
+    # "c" is new: holding it forgets "a", the least recently used, and reuses its entry; "a"
+    # (decided on what it held before) is then held anew, in the place of "b".
+    store.decide_charges_at([_charge("c", 1, bucket), _charge("a", 5, bucket)], 0.0)
+    assert _tokens_left(store, "c", bucket) == 9
+    assert _tokens_left(store, "a", bucket) == 4
+
+
+def test_a_refused_request_leaves_the_order_of_use_as_it_was() -> None:
+    bucket = Bucket(1.0, 10)
+    store = MemoryStore(bucket, max_keys=2, clock=lambda: 0.0)
+    store.decide_charges_at([_charge("a", 1, bucket)], 0.0)
+    store.decide_charges_at([_charge("b", 1, bucket)], 0.0)
+    # Refused as a whole ("a" cannot pay 10 more): neither bucket takes or moves.
+    refused = store.decide_charges_at([_charge("b", 1, bucket), _charge("a", 10, bucket)], 0.0)
+    assert not refused.admitted
+    # So "a" is still the least recently used, and goes first.
+    store.decide_charges_at([_charge("c", 1, bucket)], 0.0)
+    assert _tokens_left(store, "b", bucket) == 9
+    assert _tokens_left(store, "a", bucket) == 10

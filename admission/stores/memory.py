@@ -237,15 +237,11 @@ class MemoryStore:
         recent end."""
         if now >= self._check_at:
             self._check(now)
-        # The lookups, the LRU moves and the entries found are inline and kept: this runs once
-        # per bucket of every request `take_all_at` leaves to it (refused, with a shadow policy
-        # or a cost callable, or decided by a guarded store's local fallback), and a call per
-        # lookup and per move cost more than the arithmetic (benchmarks/
-        # policy_instructions.py, variant 3x2, measured before `take_all_at`).
-        index, digests, held, newer, older = self._arrays
-        mask = self._mask
-        found: list[int] = []
+        # The general path: refusals, shadow policies, cost callables (`take_all_at` decides
+        # the rest in one pass, inline).
+        held = self._tats
         keys: list[int] = []
+        found: list[int] = []
         tats: list[float | None] = []
         client = None
         client_digest = 0
@@ -258,38 +254,12 @@ class MemoryStore:
             if name_digest is None:
                 name_digest = _name_digest(charge.name)
             digest = client_digest ^ name_digest
-            i = digest & mask
-            entry = index[i]
-            while entry and digests[entry] != digest:
-                i = (i + 1) & mask
-                entry = index[i]
+            entry = self._find(digest)
             keys.append(digest)
             found.append(entry)
             tats.append(held[entry] if entry else None)
         verdict, new_tats = decide_charges(charges, tats, now)
-        inserted = False
-        for i, new in enumerate(new_tats):
-            if new is tats[i] or new is None:
-                continue
-            # An entry found above stays valid until a key is inserted: inserting may reuse
-            # the least recently used entry, so after one the key is found afresh.
-            entry = self._find(keys[i]) if inserted else found[i]
-            if entry:
-                held[entry] = new
-                last = older[0]
-                if entry != last:
-                    # Moved to the most recent end, as `decide_at` does.
-                    before = older[entry]
-                    after = newer[entry]
-                    newer[before] = after
-                    older[after] = before
-                    older[entry] = last
-                    newer[entry] = 0
-                    newer[last] = entry
-                    older[0] = entry
-            elif new > now:
-                self._insert(keys[i], new, now)
-                inserted = True
+        self._keep(keys, found, new_tats, now, unchanged=tats)
         return verdict
 
     def take_all_at(
@@ -388,21 +358,37 @@ class MemoryStore:
         new_tats: list[float],
         now: float,
     ) -> None:
-        """_write_back is `take_all_at`'s writing when some bucket is new, in the order and
-        with the rule of `decide_charges_at`: after an insert, a key is found afresh."""
-        digests: list[int] = []
+        """_write_back is `take_all_at`'s writing when some bucket is new (`_keep`)."""
+        keys: list[int] = []
         for client, specs in runs:
             client_digest = hash(client) if _HASH_IS_KEYED else digest_of(client)
-            digests += [client_digest ^ spec[0] for spec in specs]
+            keys += [client_digest ^ spec[0] for spec in specs]
+        self._keep(keys, entries, new_tats, now)
+
+    def _keep(
+        self,
+        keys: list[int],
+        found: list[int],
+        new_tats: Sequence[float | None],
+        now: float,
+        unchanged: Sequence[float | None] | None = None,
+    ) -> None:
+        """_keep writes each key's new TAT and moves it to the most recent end, in order, or
+        holds it anew; a TAT of None, or one that is `unchanged`'s (a bucket that took
+        nothing), stays as it was. `found` are the keys' entries (0: not held) as found before
+        any was inserted: inserting may reuse the least recently used entry, so after one a
+        key is found afresh."""
         held = self._tats
         inserted = False
         for k, new in enumerate(new_tats):
-            entry = self._find(digests[k]) if inserted else entries[k]
+            if new is None or (unchanged is not None and new is unchanged[k]):
+                continue
+            entry = self._find(keys[k]) if inserted else found[k]
             if entry:
                 held[entry] = new
                 self._touch(entry)
             elif new > now:
-                self._insert(digests[k], new, now)
+                self._insert(keys[k], new, now)
                 inserted = True
 
     def _touch(self, entry: int) -> None:
