@@ -7,14 +7,23 @@ no deadline, not draining, and a request lifetime is refused with RuntimeError.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from admission.lifetime import Lifetime
 
-if TYPE_CHECKING:
-    from admission.exchange import Exchange
-
 STATE_KEY = "admission"
+
+
+class Exchange(Protocol):
+    """Exchange is what this module reads of the request's `admission.exchange.Exchange`, which
+    puts itself in the scope's state under STATE_KEY while the request runs."""
+
+    deadline: float | None
+    lifetime: Lifetime | None
+
+    def time_left(self) -> float | None: ...
+
+    def draining(self) -> bool: ...
 
 _service: Lifetime | None = None
 _adopted = False
