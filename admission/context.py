@@ -25,6 +25,7 @@ class Exchange(Protocol):
 
     def draining(self) -> bool: ...
 
+
 _service: Lifetime | None = None
 _adopted = False
 

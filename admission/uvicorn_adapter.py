@@ -520,22 +520,37 @@ async def stop_listening(servers: list[Any], *, last_holder: bool) -> None:
         server.close()
 
 
-# SO_ATTACH_FILTER and a classic BPF program of one instruction: BPF_RET|BPF_K 0, "keep 0
-# bytes", that is, drop the packet.
+# SO_ATTACH_FILTER and a classic BPF program that drops what opens a connection and keeps
+# the rest. A listening socket's filter sees its packets from the TCP header on: byte 13 holds
+# the flags. A packet without ACK (a SYN) is dropped ("keep 0 bytes"), so no new handshake
+# begins; the ACK that completes a handshake already under way goes through, so that
+# connection reaches the queue and is answered. (A drop-everything filter also dropped those
+# ACKs: the client, whose connect had returned, was reset when the socket closed.)
 SO_ATTACH_FILTER = 26
-_DROP_ALL = struct.pack("HBBI", 0x06, 0, 0, 0)
+_TCP_FLAGS = 13
+_ACK = 0x10
+_REFUSE_SYN = b"".join(
+    struct.pack("HBBI", code, jt, jf, k)
+    for code, jt, jf, k in (
+        (0x30, 0, 0, _TCP_FLAGS),  # BPF_LD|BPF_B|BPF_ABS: A = the flags byte
+        (0x45, 1, 0, _ACK),  # BPF_JMP|BPF_JSET|BPF_K: ACK set? keep it, else drop it
+        (0x06, 0, 0, 0),  # BPF_RET|BPF_K: drop
+        (0x06, 0, 0, 0xFFFFFFFF),  # BPF_RET|BPF_K: keep the whole packet
+    )
+)
 
 
 def refuse_new_connections(fd: int) -> bool:
-    """refuse_new_connections attaches a drop-everything socket filter to the listening socket
+    """refuse_new_connections attaches a socket filter that drops SYNs to the listening socket
     `fd` (Linux): the kernel no longer answers new handshakes (the client retries its SYN, and
-    once the socket is closed is refused), while connections already queued stay acceptable.
-    False where that isn't possible, after which closing may reset queued connections."""
+    once the socket is closed is refused), while handshakes under way complete and connections
+    already queued stay acceptable. False where that isn't possible, after which closing may
+    reset queued connections."""
     if not sys.platform.startswith("linux"):
         return False
-    program = ctypes.create_string_buffer(_DROP_ALL)
+    program = ctypes.create_string_buffer(_REFUSE_SYN)
     # struct sock_fprog { unsigned short len; struct sock_filter *filter; }
-    fprog = struct.pack("HP", 1, ctypes.addressof(program))
+    fprog = struct.pack("HP", len(_REFUSE_SYN) // 8, ctypes.addressof(program))
     try:
         with socket.socket(fileno=os.dup(fd)) as sock:
             sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
