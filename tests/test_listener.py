@@ -52,3 +52,25 @@ async def test_stop_listening_answers_every_queued_connection_then_refuses() -> 
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(address, timeout=2)
     await server.wait_closed()
+
+
+def test_a_handshake_under_way_when_the_socket_refuses_still_completes() -> None:
+    # TCP_DEFER_ACCEPT keeps the handshake open after the client's ACK (its connect has
+    # returned) until its first data: the connection is still being made, not yet queued,
+    # when the listening socket starts refusing. The data that completes it must get through.
+    with socket.socket() as listener:
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        client = socket.create_connection(listener.getsockname(), timeout=2)
+        listener.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            listener.accept()  # not queued yet: the handshake waits for data
+        assert refuse_new_connections(listener.fileno())
+        client.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        listener.settimeout(3)
+        accepted, _ = listener.accept()
+        accepted.settimeout(2)
+        assert accepted.recv(64).startswith(b"GET / ")
+        accepted.close()
+        client.close()
