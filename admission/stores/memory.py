@@ -217,6 +217,7 @@ class MemoryStore:
         last = older[0]
         if entry != last:
             # Unlinked and linked again as the most recent: the list stays in order of use.
+            # `_touch`, inline: this is the single rate's path, every rate-limited request.
             before = older[entry]
             after = newer[entry]
             newer[before] = after
@@ -276,7 +277,7 @@ class MemoryStore:
         float for float (tests/test_take_all.py)."""
         if now >= self._check_at:
             self._check(now)
-        index, digests, held, newer, older = self._arrays
+        index, digests, held, _, older = self._arrays
         mask = self._mask
         # What to write back once every bucket has admitted: nothing is written before.
         entries: list[int] = []
@@ -334,18 +335,10 @@ class MemoryStore:
             entry = entries[k]
             if entry != last:
                 # Not so: each is written (again) and moved, in order, as `decide_at` does.
+                touch = self._touch
                 for k, entry in enumerate(entries):
                     held[entry] = new_tats[k]
-                    last = older[0]
-                    if entry != last:
-                        before = older[entry]
-                        after = newer[entry]
-                        newer[before] = after
-                        older[after] = before
-                        older[entry] = last
-                        newer[entry] = 0
-                        newer[last] = entry
-                        older[0] = entry
+                    touch(entry)
                 break
             held[entry] = new_tats[k]
             last = older[entry]
