@@ -27,25 +27,26 @@ def policy_header(capacity: int, fill_time_s: float) -> tuple[bytes, bytes]:
     return (b"ratelimit-policy", f'"{POLICY_NAME}";q={capacity};w={window}'.encode())
 
 
-# Formatted RateLimit fields by (remaining, seconds): a handful of pairs recur for every client,
+# Formatted RateLimit fields by (name, remaining, seconds): a handful recur for every client,
 # and formatting one costs more than the rest of the header work. Bounded: cleared when full.
-_RATELIMIT_CACHE: dict[tuple[int, int], tuple[bytes, bytes]] = {}
+_RATELIMIT_CACHE: dict[tuple[str, int, int], tuple[bytes, bytes]] = {}
 _RATELIMIT_CACHE_MAX = 4096
 _INF = math.inf
 
 
-def ratelimit_header(decision: Decision) -> tuple[bytes, bytes]:
-    """ratelimit_header is the RateLimit field for `decision`."""
+def ratelimit_header(decision: Decision, name: str = POLICY_NAME) -> tuple[bytes, bytes]:
+    """ratelimit_header is the RateLimit field for `decision` of the limit called `name` (a
+    route policy's limit, or `ADMISSION_RATE`'s "default")."""
     reset = decision.reset_after_s
     # Whole seconds, rounded up; 0 for a full bucket (and for an infinite or NaN reset).
     seconds = math.ceil(reset) if 0.0 < reset < _INF else 0
-    pair = (decision.remaining, seconds)
-    field = _RATELIMIT_CACHE.get(pair)
+    key = (name, decision.remaining, seconds)
+    field = _RATELIMIT_CACHE.get(key)
     if field is None:
         if len(_RATELIMIT_CACHE) >= _RATELIMIT_CACHE_MAX:
             _RATELIMIT_CACHE.clear()
-        field = (b"ratelimit", f'"{POLICY_NAME}";r={pair[0]};t={seconds}'.encode())
-        _RATELIMIT_CACHE[pair] = field
+        field = (b"ratelimit", f'"{name}";r={decision.remaining};t={seconds}'.encode())
+        _RATELIMIT_CACHE[key] = field
     return field
 
 

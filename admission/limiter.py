@@ -15,14 +15,13 @@ or a shadow policy or a cost callable is involved, the request takes the general
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, cast
 
 from admission.bucket import Bucket, Decision
 from admission.charges import ENFORCED, Charge, Verdict
-from admission.headers import retry_after_seconds
+from admission.headers import ratelimit_header, retry_after_seconds
 from admission.keys import bounded, make_key_func
 from admission.policies import DEFAULT, Limit, Policy
 from admission.responses import Scope
@@ -73,7 +72,6 @@ class Outcome(NamedTuple):
 
 ADMIT_PLAIN = Outcome(None, [])
 _FIELD_CACHE_MAX = 4096
-_RATELIMIT_FIELDS: dict[tuple[str, int, int], tuple[bytes, bytes]] = {}
 # Named tuples built directly, skipping their Python-level __new__ (as in admission.bucket).
 _new_tuple = tuple.__new__
 
@@ -300,7 +298,7 @@ class PolicyLimiter:
         if found is None:
             return self._decide_runs(runs, now)
         decision, limit = found
-        headers = [field, _ratelimit_field(limit.label, decision)]
+        headers = [field, ratelimit_header(decision, limit.label)]
         return _new_tuple(Outcome, (None, headers))
 
     def _plan(self, matched: tuple[_Compiled, ...]) -> _Plan:
@@ -393,7 +391,7 @@ class PolicyLimiter:
         decision = decisions[closest]
         headers: RawHeaders = [
             self._policy_field(applied, shadow),
-            _ratelimit_field(applied[closest].label, decision),
+            ratelimit_header(decision, applied[closest].label),
         ]
         if admitted:
             return _new_tuple(Outcome, (None, headers))
@@ -467,21 +465,6 @@ def _closer(a: Decision, b: Decision, admitted: bool) -> bool:
     if a.remaining != b.remaining:
         return a.remaining < b.remaining
     return a.reset_after_s > b.reset_after_s
-
-
-def _ratelimit_field(label: str, decision: Decision) -> tuple[bytes, bytes]:
-    """_ratelimit_field is the RateLimit field for one limit's decision, from a bounded cache:
-    formatting costs more than the rest of the header work (as in admission.headers)."""
-    reset = decision.reset_after_s
-    seconds = math.ceil(reset) if 0 < reset < math.inf else 0
-    key = (label, decision.remaining, seconds)
-    field = _RATELIMIT_FIELDS.get(key)
-    if field is None:
-        if len(_RATELIMIT_FIELDS) >= _FIELD_CACHE_MAX:
-            _RATELIMIT_FIELDS.clear()
-        field = (b"ratelimit", f'"{label}";r={decision.remaining};t={seconds}'.encode())
-        _RATELIMIT_FIELDS[key] = field
-    return field
 
 
 def _checked_cost(policy: _Compiled, scope: Scope) -> int:
