@@ -102,11 +102,13 @@ async def finish(call: Awaitable[None]) -> None:
     await asyncio.wait_for(call, FINISH_S)
 
 
-async def until(predicate: Callable[[], bool]) -> None:
-    """until lets the loop run until `predicate` holds, failing after FINISH_S."""
-    deadline = asyncio.get_running_loop().time() + FINISH_S
+async def until(
+    predicate: Callable[[], bool], timeout_s: float = FINISH_S, what: str = "condition"
+) -> None:
+    """until lets the loop run until `predicate` holds, failing after `timeout_s`."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
     while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        assert asyncio.get_running_loop().time() < deadline, f"{what} never held"
         await asyncio.sleep(0.001)
 
 

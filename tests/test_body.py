@@ -14,6 +14,7 @@ from admission.body import buffer_body
 from admission.bucket import Bucket, Decision
 from admission.reasons import DISCONNECT, DRAINING, IDLE_TIMEOUT, READ_TIMEOUT
 from admission.stores.memory import MemoryStore
+from tests.asgi import until
 
 Message = dict[str, Any]
 
@@ -189,13 +190,6 @@ async def call(middleware: AdmissionMiddleware, scope: dict[str, Any], feed: Fee
 
     await middleware(scope, feed, send)
     return sent
-
-
-async def until(predicate: Any, timeout_s: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.001)
 
 
 def status(sent: list[Message]) -> int:

@@ -7,7 +7,6 @@ The store records every decision asked of it, so "took a token" is "the store wa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -16,15 +15,7 @@ import pytest
 from admission import AdmissionMiddleware, Settings
 from admission.bucket import Bucket, Decision
 from admission.stores.memory import MemoryStore
-
-
-async def wait_until_async(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """wait_until_async polls `predicate` between turns of the loop until it holds."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-        await asyncio.sleep(0.005)
+from tests.asgi import until
 
 
 class RecordingStore(MemoryStore):
@@ -114,7 +105,7 @@ async def test_a_draining_refusal_takes_neither_slot_nor_token(window: int) -> N
         await asyncio.wait_for(app.held.wait(), 5)
         asked = len(store.asked)
         drained = middleware.drain_state.begin()
-        await wait_until_async(lambda: not middleware.drain_state.accepting, 5, "draining")
+        await until(lambda: not middleware.drain_state.accepting, 5, "draining")
         for _ in range(3):
             refused = await get(client, "dave")
             # 503 for draining, whether or not the window had room: with a window of 1, a
