@@ -30,37 +30,69 @@ MAX_KEY_BYTES = 200
 
 
 def make_key_func(settings: Settings) -> KeyFunc:
-    """make_key_func builds the function that keys a request per `ADMISSION_KEY`.
+    """make_key_func builds the function that keys a request per `ADMISSION_KEY`, with the
+    trusted proxies and forwarded header of `settings` (see `key_function`)."""
+    return key_function(settings.key, settings.trusted_networks, settings.forwarded_header)
+
+
+def key_function(
+    spec: str, networks: Sequence[Network] = (), forwarded_header: str = XFF
+) -> KeyFunc:
+    """key_function builds the function that keys a request per `spec`, an `ADMISSION_KEY`
+    value; the one factory of client keys, for `ADMISSION_RATE` and every route policy alike.
 
     `global`: one key for everyone. `ip`: the client address (see `client_address`, which
-    reads only `ADMISSION_FORWARDED_HEADER`, and only from trusted proxies).
-    `header:<Name>`: that header's value; a request without it is keyed by its address, so
-    clients lacking the header are not lumped into one shared bucket.
+    reads only `forwarded_header`, and only from the trusted proxies in `networks`).
+    `header:<Name>`: that header's value; a request without it, or with it more than once
+    (which value is the client's is then anyone's guess), is keyed by its address, so such
+    clients are not lumped into one shared bucket.
     """
-    networks = settings.trusted_networks
-    forwarded_header = settings.forwarded_header
-    if settings.key == "global":
+    if spec == "global":
         return lambda scope: "global"
 
     def address(scope: Scope) -> str:
         return "ip:" + bounded(client_address(scope, networks, forwarded_header))
 
-    if settings.key == "ip":
+    if spec == "ip":
         if not networks:
             # No proxy is trusted: the peer is the client, with nothing to parse.
             return _peer_key
         return address
-    header = settings.key[len("header:") :].lower().encode("latin-1")
+    header = spec[len("header:") :].lower().encode("latin-1")
 
     def by_header(scope: Scope) -> str:
-        for name, value in scope.get("headers", ()):
-            if name == header:
-                text = value.decode("latin-1").strip()
-                if text:
-                    return "h:" + bounded(text)
+        value = single_header(scope, header)
+        if value is not None:
+            text = value.decode("latin-1").strip()
+            if text:
+                return "h:" + bounded(text)
         return address(scope)
 
     return by_header
+
+
+def single_header(scope: Scope, name: bytes) -> bytes | None:
+    """single_header is the value of header `name` (lower case) when the request carries it
+    exactly once; None when it is absent or repeated. A repeated header is ambiguous (a client
+    can send its own copy beside the one a gateway writes), so it counts as absent: the one
+    rule for `header:` keys, client classes and priorities."""
+    found = None
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            if found is not None:
+                return None
+            found = value
+    return found
+
+
+def from_trusted_peer(scope: Scope, networks: Sequence[Network]) -> bool:
+    """from_trusted_peer: did the request come straight from one of the trusted proxies in
+    `networks`? A header that only a gateway may set (a class, a priority) counts only then."""
+    client = scope.get("client")
+    if not client:
+        return False
+    ip = _parse_ip(str(client[0]))
+    return ip is not None and _trusted(ip, networks)
 
 
 def _peer_key(scope: Scope) -> str:

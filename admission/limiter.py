@@ -22,11 +22,11 @@ from typing import Any, NamedTuple, cast
 from admission.bucket import Bucket, Decision
 from admission.charges import ENFORCED, Charge, Verdict
 from admission.headers import ratelimit_header, retry_after_seconds
-from admission.keys import bounded, make_key_func
+from admission.keys import XFF, bounded, from_trusted_peer, key_function, single_header
 from admission.policies import DEFAULT, Limit, Policy
 from admission.responses import Scope
 from admission.routes import Router
-from admission.settings import PolicySet, Settings
+from admission.settings import Network, PolicySet, Settings
 from admission.stores.guard import StorageDenial
 from admission.stores.memory import BucketSpec, MemoryStore, bucket_spec
 
@@ -95,8 +95,16 @@ class _Applied:
 class _Compiled:
     """_Compiled is a policy ready for requests: key function, class lookup, limits."""
 
-    def __init__(self, policy: Policy, group: int, key: Callable[[Scope], str | None]) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        group: int,
+        key: Callable[[Scope], str | None],
+        trusted: Sequence[Network] = (),
+    ) -> None:
         self.policy = policy
+        # With trusted proxies, only they may name a request's class (see `class_of`).
+        self.trusted = tuple(trusted)
         self.name = policy.name
         self.group = group
         self.enforce = policy.enforce
@@ -133,15 +141,17 @@ class _Compiled:
         return out
 
     def class_of(self, scope: Scope) -> str:
-        """class_of is the request's listed class, or "" (the policy's own limits)."""
+        """class_of is the request's listed class, or "" (the policy's own limits): the class
+        header's value when the request carries it once and, where trusted proxies are set,
+        came straight from one of them; anything else is no class."""
         header = self.class_header
-        if header is None:
+        if header is None or (self.trusted and not from_trusted_peer(scope, self.trusted)):
             return ""
-        for name, value in scope.get("headers", ()):
-            if name == header:
-                text = value.decode("latin-1").strip()
-                return text if text in self.limits else ""
-        return ""
+        value = single_header(scope, header)
+        if value is None:
+            return ""
+        text = value.decode("latin-1").strip()
+        return text if text in self.limits else ""
 
 
 Specs = tuple[BucketSpec[_Applied], ...]
@@ -174,7 +184,7 @@ class _Plan:
             items = [a.policy_item for p in policies for a in p.plain]
             self.field = (b"ratelimit-policy", ", ".join(items).encode())
             if len({p.key for p in policies}) == 1:
-                # Not a key callable (`fixed`): a key function of `make_key_func`, never None.
+                # Not a key callable (`fixed`): a key function of `key_function`, never None.
                 self.key = cast(Callable[[Scope], str], policies[0].key)
                 self.specs = tuple(spec for p in policies for spec in p.plain_specs)
 
@@ -183,8 +193,10 @@ class PolicyLimiter:
     """PolicyLimiter decides requests against `policies` through `store`.
 
     `store` has `decide_charges(charges)` (a coroutine), or is a `MemoryStore`, whose
-    `decide_charges_at` is called directly. `trusted_proxies` are believed for "ip" keys as in
-    `ADMISSION_TRUSTED_PROXIES`. Counters: `refusals[policy]` and `shadow_refusals[policy]`.
+    `decide_charges_at` is called directly. `trusted` (`ADMISSION_TRUSTED_PROXIES`) are the
+    proxies believed for "ip" keys, through `forwarded_header`, and the only peers whose class
+    headers count (from anyone when empty). Counters: `refusals[policy]` and
+    `shadow_refusals[policy]`.
     """
 
     def __init__(
@@ -192,7 +204,8 @@ class PolicyLimiter:
         policies: Sequence[Policy],
         store: object,
         *,
-        trusted_proxies: Sequence[str] = (),
+        trusted: Sequence[Network] = (),
+        forwarded_header: str = XFF,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.policies = tuple(policies)
@@ -217,8 +230,8 @@ class PolicyLimiter:
                 group = shadow
             key = keys.get(policy.key)
             if key is None:
-                key = keys[policy.key] = _key_function(policy.key, trusted_proxies)
-            compiled.append(_Compiled(policy, group, key))
+                key = keys[policy.key] = _key_function(policy.key, trusted, forwarded_header)
+            compiled.append(_Compiled(policy, group, key, trusted))
         self._router: Router[_Compiled] = Router([(c, c.policy.match) for c in compiled])
         self._sync = getattr(store, "decide_charges_at", None) if _is_memory(store) else None
         self._take = cast(MemoryStore, store).take_all_at if _is_memory(store) else _no_take
@@ -440,7 +453,9 @@ class PolicyLimiter:
                     )
 
 
-def _key_function(spec: object, trusted_proxies: Sequence[str]) -> Callable[[Scope], str | None]:
+def _key_function(
+    spec: object, trusted: Sequence[Network], forwarded_header: str
+) -> Callable[[Scope], str | None]:
     """_key_function is the client key of a policy's `key`: a callable's answer (None: the
     policy does not apply), bounded in length, or the ADMISSION_KEY-style key it names."""
     if callable(spec):
@@ -451,7 +466,7 @@ def _key_function(spec: object, trusted_proxies: Sequence[str]) -> Callable[[Sco
             return None if value is None else "c:" + bounded(str(value))
 
         return by_callable
-    return make_key_func(Settings(key=str(spec), trusted_proxies=tuple(trusted_proxies)))
+    return key_function(str(spec), trusted, forwarded_header)
 
 
 def _closer(a: Decision, b: Decision, admitted: bool) -> bool:

@@ -25,6 +25,7 @@ from admission.policies import DEFAULT as DEFAULT_POLICY
 from admission.priority import priority_from
 from admission.reasons import Reason
 from admission.responses import Receive, Scope, Send, refuse_websocket, send_problem
+from admission.routes import under_prefix
 from admission.settings import Settings, announce
 from admission.shutdown import SignalDrain
 from admission.stores import GuardedStore, MemoryStore, Store, open_store
@@ -83,7 +84,12 @@ class AdmissionMiddleware:
         # With route policies every rate limit, `ADMISSION_RATE`'s included, is decided by the
         # limiter; without, the single rate keeps its own cheaper path below.
         self.limiter = (
-            PolicyLimiter(policies, self.store, trusted_proxies=s.trusted_proxies)
+            PolicyLimiter(
+                policies,
+                self.store,
+                trusted=s.trusted_networks,
+                forwarded_header=s.forwarded_header,
+            )
             if policies
             else None
         )
@@ -98,7 +104,7 @@ class AdmissionMiddleware:
         # ADMISSION_HEADERS: which responses carry the RateLimit fields.
         self._fields_on_admitted = s.headers == "all"
         self._fields_on_refusals = s.headers != "off"
-        self._priority = priority_from(s.priority)
+        self._priority = priority_from(s.priority, s.trusted_networks)
         # Without a priority source every request is `default`: nothing to keep slots for.
         shed_at = s.shed_fractions if self._priority is not None else {}
         lifo = s.queue_order == "lifo"
@@ -132,7 +138,7 @@ class AdmissionMiddleware:
         self.shared = Shared(self.timeouts, self.drain_state, ledger=self.ledger, stats=self.stats)
         self._key = make_key_func(s)
         self._buffer_body = s.buffer_body
-        self._exempt = s.exempt
+        self._exempt = tuple(s.exempt)
         windows = {
             k: w for k, w in (("http", self.window), ("websocket", self.websocket_window)) if w
         }
@@ -182,7 +188,7 @@ class AdmissionMiddleware:
         if path in self._endpoint_paths and not websocket and scope["method"] in METHODS:
             await self.endpoints.answer(path, send, scope["method"])
             return
-        if self._exempt and path.startswith(self._exempt):
+        if self._exempt and path.startswith(self._exempt) and under_prefix(path, self._exempt):
             await self.app(scope, receive, send)
             return
         drain = self.drain_state

@@ -10,7 +10,9 @@ file, the policy and the field.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -267,8 +269,15 @@ def load_policies(path: str | Path) -> tuple[Policy, ...]:
     """
     source = str(path)
     try:
-        with open(path, "rb") as file:
+        # Opened without blocking and checked before reading: a FIFO or a device would
+        # otherwise hang start-up (and `admission config`) waiting for a writer, silently.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with open(fd, "rb") as file:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise PolicyError(source, "-", "file", "is not a regular file")
             data = file.read(MAX_FILE_BYTES + 1)
+    except PolicyError:
+        raise
     except (OSError, ValueError) as exc:
         problem = getattr(exc, "strerror", None) or str(exc)
         raise PolicyError(source, "-", "file", f"cannot be read: {problem}") from None

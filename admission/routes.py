@@ -4,7 +4,9 @@ Patterns are "[METHOD ]PATH". Literal paths are dictionary keys; prefixes ("/api
 looked up by the request path cut at each distinct prefix length; templates ("/users/{id}")
 are grouped by segment count and first segment, and only that small group is tried. Every
 matching pattern counts, and a request gets each matching policy once, in the order the
-policies were given. A websocket handshake is a GET.
+policies were given. A websocket handshake is a GET, and a `GET` pattern matches `HEAD` too:
+it is the same resource without its content (RFC 9110), and Starlette runs a GET route's
+handler for it.
 """
 
 from __future__ import annotations
@@ -38,9 +40,7 @@ class Router(Generic[T]):
         self._everything: list[tuple[str, int]] = []
         lengths: set[int] = set()
         for index, (_, patterns) in enumerate(routes):
-            for pattern in patterns:
-                method, path = split_pattern(pattern)
-                method = method or ANY
+            for method, path in _expanded(patterns):
                 if path == "*":
                     self._everything.append((method, index))
                 elif path.endswith("*"):
@@ -118,3 +118,27 @@ class Router(Generic[T]):
                     if m in (ANY, method) and regex.fullmatch(path):
                         found.append(index)
         return found
+
+
+def _expanded(patterns: Sequence[str]) -> list[tuple[str, str]]:
+    """_expanded is each pattern as (method, path), `ANY` for no method, with a `HEAD` twin
+    for every `GET`."""
+    out = []
+    for pattern in patterns:
+        method, path = split_pattern(pattern)
+        out.append((method or ANY, path))
+        if method == "GET":
+            out.append(("HEAD", path))
+    return out
+
+
+def under_prefix(path: str, prefixes: tuple[str, ...]) -> bool:
+    """under_prefix: is `path` one of `prefixes` or below one, by whole segments? `/health`
+    covers `/health` and `/health/live`, not `/healthcare`; a prefix ending in "/" covers
+    what follows it."""
+    for prefix in prefixes:
+        if path.startswith(prefix) and (
+            len(path) == len(prefix) or prefix[-1] == "/" or path[len(prefix)] == "/"
+        ):
+            return True
+    return False

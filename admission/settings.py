@@ -389,6 +389,8 @@ _TIMEOUT_LIMIT_S = 86400.0
 # The bounds of ADMISSION_WINDOW=auto when ADMISSION_WINDOW_MIN/MAX are unset.
 AUTO_WINDOW_MIN = 1
 AUTO_WINDOW_MAX = 1000
+# Each class's share of the window when ADMISSION_SHED_AT is unset.
+_SHED_AT_DEFAULT = "sheddable:0.8,default:0.9"
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -457,9 +459,7 @@ class Settings:
     priority: str | None = setting(
         None, PriorityFrom(), "where a request's class (critical, default, sheddable) is read"
     )
-    shed_at: str = setting(
-        "sheddable:0.8,default:0.9", ShedAt(), "share of the window each class may fill"
-    )
+    shed_at: str = setting(_SHED_AT_DEFAULT, ShedAt(), "share of the window each class may fill")
     websocket_window: int | None = setting(
         None,
         Whole(1, 1_000_000, "websocket connections", unset="for the same as ADMISSION_WINDOW"),
@@ -630,6 +630,22 @@ class Settings:
         """capacity is the bucket size: `burst`, else the rate's amount; 0 without a rate."""
         return self._capacity  # type: ignore[no-any-return,attr-defined]
 
+    def client_chosen(self) -> list[tuple[str, str]]:
+        """client_chosen lists the headers that pick a request's priority or client class,
+        as ("priority" or "class", header), when no trusted proxy is set: any client may then
+        send them. Empty with ADMISSION_TRUSTED_PROXIES, which makes them count only from a
+        trusted proxy."""
+        if self.trusted_proxies:
+            return []
+        found = []
+        if self.priority is not None:
+            found.append(("priority", self.priority[len("header:") :]))
+        if isinstance(self.policies, PolicySet):
+            for policy in self.policies:
+                if policy.class_header and policy.classes:
+                    found.append(("class", policy.class_header))
+        return list(dict.fromkeys(found))
+
     @property
     def trusted_networks(self) -> tuple[Network, ...]:
         """trusted_networks is `trusted_proxies` parsed into networks."""
@@ -716,6 +732,14 @@ def announce(settings: Settings, *, in_code: bool, log: logging.Logger) -> None:
     settings given in code override `ADMISSION_*` variables set to something else (code wins:
     the variables are then ignored, whatever `admission config` shows)."""
     log.info("%s", settings.summary())
+    chosen = settings.client_chosen()
+    if chosen:
+        log.warning(
+            "any client can choose its own %s (%s): set ADMISSION_TRUSTED_PROXIES to believe "
+            "them only from the gateway that sets them",
+            " and ".join(dict.fromkeys(kind for kind, _ in chosen)),
+            ", ".join(header for _, header in chosen),
+        )
     ignored = settings.overridden() if in_code else []
     if ignored:
         log.warning(
@@ -778,8 +802,29 @@ def _burst_refills_within_a_year(s: Settings) -> str | None:
     )
 
 
+def _default_policy_taken(s: Settings) -> str | None:
+    found = s.policies
+    if s.rate is None or not isinstance(found, PolicySet):
+        return None
+    if not any(p.name == "default" for p in found):
+        return None
+    return (
+        f"{found.source}: policy 'default' has the name of ADMISSION_RATE's own policy "
+        "(two policies of one name share their buckets): rename it"
+    )
+
+
+def _shed_at_applies(s: Settings) -> str | None:
+    if s.shed_at == _SHED_AT_DEFAULT or (s.priority is not None and s.window is not None):
+        return None
+    missing = "ADMISSION_PRIORITY" if s.priority is None else "ADMISSION_WINDOW"
+    return f"shares of the window do nothing without {missing}: set it too, or unset this"
+
+
 RULES: tuple[Rule, ...] = (
     Rule(("burst", "rate"), _burst_refills_within_a_year),
+    Rule(("policies", "rate"), _default_policy_taken),
+    Rule(("shed_at", "priority", "window"), _shed_at_applies),
     _same_path("ready_path", "health_path"),
     _same_path("metrics_path", "health_path"),
     _same_path("metrics_path", "ready_path"),

@@ -81,9 +81,7 @@ def client_from_uri(uri: str, *, timeout_s: float) -> Any:
         path = [p for p in parts.path.split("/") if p]
         service = path[0]
         db = int(path[1]) if len(path) > 1 else 0
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
-            nodes, sentinel_kwargs=dict(auth, **common), **auth, **common
-        )
+        sentinel = Sentinel(nodes, sentinel_kwargs=dict(auth, **common), **auth, **common)
         return sentinel.master_for(service, db=db)
     raise ValueError(f"not a Redis storage URI: {uri}")
 
