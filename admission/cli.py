@@ -68,7 +68,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
     if settings.policies:
-        from admission.limiter import resolved_policies
+        from admission.gate import resolved_policies
 
         print("\npolicies, in the order they apply (every matching one does):")
         for policy in resolved_policies(settings):

@@ -19,14 +19,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, cast
 
-from admission.bucket import Bucket, Decision
+from admission.bucket import Decision
 from admission.charges import ENFORCED, Charge, Verdict
 from admission.headers import ratelimit_header, retry_after_seconds
 from admission.keys import XFF, bounded, from_trusted_peer, key_function, single_header
-from admission.policies import DEFAULT, Limit, Policy
+from admission.policies import Limit, Policy
 from admission.responses import Scope
 from admission.routes import Router
-from admission.settings import Network, PolicySet, Settings
+from admission.settings import Network
 from admission.stores.guard import StorageDenial
 from admission.stores.memory import BucketSpec, MemoryStore, bucket_spec
 
@@ -499,42 +499,3 @@ def _no_take(runs: Runs, now: float) -> None:
 
 def _is_memory(store: object) -> bool:
     return type(store) is MemoryStore
-
-
-def default_policy(settings: Settings) -> Policy | None:
-    """default_policy is `ADMISSION_RATE`/`BURST`/`KEY` as the policy "default", which matches
-    every request; None without a rate."""
-    if settings.rate is None:
-        return None
-    return Policy(
-        name=DEFAULT,
-        match=("*",),
-        limits=(settings.rate,),
-        key=settings.key,
-        burst=settings.burst,
-        source="ADMISSION_RATE",
-    )
-
-
-def resolved_policies(settings: Settings) -> tuple[Policy, ...]:
-    """resolved_policies is every policy the settings define, in the order they apply: those
-    of `ADMISSION_POLICIES`, then the implicit `default` of `ADMISSION_RATE` if set. Empty
-    without a policy file (the rate, if any, is then decided on its own, the cheaper path)."""
-    found = settings.policies
-    policies: tuple[Policy, ...] = tuple(found) if isinstance(found, PolicySet) else ()
-    if not policies:
-        return ()
-    default = default_policy(settings)
-    return (*policies, default) if default is not None else policies
-
-
-def generation_bucket(policies: Sequence[Policy]) -> Bucket:
-    """generation_bucket is a bucket that fills as slowly as the slowest limit of `policies`:
-    a memory store built on it keeps each generation of keys that long, so no key is
-    forgotten before its bucket is full again (the bucket itself decides nothing)."""
-    slowest = 1.0
-    for policy in policies:
-        for texts in (policy.limits, *policy.classes.values()):
-            for limit in policy.resolve(texts):
-                slowest = max(slowest, limit.bucket.fill_time_s)
-    return Bucket(slowest, 1)

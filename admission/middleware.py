@@ -15,21 +15,18 @@ from admission.drain import Drain
 from admission.endpoints import METHODS, Endpoints
 from admission.errors import ConfigError
 from admission.exchange import Exchange, Shared, TimedExchange, Timeouts
-from admission.headers import policy_header, ratelimit_header, retry_after_seconds
-from admission.keys import make_key_func
+from admission.gate import rate_gate
 from admission.ledger import Ledger
 from admission.lifespan import Lifespan
-from admission.limiter import REFUSAL_STATE_KEY, PolicyLimiter, Refusal, resolved_policies
+from admission.limiter import REFUSAL_STATE_KEY, Refusal
 from admission.metrics import AdmissionCollector, Stats
-from admission.policies import DEFAULT as DEFAULT_POLICY
 from admission.priority import priority_from
 from admission.reasons import Reason
 from admission.responses import Receive, Scope, Send, refuse_websocket, send_problem
 from admission.routes import under_prefix
 from admission.settings import Settings, announce
 from admission.shutdown import SignalDrain
-from admission.stores import GuardedStore, MemoryStore, Store, open_store
-from admission.stores.guard import StorageDenial
+from admission.stores import GuardedStore, Store, open_store
 from admission.uvicorn_adapter import abort_connection
 from admission.window import DEFAULT, Window
 
@@ -80,27 +77,9 @@ class AdmissionMiddleware:
         self.settings = s = settings
         self.lifetime = context.adopt_service_lifetime(s.cleanup_timeout)
         self.store = open_store(s, store)
-        policies = resolved_policies(s)
-        # With route policies every rate limit, `ADMISSION_RATE`'s included, is decided by the
-        # limiter; without, the single rate keeps its own cheaper path below.
-        self.limiter = (
-            PolicyLimiter(
-                policies,
-                self.store,
-                trusted=s.trusted_networks,
-                forwarded_header=s.forwarded_header,
-            )
-            if policies
-            else None
-        )
+        # Every rate limit, `ADMISSION_RATE`'s and route policies', is the one gate's.
+        self.gate = rate_gate(s, self.store)
         self._on_refuse = s.on_refuse
-        rate = s.rate_item
-        self._policy = (
-            policy_header(s.capacity, s.capacity * s.emission_interval_s)
-            if rate is not None
-            else None
-        )
-        self._refill_s = s.emission_interval_s
         # ADMISSION_HEADERS: which responses carry the RateLimit fields.
         self._fields_on_admitted = s.headers == "all"
         self._fields_on_refusals = s.headers != "off"
@@ -136,7 +115,6 @@ class AdmissionMiddleware:
         # Without a timeout, requests need none of a TimedExchange's bookkeeping.
         self._exchange = TimedExchange if self.timeouts.enabled else Exchange
         self.shared = Shared(self.timeouts, self.drain_state, ledger=self.ledger, stats=self.stats)
-        self._key = make_key_func(s)
         self._buffer_body = s.buffer_body
         self._exempt = tuple(s.exempt)
         windows = {
@@ -149,7 +127,7 @@ class AdmissionMiddleware:
             windows,
             self.drain_state.draining,
             storage_errors=(lambda: guard.errors) if guard is not None else (lambda: 0),
-            policies=self.limiter,
+            policies=self.gate,
         )
         if metrics_registry is not None:
             # Admission's metrics join the application's, on its endpoint and on ours.
@@ -222,13 +200,10 @@ class AdmissionMiddleware:
                 return
         try:
             extra: Sequence[tuple[bytes, bytes]] = ()
-            limiter = self.limiter
-            if limiter is not None:
+            gate = self.gate
+            if gate is not None:
                 # A memory store decides synchronously: no coroutine per request.
-                if limiter.synchronous:
-                    outcome = limiter.decide_now(scope)
-                else:
-                    outcome = await limiter.decide(scope)
+                outcome = gate.decide_now(scope) if gate.synchronous else await gate.decide(scope)
                 refusal = outcome.refusal
                 if refusal is not None:
                     if not self._fields_on_refusals:
@@ -238,30 +213,6 @@ class AdmissionMiddleware:
                     return
                 if self._fields_on_admitted:
                     extra = outcome.headers
-            elif self.store is not None:
-                store = self.store
-                if type(store) is MemoryStore:
-                    # Synchronous: saves a coroutine per request (subclasses keep `decide`).
-                    decision = store.decide_at(self._key(scope), store.clock())
-                else:
-                    decision = await store.decide(self._key(scope))
-                assert self._policy is not None
-                if type(decision) is StorageDenial:
-                    # The store failed: nothing is known of the client's bucket to tell it.
-                    retry = retry_after_seconds(decision.retry_after_s, self._refill_s)
-                    headers = [(b"retry-after", str(retry).encode())]
-                    await self._refuse(scope, receive, send, reasons.STORAGE, headers)
-                    return
-                if not decision.allowed:
-                    retry = retry_after_seconds(decision.retry_after_s, self._refill_s)
-                    headers = [(b"retry-after", str(retry).encode())]
-                    if self._fields_on_refusals:
-                        headers += (self._policy, ratelimit_header(decision))
-                    refusal = Refusal("rate", 429, DEFAULT_POLICY, decision, headers)
-                    await self._refuse_by_policy(scope, receive, send, refusal)
-                    return
-                if self._fields_on_admitted:
-                    extra = (self._policy, ratelimit_header(decision))
             if not drain.accepting:
                 # It waited for a slot or for Redis while the drain began: it must not start.
                 await self._refuse(scope, receive, send, reasons.DRAINING)

@@ -331,3 +331,15 @@ def check_policies(
             raise PolicyError(source, repr(policy.name), "name", "two policies have this name")
         seen.add(policy.name)
     return tuple(policies)
+
+
+def generation_bucket(policies: Sequence[Policy]) -> Bucket:
+    """generation_bucket is a bucket that fills as slowly as the slowest limit of `policies`:
+    a memory store built on it keeps each generation of keys that long, so no key is
+    forgotten before its bucket is full again (the bucket itself decides nothing)."""
+    slowest = 1.0
+    for policy in policies:
+        for texts in (policy.limits, *policy.classes.values()):
+            for limit in policy.resolve(texts):
+                slowest = max(slowest, limit.bucket.fill_time_s)
+    return Bucket(slowest, 1)

@@ -7,13 +7,9 @@ from typing import Any
 
 import pytest
 
-from admission.limiter import (
-    SHADOW_LOG_INTERVAL_S,
-    PolicyLimiter,
-    default_policy,
-    generation_bucket,
-)
-from admission.policies import Policy
+from admission.gate import default_policy
+from admission.limiter import SHADOW_LOG_INTERVAL_S, PolicyLimiter
+from admission.policies import Policy, generation_bucket
 from admission.settings import Settings
 from admission.stores.memory import MemoryStore
 

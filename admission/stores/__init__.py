@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from admission.bucket import Bucket
-from admission.settings import Settings
+from admission.policies import generation_bucket
+from admission.settings import PolicySet, Settings
 from admission.stores.base import Store
 from admission.stores.guard import GuardedStore
 from admission.stores.memory import MemoryStore
@@ -14,15 +15,18 @@ __all__ = ["GuardedStore", "MemoryStore", "RedisStore", "Store", "open_store"]
 
 def bucket_for(settings: Settings) -> Bucket | None:
     """bucket_for is the bucket the settings describe, or None without a rate limit. With
-    route policies, it is one that fills as slowly as their slowest limit: a store keeps keys
-    that long (the policies' own buckets decide, see `admission.limiter`)."""
-    if settings.policies:
-        from admission.limiter import generation_bucket, resolved_policies
-
-        return generation_bucket(resolved_policies(settings))
-    if settings.rate is None:
-        return None
-    return Bucket(settings.emission_interval_s, settings.capacity)
+    route policies, it is one that fills as slowly as their slowest limit, `ADMISSION_RATE`'s
+    included: a store keeps keys that long (the policies' own buckets decide, see
+    `admission.limiter`)."""
+    rate = (
+        None if settings.rate is None else Bucket(settings.emission_interval_s, settings.capacity)
+    )
+    if isinstance(settings.policies, PolicySet) and len(settings.policies):
+        slowest = generation_bucket(tuple(settings.policies))
+        if rate is not None and rate.fill_time_s > slowest.fill_time_s:
+            return Bucket(rate.fill_time_s, 1)
+        return slowest
+    return rate
 
 
 def open_store(settings: Settings, store: Store | None = None) -> Store | None:

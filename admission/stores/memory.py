@@ -233,7 +233,7 @@ class MemoryStore:
         `admission.charges`): each charge's bucket, not the store's, does the arithmetic, and
         is held under its client's digest XOR its name's (`_name_digest`). The store's own
         bucket must fill no faster than the slowest of theirs, since its fill time is how long
-        the store waits idle before forgetting everything (`limiter.generation_bucket`). A
+        the store waits idle before forgetting everything (`policies.generation_bucket`). A
         bucket that took nothing is left where it is; one that took is moved to the most
         recent end."""
         if now >= self._check_at:

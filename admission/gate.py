@@ -1,0 +1,147 @@
+"""admission.gate: the one rate gate, which decides a request's rate limits whatever defines
+them: `ADMISSION_RATE` alone, route policies, or both.
+
+`rate_gate` builds it from the settings. The single rate is the policy `default` (matching
+every request, keyed by `ADMISSION_KEY`); with route policies it is one of them and the
+`PolicyLimiter` decides them all together. Alone, it goes through `SingleRate`, the same
+policy on its cheapest path: one bucket per client, no matching, no plan (see
+docs/performance.md, "rate"). Both answer an `Outcome` with the same fields for the same
+request, keyed by the one factory of client keys (`admission.keys.key_function`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from admission.bucket import Decision
+from admission.headers import policy_header, ratelimit_header, retry_after_seconds
+from admission.keys import key_function
+from admission.limiter import Outcome, PolicyLimiter, RawHeaders, Refusal
+from admission.policies import DEFAULT, Policy
+from admission.responses import Scope
+from admission.settings import Network, PolicySet, Settings
+from admission.stores import MemoryStore, Store
+from admission.stores.guard import StorageDenial
+
+__all__ = ["RateGate", "SingleRate", "default_policy", "rate_gate", "resolved_policies"]
+
+# Named tuples built directly, skipping their Python-level __new__ (as in admission.bucket).
+_new_tuple = tuple.__new__
+
+
+class RateGate(Protocol):
+    """RateGate decides a request's rate limits. `synchronous`: `decide_now` may be called
+    instead of awaiting `decide` (a memory store, which needs no coroutine). `refusals` and
+    `shadow_refusals` count by policy, for the metrics."""
+
+    synchronous: bool
+    refusals: dict[str, int]
+    shadow_refusals: dict[str, int]
+
+    def decide_now(self, scope: Scope) -> Outcome: ...
+
+    async def decide(self, scope: Scope) -> Outcome: ...
+
+
+def rate_gate(settings: Settings, store: Store | None) -> RateGate | None:
+    """rate_gate is the gate of every rate limit the settings define, deciding through
+    `store`; None when they define none."""
+    if store is None:
+        return None
+    trusted = settings.trusted_networks
+    forwarded = settings.forwarded_header
+    policies = resolved_policies(settings)
+    if not policies:
+        default = default_policy(settings)
+        if default is None:
+            return None
+        return SingleRate(default, store, trusted=trusted, forwarded_header=forwarded)
+    return PolicyLimiter(policies, store, trusted=trusted, forwarded_header=forwarded)
+
+
+class SingleRate:
+    """SingleRate is the gate of one policy that matches every request with one limit (the
+    `default` of `ADMISSION_RATE` alone): the client's one bucket, decided by the store's own
+    `decide` (`decide_at` without a coroutine, in memory). Its answers are the
+    `PolicyLimiter`'s for the same policy: the same fields, the same Refusal."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        store: Store,
+        *,
+        trusted: Sequence[Network] = (),
+        forwarded_header: str = "x-forwarded-for",
+    ) -> None:
+        (limit,) = policy.resolve(policy.limits)
+        bucket = limit.bucket
+        self.name = policy.name
+        self.key = key_function(str(policy.key), trusted, forwarded_header)
+        self.field = policy_header(bucket.capacity, bucket.fill_time_s)
+        # A refusal's Retry-After when its delay is infinite (a cost over the capacity).
+        self._fallback_s = bucket.interval_s
+        self.store = store
+        self.refusals = {policy.name: 0}
+        self.shadow_refusals: dict[str, int] = {}
+        # The memory store decides synchronously: no coroutine per request. Its subclasses
+        # keep `decide`, which they may override.
+        memory = store if type(store) is MemoryStore else None
+        self.synchronous = memory is not None
+        self._decide_at: Callable[[str, float], Decision] | None = None
+        self._clock: Callable[[], float] | None = None
+        if memory is not None:
+            self._decide_at = memory.decide_at
+            self._clock = memory.clock
+
+    def decide_now(self, scope: Scope) -> Outcome:
+        """decide_now is `decide` without a coroutine (`synchronous` only)."""
+        assert self._decide_at is not None and self._clock is not None
+        decision = self._decide_at(self.key(scope), self._clock())
+        if decision.allowed:
+            return _new_tuple(Outcome, (None, [self.field, ratelimit_header(decision)]))
+        return self._refused(decision)
+
+    async def decide(self, scope: Scope) -> Outcome:
+        """decide is the request's outcome under the one limit."""
+        decision = await self.store.decide(self.key(scope))
+        if decision.allowed:
+            return _new_tuple(Outcome, (None, [self.field, ratelimit_header(decision)]))
+        return self._refused(decision)
+
+    def _refused(self, decision: Decision) -> Outcome:
+        retry = retry_after_seconds(decision.retry_after_s, self._fallback_s)
+        headers: RawHeaders = [(b"retry-after", str(retry).encode())]
+        if type(decision) is StorageDenial:
+            # The store failed: nothing is known of the client's bucket to tell it.
+            return Outcome(Refusal("storage", 503, self.name, decision, headers), headers)
+        self.refusals[self.name] += 1
+        headers += (self.field, ratelimit_header(decision))
+        return Outcome(Refusal("rate", 429, self.name, decision, headers), headers)
+
+
+def default_policy(settings: Settings) -> Policy | None:
+    """default_policy is `ADMISSION_RATE`/`BURST`/`KEY` as the policy "default", which matches
+    every request; None without a rate."""
+    if settings.rate is None:
+        return None
+    return Policy(
+        name=DEFAULT,
+        match=("*",),
+        limits=(settings.rate,),
+        key=settings.key,
+        burst=settings.burst,
+        source="ADMISSION_RATE",
+    )
+
+
+def resolved_policies(settings: Settings) -> tuple[Policy, ...]:
+    """resolved_policies is every route policy the settings define, in the order they apply:
+    those of `ADMISSION_POLICIES`, then the implicit `default` of `ADMISSION_RATE` if set.
+    Empty without route policies (the rate alone is then `SingleRate`'s)."""
+    found = settings.policies
+    policies: tuple[Policy, ...] = tuple(found) if isinstance(found, PolicySet) else ()
+    if not policies:
+        return ()
+    default = default_policy(settings)
+    return (*policies, default) if default is not None else policies
