@@ -4,13 +4,8 @@ Token-bucket rate limiting per client (in memory or shared through Redis), a con
 window, read/write/idle/deadline timeouts and a graceful drain. See README.md.
 """
 
-from admission.context import (
-    deadline,
-    draining,
-    request_lifetime,
-    service_lifetime,
-    time_left,
-)
+from admission.config.policies import Policy
+from admission.config.settings import Settings
 from admission.errors import (
     AdmissionError,
     ConfigError,
@@ -18,11 +13,16 @@ from admission.errors import (
     StorageError,
     StorageTimeout,
 )
+from admission.lifecycle.context import (
+    deadline,
+    draining,
+    request_lifetime,
+    service_lifetime,
+    time_left,
+)
 from admission.lifetime import Lifetime
-from admission.limiter import Refusal, refusal
 from admission.middleware import AdmissionMiddleware
-from admission.policies import Policy
-from admission.settings import Settings
+from admission.ratelimit.limiter import Refusal, refusal
 
 __all__ = [
     "AdmissionError",

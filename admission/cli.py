@@ -8,8 +8,8 @@ import sys
 import traceback
 from collections.abc import Sequence
 
+from admission.config.settings import Settings
 from admission.errors import ConfigError, quote
-from admission.settings import Settings
 
 DEMO_TARGET = "admission.demo:app"
 
@@ -27,7 +27,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """cmd_serve validates the settings and the target, then serves until drained."""
     from uvicorn.importer import ImportFromStringError, import_from_string
 
-    from admission.serve import DEMO, serve
+    from admission.server.serve import DEMO, serve
 
     settings = _settings_or_exit()
     target = args.app or DEMO
@@ -68,7 +68,7 @@ def cmd_config(args: argparse.Namespace) -> int:
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
     if settings.policies:
-        from admission.gate import resolved_policies
+        from admission.ratelimit.gate import resolved_policies
 
         print("\npolicies, in the order they apply (every matching one does):")
         for policy in resolved_policies(settings):

@@ -15,8 +15,8 @@ from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from admission.context import draining
-from admission.window import CRITICAL, Window
+from admission.concurrency.window import CRITICAL, Window
+from admission.lifecycle.context import draining
 
 MAX_SLOW_MS = 600_000
 MAX_CHUNKS = 100_000

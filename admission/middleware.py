@@ -4,37 +4,38 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry
 
-from admission import context, reasons
-from admission.adaptive import AdaptiveLimit, LimitParams
-from admission.body import buffer_body
-from admission.drain import Drain
-from admission.endpoints import METHODS, Endpoints
+from admission import reasons
+from admission.concurrency.adaptive import AdaptiveLimit, LimitParams
+from admission.concurrency.priority import priority_from
+from admission.concurrency.window import DEFAULT, Window
+from admission.config.settings import Settings, announce
 from admission.errors import ConfigError
-from admission.exchange import Exchange, Shared, TimedExchange, Timeouts
-from admission.gate import rate_gate
 from admission.ledger import Ledger
-from admission.lifespan import Lifespan
-from admission.limiter import REFUSAL_STATE_KEY, Refusal
-from admission.metrics import AdmissionCollector, Stats
-from admission.priority import priority_from
+from admission.lifecycle import context
+from admission.lifecycle.drain import Drain
+from admission.lifecycle.lifespan import Lifespan
+from admission.lifecycle.shutdown import SignalDrain
+from admission.observe.endpoints import METHODS, Endpoints
+from admission.observe.metrics import AdmissionCollector, Stats
+from admission.ratelimit.gate import rate_gate
+from admission.ratelimit.limiter import REFUSAL_STATE_KEY, Refusal
+from admission.ratelimit.routes import under_prefix
 from admission.reasons import Reason
-from admission.responses import Receive, Scope, Send, refuse_websocket, send_problem
-from admission.routes import under_prefix
-from admission.settings import Settings, announce
-from admission.shutdown import SignalDrain
+from admission.request.abort import abort_connection
+from admission.request.body import buffer_body
+from admission.request.exchange import Exchange, Shared, TimedExchange, Timeouts
+from admission.request.responses import refuse_websocket, send_problem
 from admission.stores import GuardedStore, Store, open_store
-from admission.uvicorn_adapter import abort_connection
-from admission.window import DEFAULT, Window
+from admission.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["AdmissionMiddleware", "abort_connection"]
 
 log = logging.getLogger("admission")
 
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 # The scope types admission admits; others pass through.
 ADMITTED = frozenset(("http", "websocket"))

@@ -39,7 +39,7 @@ SERVERS = {
         sys.executable,
         "-m",
         "uvicorn",
-        "admission.serve:make_app",
+        "admission.server.serve:make_app",
         "--factory",
         "--host",
         "127.0.0.1",

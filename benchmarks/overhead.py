@@ -52,7 +52,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from admission import AdmissionMiddleware, Settings
-from admission.policies import Policy
+from admission.config.policies import Policy
 
 Scope = dict[str, Any]
 Message = dict[str, Any]

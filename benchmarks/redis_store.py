@@ -66,7 +66,7 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import FixedWindowRateLimiter
 
 from admission.bench.recommend import percentile
-from admission.settings import Settings
+from admission.config.settings import Settings
 from admission.stores import open_store
 from admission.stores.guard import GuardedStore
 from admission.stores.redis import GCRA, RedisStore

@@ -9,8 +9,14 @@ import math
 
 import pytest
 
-from admission import adaptive
-from admission.adaptive import AdaptiveLimit, Estimate, LimitParams, Samples, next_estimate
+from admission.concurrency import adaptive
+from admission.concurrency.adaptive import (
+    AdaptiveLimit,
+    Estimate,
+    LimitParams,
+    Samples,
+    next_estimate,
+)
 
 BASE_S = 0.020
 STEP_S = 0.1

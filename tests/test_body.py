@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from admission import AdmissionMiddleware, Settings
-from admission.body import buffer_body
 from admission.bucket import Bucket, Decision
 from admission.reasons import DISCONNECT, DRAINING, IDLE_TIMEOUT, READ_TIMEOUT
+from admission.request.body import buffer_body
 from admission.stores.memory import MemoryStore
 from tests.asgi import until
 

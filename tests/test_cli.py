@@ -10,7 +10,7 @@ import pytest
 
 from admission.bench.process import free_port
 from admission.cli import main
-from admission.settings import ACCEPTED
+from admission.config.settings import ACCEPTED
 from tests.settings_values import GARBAGE, NEEDS
 from tests.support import REPO
 

@@ -16,7 +16,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from admission import Settings
-from admission.keys import MAX_KEY_BYTES, make_key_func
+from admission.ratelimit.keys import MAX_KEY_BYTES, make_key_func
 
 PROXY = "10.0.0.2"
 TRUSTED = "10.0.0.0/8,fd00::/8"

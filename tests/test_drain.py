@@ -20,10 +20,10 @@ import pytest
 
 from admission import AdmissionMiddleware, Lifetime, Settings, draining, request_lifetime
 from admission.bucket import Decision
-from admission.drain import Drain, Phase
 from admission.ledger import Ledger
+from admission.lifecycle.drain import Drain, Phase
 from admission.reasons import Reason
-from admission.responses import Message
+from admission.types import Message
 from tests.support import pid_alive, wait_until
 
 # A guard against a hang, far above anything these tests take.

@@ -23,11 +23,11 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 import admission
-from admission.context import STATE_KEY
-from admission.exchange import Exchange, Shared, TimedExchange, Timeouts
+from admission.config.settings import Settings
+from admission.lifecycle.context import STATE_KEY
 from admission.middleware import AdmissionMiddleware
 from admission.reasons import DEADLINE
-from admission.settings import Settings
+from admission.request.exchange import Exchange, Shared, TimedExchange, Timeouts
 from tests.asgi import FINISH_S, Client, ManualClock, finish, http_scope, no_body, until, ws_scope
 
 Message = dict[str, Any]

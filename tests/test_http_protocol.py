@@ -7,8 +7,8 @@ import asyncio
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from admission.settings import Settings
-from admission.uvicorn_adapter import AdmissionConfig, HttpProtocol, ServerLimits
+from admission.config.settings import Settings
+from admission.server.uvicorn import AdmissionConfig, HttpProtocol, ServerLimits
 
 
 def test_the_protocol_adds_nothing_to_uvicorns_instance_dict() -> None:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from admission import AdmissionMiddleware, Settings
-from admission.keys import MAX_KEY_BYTES, client_address, make_key_func
+from admission.ratelimit.keys import MAX_KEY_BYTES, client_address, make_key_func
 
 TRUSTED = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
 

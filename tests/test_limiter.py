@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from admission.gate import default_policy
-from admission.limiter import SHADOW_LOG_INTERVAL_S, PolicyLimiter
-from admission.policies import Policy, generation_bucket
-from admission.settings import Settings
+from admission.config.policies import Policy, generation_bucket
+from admission.config.settings import Settings
+from admission.ratelimit.gate import default_policy
+from admission.ratelimit.limiter import SHADOW_LOG_INTERVAL_S, PolicyLimiter
 from admission.stores.memory import MemoryStore
 
 

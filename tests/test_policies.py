@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from admission.config.policies import Policy, load_policies
 from admission.errors import ConfigError, PolicyError
-from admission.policies import Policy, load_policies
 
 EXAMPLE = textwrap.dedent(
     """

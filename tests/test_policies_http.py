@@ -12,9 +12,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import admission
 from admission import AdmissionMiddleware, Settings
-from admission.gate import resolved_policies
-from admission.limiter import REFUSAL_STATE_KEY
-from admission.policies import Policy, generation_bucket
+from admission.config.policies import Policy, generation_bucket
+from admission.ratelimit.gate import resolved_policies
+from admission.ratelimit.limiter import REFUSAL_STATE_KEY
 from admission.stores.memory import MemoryStore
 from tests.asgi import CountingApp, ManualClock
 from tests.structured_fields import parse_sf_list

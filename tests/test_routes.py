@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from admission.routes import Router
+from admission.ratelimit.routes import Router
 
 
 def router(*routes: tuple[str, list[str]]) -> ListRouter:

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
+from admission.config.settings import Settings, redact_uri
 from admission.errors import ConfigError
-from admission.settings import Settings, redact_uri
 from tests.support import REPO
 
 SECRET = "hunter2Zq9"

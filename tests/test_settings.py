@@ -7,8 +7,8 @@ import math
 
 import pytest
 
+from admission.config.settings import ACCEPTED, Settings, redact_uri
 from admission.errors import ConfigError
-from admission.settings import ACCEPTED, Settings, redact_uri
 from admission.stores import open_store
 from tests.settings_values import GARBAGE, NEEDS
 from tests.support import REPO
@@ -550,7 +550,7 @@ def test_values_are_quoted_the_same_way_from_code_and_from_the_environment() -> 
 
 
 def test_derived_values_are_computed_once_not_per_access(monkeypatch: pytest.MonkeyPatch) -> None:
-    import admission.settings as module
+    import admission.config.settings as module
 
     settings = Settings(rate="10 per 2 seconds", burst=4, trusted_proxies="10.0.0.0/8")
 
@@ -567,7 +567,7 @@ def test_derived_values_are_computed_once_not_per_access(monkeypatch: pytest.Mon
 
 
 def test_adding_a_setting_is_one_entry() -> None:
-    from admission.settings import Spec, specs
+    from admission.config.settings import Spec, specs
 
     # Every field carries its spec: parser with its accepted form, meaning, redaction.
     for f in dataclasses.fields(Settings):
@@ -580,7 +580,7 @@ def test_adding_a_setting_is_one_entry() -> None:
 
 
 def test_the_documented_ranges_are_the_ones_enforced() -> None:
-    from admission.settings import accepted_markdown
+    from admission.config.settings import accepted_markdown
     from tests.support import REPO
 
     text = (REPO / "docs" / "configuration.md").read_text()
@@ -625,7 +625,7 @@ def test_announce_logs_the_summary_and_warns_once_when_code_overrides_the_enviro
 ) -> None:
     import logging
 
-    from admission.settings import announce
+    from admission.config.settings import announce
 
     monkeypatch.setenv("ADMISSION_WINDOW", "8")
     log = logging.getLogger("admission.test.announce")

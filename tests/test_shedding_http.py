@@ -15,8 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from admission import AdmissionMiddleware, Settings
 from admission.bucket import Bucket
+from admission.concurrency.window import CRITICAL, DEFAULT, SHEDDABLE
 from admission.stores.memory import MemoryStore
-from admission.window import CRITICAL, DEFAULT, SHEDDABLE
 
 SETTLE_S = 5.0
 
@@ -163,7 +163,7 @@ async def test_a_shed_request_gets_the_window_status_and_takes_no_token() -> Non
 def test_the_class_comes_from_the_header_and_anything_else_is_default(
     headers: dict[str, str], expected: int
 ) -> None:
-    from admission.priority import priority_from
+    from admission.concurrency.priority import priority_from
 
     read = priority_from("header:X-Priority")
     assert read is not None
@@ -172,7 +172,7 @@ def test_the_class_comes_from_the_header_and_anything_else_is_default(
 
 
 def test_a_repeated_priority_header_is_default() -> None:
-    from admission.priority import priority_from
+    from admission.concurrency.priority import priority_from
 
     read = priority_from("header:X-Priority")
     assert read is not None
@@ -314,7 +314,7 @@ async def test_a_failing_application_feeds_nothing(monkeypatch: pytest.MonkeyPat
 
 
 async def test_the_auto_window_shrinks_when_latency_climbs() -> None:
-    from admission.adaptive import AdaptiveLimit, LimitParams
+    from admission.concurrency.adaptive import AdaptiveLimit, LimitParams
 
     service = Service(window="auto", window_min=10, window_max=100)
     adaptive = service.middleware.adaptive

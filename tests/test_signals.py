@@ -7,7 +7,7 @@ import asyncio
 import signal
 from types import FrameType
 
-from admission.signals import SignalChain
+from admission.lifecycle.signals import SignalChain
 
 
 def counting_chain() -> tuple[SignalChain, list[int]]:
@@ -70,7 +70,7 @@ def test_a_stale_relay_count_changes_nothing() -> None:
 
 
 async def test_an_installed_chain_receives_the_relay() -> None:
-    from admission import signals
+    from admission.lifecycle import signals
 
     chain, seen = counting_chain()
     previous = {sig: signal.getsignal(sig) for sig in signals.HANDLED}

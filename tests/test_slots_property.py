@@ -19,8 +19,8 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from admission.config.settings import Settings
 from admission.middleware import AdmissionMiddleware
-from admission.settings import Settings
 from tests.asgi import Client, http_scope, no_body
 
 OUTCOMES = (

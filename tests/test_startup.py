@@ -11,7 +11,7 @@ import pytest
 
 from admission import AdmissionMiddleware, ConfigError, Lifetime, service_lifetime
 from admission.bench.process import free_port, served
-from admission.context import adopt_service_lifetime
+from admission.lifecycle.context import adopt_service_lifetime
 from tests.support import REPO, plain_uvicorn, run_server
 
 

@@ -350,7 +350,7 @@ async def test_deny_policy_retry_after_scales_with_cost() -> None:
 
 async def test_a_failing_store_given_to_the_middleware_is_guarded_and_its_errors_counted() -> None:
     from admission import AdmissionMiddleware, Settings
-    from admission.endpoints import Endpoints
+    from admission.observe.endpoints import Endpoints
 
     broken = BrokenStore()
     statuses: list[int] = []

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from admission.exchange import Exchange, Shared, TimedExchange
 from admission.reasons import Reason
-from admission.timeouts import TICK_S, Timeouts
+from admission.request.exchange import Exchange, Shared, TimedExchange
+from admission.request.timeouts import TICK_S, Timeouts
 from tests.asgi import Client, ManualClock, finish, http_scope, no_body, until, ws_scope
 
 T0 = 1000.0

@@ -21,9 +21,9 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from admission import AdmissionMiddleware, Policy, Settings
+from admission.concurrency.priority import priority_from
+from admission.concurrency.window import CRITICAL, DEFAULT
 from admission.errors import ConfigError
-from admission.priority import priority_from
-from admission.window import CRITICAL, DEFAULT
 
 PROXY = "10.0.0.9"
 
@@ -264,7 +264,7 @@ async def _concurrent(app: AdmissionMiddleware, scopes: list[dict[str, object]])
 def test_start_up_says_once_that_clients_choose_their_class_and_priority(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from admission.settings import announce
+    from admission.config.settings import announce
 
     settings = Settings(window=4, priority="header:X-Priority", policies=(PLANS,))
     log = logging.getLogger("admission.test")

@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from admission.window import DEFAULT, Window
+from admission.concurrency.window import DEFAULT, Window
 
 # Long enough that no test here ever reaches it: a waiter that is served or refused is
 # served or refused by the window, not by its timer.

@@ -10,7 +10,7 @@ import asyncio
 
 import pytest
 
-from admission.window import CRITICAL, DEFAULT, SHEDDABLE, Window, shed_limits
+from admission.concurrency.window import CRITICAL, DEFAULT, SHEDDABLE, Window, shed_limits
 
 LONG_S = 60.0
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from admission.bucket import Bucket
-from admission.policies import generation_bucket
-from admission.settings import PolicySet, Settings
+from admission.config.policies import generation_bucket
+from admission.config.settings import PolicySet, Settings
 from admission.stores.base import Store
 from admission.stores.guard import GuardedStore
 from admission.stores.memory import MemoryStore
@@ -17,7 +17,7 @@ def bucket_for(settings: Settings) -> Bucket | None:
     """bucket_for is the bucket the settings describe, or None without a rate limit. With
     route policies, it is one that fills as slowly as their slowest limit, `ADMISSION_RATE`'s
     included: a store keeps keys that long (the policies' own buckets decide, see
-    `admission.limiter`)."""
+    `admission.ratelimit.limiter`)."""
     rate = (
         None if settings.rate is None else Bucket(settings.emission_interval_s, settings.capacity)
     )

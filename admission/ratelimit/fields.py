@@ -1,4 +1,4 @@
-"""admission.headers: the RateLimit and RateLimit-Policy fields of the IETF draft.
+"""admission.ratelimit.fields: the RateLimit and RateLimit-Policy fields of the IETF draft.
 
 draft-ietf-httpapi-ratelimit-headers: `RateLimit-Policy: "<name>";q=<quota>;w=<window s>`
 and `RateLimit: "<name>";r=<remaining>;t=<seconds until full>`, both Structured Field lists.

@@ -1,4 +1,4 @@
-"""admission.uvicorn_adapter: everything admission knows about uvicorn, in one place.
+"""admission.server.uvicorn: everything admission knows about uvicorn, in one place.
 
 - `HttpProtocol`: uvicorn's httptools protocol with the limits of Go's `http.Server`: the read
   timeout covers the request head, a head over `max_header_bytes` gets 431 at once without
@@ -36,10 +36,10 @@ import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.supervisors.multiprocess import Process
 
-from admission import signals
+from admission.config.settings import Settings
+from admission.lifecycle import signals
 from admission.reasons import HEADER_TIMEOUT, HEADER_TOO_LARGE, Reason
-from admission.responses import Send, problem_body
-from admission.settings import Settings
+from admission.request.responses import problem_body
 
 log = logging.getLogger("uvicorn.error")
 
@@ -151,7 +151,7 @@ class AdmissionConfig(uvicorn.Config):
 
 def server_limits(config: uvicorn.Config) -> ServerLimits:
     """server_limits are the limits `config` carries, else (plain `uvicorn --http
-    admission.uvicorn_adapter:HttpProtocol`) those the ADMISSION_* environment gives."""
+    admission.server.uvicorn:HttpProtocol`) those the ADMISSION_* environment gives."""
     limits = getattr(config, "admission_limits", None)
     if isinstance(limits, ServerLimits):
         return limits
@@ -675,22 +675,3 @@ def run(config: AdmissionConfig) -> int:
         return Supervisor(config, [sock]).run()
     AdmissionServer(config).run()
     return 0
-
-
-def abort_connection(send: Send) -> bool:
-    """abort_connection drops the connection `send` writes to at once, discarding whatever is
-    buffered, where the server allows it: uvicorn's `send` is a method of its request cycle,
-    which holds the asyncio transport. False elsewhere; the server then closes the connection
-    itself when the application returns without finishing the response."""
-    transport = getattr(getattr(send, "__self__", None), "transport", None)
-    abort = getattr(transport, "abort", None)
-    if transport is None or not callable(abort):
-        return False
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        # Linger 0: the close sends a reset and the kernel drops its send queue too; otherwise
-        # the socket lingers, orphaned, for as long as the peer keeps its window shut.
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    abort()
-    return True

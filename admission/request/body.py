@@ -1,4 +1,4 @@
-"""admission.body: reading a request's body before it is admitted (`ADMISSION_BUFFER_BODY`).
+"""admission.request.body: reading a request's body before it is admitted (`ADMISSION_BUFFER_BODY`).
 
 A client that sends its body slowly holds whatever the request was given for as long as it
 trickles: with a window, a slot that an honest client could have used. Read first, up to a
@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 
 from admission.reasons import DISCONNECT, DRAINING, IDLE_TIMEOUT, READ_TIMEOUT, Reason
-from admission.responses import Message, Receive, Scope
+from admission.types import Message, Receive, Scope
 
 
 class Replay:

@@ -1,4 +1,5 @@
-"""admission.shutdown: a termination signal drains the service before the server hears of it.
+"""admission.lifecycle.shutdown: a termination signal drains the service before the server
+hears of it.
 
 The first SIGTERM or SIGINT starts the drain; once nothing is in flight, the signal is handed
 on to the handler it displaced (the server's), which then shuts down. A second signal during
@@ -11,9 +12,9 @@ import asyncio
 import logging
 from types import FrameType
 
-from admission.drain import Drain
-from admission.lifespan import Lifespan
-from admission.signals import SignalChain
+from admission.lifecycle.drain import Drain
+from admission.lifecycle.lifespan import Lifespan
+from admission.lifecycle.signals import SignalChain
 
 log = logging.getLogger("admission")
 

@@ -1,4 +1,4 @@
-"""admission.timeouts: the four timeouts, enforced by one coarse ticker per event loop.
+"""admission.request.timeouts: the four timeouts, enforced by one coarse ticker per event loop.
 
 No request arms a timer of its own. An exchange only writes down when each of its limits falls
 due (a float: the loop time, or infinity for none), and a `Ticker` walks the ledger of requests

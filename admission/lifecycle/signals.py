@@ -1,11 +1,11 @@
-"""admission.signals: SIGTERM and SIGINT, chained in front of the server's own handlers.
+"""admission.lifecycle.signals: SIGTERM and SIGINT, chained in front of the server's own handlers.
 
 The handler installed here runs the drain first and only then calls the handler it replaced
 (uvicorn's, gunicorn's worker's, or the default), so the server starts its own shutdown once
 nothing is in flight. A second signal during the drain hurries it.
 
 Under `admission serve --workers` a worker also hears of the supervisor's stop signals, relayed
-by count (see `admission.uvicorn_adapter.StopRelay`). A signal sent to the whole process group
+by count (see `admission.server.uvicorn.StopRelay`). A signal sent to the whole process group
 reaches the worker both ways; the chain counts max(signals received, stops relayed), so that
 one Ctrl+C drains once and only a second signal hurries.
 """

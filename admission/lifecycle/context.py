@@ -1,4 +1,4 @@
-"""admission.context: what a handler can ask admission about its own request.
+"""admission.lifecycle.context: what a handler can ask admission about its own request.
 
 Each function takes the ASGI scope or anything with a `.scope` (Starlette's Request and
 WebSocket). Outside admission (no middleware in front) they answer as if nothing were set:
@@ -15,8 +15,9 @@ STATE_KEY = "admission"
 
 
 class Exchange(Protocol):
-    """Exchange is what this module reads of the request's `admission.exchange.Exchange`, which
-    puts itself in the scope's state under STATE_KEY while the request runs."""
+    """Exchange is what this module reads of the request's
+    `admission.request.exchange.Exchange`, which puts itself in the scope's state under
+    STATE_KEY while the request runs."""
 
     deadline: float | None
     lifetime: Lifetime | None

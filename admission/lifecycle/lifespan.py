@@ -1,17 +1,15 @@
-"""admission.lifespan: admission's start-up and shutdown around the application's own, over
-the ASGI lifespan protocol."""
+"""admission.lifecycle.lifespan: admission's start-up and shutdown around the application's
+own, over the ASGI lifespan protocol."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
 
-from admission.drain import Drain
-from admission.responses import Message, Receive, Scope, Send
+from admission.lifecycle.drain import Drain
+from admission.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("admission")
-
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 class Lifespan:

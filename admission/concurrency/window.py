@@ -1,4 +1,5 @@
-"""admission.window: slots for requests in flight, shared by priority, with a bounded wait."""
+"""admission.concurrency.window: slots for requests in flight, shared by priority, with a
+bounded wait."""
 
 from __future__ import annotations
 

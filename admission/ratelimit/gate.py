@@ -1,12 +1,12 @@
-"""admission.gate: the one rate gate, which decides a request's rate limits whatever defines
-them: `ADMISSION_RATE` alone, route policies, or both.
+"""admission.ratelimit.gate: the one rate gate, which decides a request's rate limits
+whatever defines them: `ADMISSION_RATE` alone, route policies, or both.
 
 `rate_gate` builds it from the settings. The single rate is the policy `default` (matching
 every request, keyed by `ADMISSION_KEY`); with route policies it is one of them and the
 `PolicyLimiter` decides them all together. Alone, it goes through `SingleRate`, the same
 policy on its cheapest path: one bucket per client, no matching, no plan (see
 docs/performance.md, "rate"). Both answer an `Outcome` with the same fields for the same
-request, keyed by the one factory of client keys (`admission.keys.key_function`).
+request, keyed by the one factory of client keys (`admission.ratelimit.keys.key_function`).
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from admission.bucket import Decision
-from admission.headers import policy_header, ratelimit_header, retry_after_seconds
-from admission.keys import key_function
-from admission.limiter import Outcome, PolicyLimiter, RawHeaders, Refusal
-from admission.policies import DEFAULT, Policy
-from admission.responses import Scope
-from admission.settings import Network, PolicySet, Settings
+from admission.config.policies import DEFAULT, Policy
+from admission.config.settings import Network, PolicySet, Settings
+from admission.ratelimit.fields import policy_header, ratelimit_header, retry_after_seconds
+from admission.ratelimit.keys import key_function
+from admission.ratelimit.limiter import Outcome, PolicyLimiter, RawHeaders, Refusal
 from admission.stores import MemoryStore, Store
 from admission.stores.guard import StorageDenial
+from admission.types import Scope
 
 __all__ = ["RateGate", "SingleRate", "default_policy", "rate_gate", "resolved_policies"]
 
@@ -88,15 +88,14 @@ class SingleRate:
         # keep `decide`, which they may override.
         memory = store if type(store) is MemoryStore else None
         self.synchronous = memory is not None
-        self._decide_at: Callable[[str, float], Decision] | None = None
-        self._clock: Callable[[], float] | None = None
+        self._decide_at: Callable[[str, float], Decision] = _not_synchronous
+        self._clock: Callable[[], float] = float
         if memory is not None:
             self._decide_at = memory.decide_at
             self._clock = memory.clock
 
     def decide_now(self, scope: Scope) -> Outcome:
         """decide_now is `decide` without a coroutine (`synchronous` only)."""
-        assert self._decide_at is not None and self._clock is not None
         decision = self._decide_at(self.key(scope), self._clock())
         if decision.allowed:
             return _new_tuple(Outcome, (None, [self.field, ratelimit_header(decision)]))
@@ -118,6 +117,10 @@ class SingleRate:
         self.refusals[self.name] += 1
         headers += (self.field, ratelimit_header(decision))
         return Outcome(Refusal("rate", 429, self.name, decision, headers), headers)
+
+
+def _not_synchronous(key: str, now: float) -> Decision:
+    raise TypeError("only a memory store decides requests synchronously")
 
 
 def default_policy(settings: Settings) -> Policy | None:

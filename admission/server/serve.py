@@ -1,4 +1,5 @@
-"""admission.serve: run an ASGI app under uvicorn with the middleware and the drain wired in."""
+"""admission.server.serve: run an ASGI app under uvicorn with the middleware and the drain
+wired in."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ from typing import Any
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.importer import import_from_string
 
+from admission.config.settings import Settings
 from admission.middleware import AdmissionMiddleware
-from admission.settings import Settings
-from admission.uvicorn_adapter import (
+from admission.server.uvicorn import (
     SERVER_GRACE_MARGIN_S,
     AdmissionConfig,
     HttpProtocol,
@@ -47,7 +48,7 @@ def log_config() -> dict[str, Any]:
     lines named by their logger."""
     config = copy.deepcopy(LOGGING_CONFIG)
     # uvicorn's own format plus the logger's name, so that admission's lines read the same under
-    # `admission serve` as under a plain server ("admission.drain: drained in ...").
+    # `admission serve` as under a plain server ("admission.lifecycle.drain: drained in ...").
     formatter = dict(config["formatters"]["default"], fmt="%(levelprefix)s %(name)s: %(message)s")
     config["formatters"]["admission"] = formatter
     config["handlers"]["admission"] = dict(config["handlers"]["default"], formatter="admission")
@@ -90,7 +91,7 @@ def server_config(
         # (uvicorn's own default, 5 s, otherwise).
         keep_alive["timeout_keep_alive"] = settings.idle_timeout
     return AdmissionConfig(
-        "admission.serve:make_app",
+        "admission.server.serve:make_app",
         factory=True,
         host=host,
         port=port,

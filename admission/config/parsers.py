@@ -1,9 +1,9 @@
-"""admission.parsers: the vocabulary settings and policies are parsed with.
+"""admission.config.parsers: the vocabulary settings and policies are parsed with.
 
 A `Parser` turns a value from the environment (a string) or from code into its final type, or
 raises `Invalid`; its `accepted` states the form and its range once, for every message and
-for docs/configuration.md. The general ones live here, below both `admission.settings` and
-`admission.policies`, which use them.
+for docs/configuration.md. The general ones live here, below both `admission.config.settings` and
+`admission.config.policies`, which use them.
 """
 
 from __future__ import annotations

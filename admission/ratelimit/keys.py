@@ -1,4 +1,4 @@
-"""admission.keys: which client a request comes from, as a rate-limit key.
+"""admission.ratelimit.keys: which client a request comes from, as a rate-limit key.
 
 `X-Forwarded-For` and `Forwarded` are written by whoever sends them, so one of them (the one
 the proxies write) is believed, only when the peer is a trusted proxy, and only as far as the
@@ -13,8 +13,8 @@ import hashlib
 import ipaddress
 from collections.abc import Callable, Sequence
 
-from admission.responses import Scope
-from admission.settings import Network, Settings
+from admission.config.settings import Network, Settings
+from admission.types import Scope
 
 KeyFunc = Callable[[Scope], str]
 

@@ -1,4 +1,4 @@
-"""admission.metrics: counters kept as plain integers, exposed as Prometheus text on scrape.
+"""admission.observe.metrics: counters kept as plain integers, exposed as Prometheus text on scrape.
 
 Requests only add to integers and a latency bucket array; nothing takes a lock or formats
 text on the request path. A collector turns them into metric families when `/metrics` is read.
@@ -19,12 +19,12 @@ from prometheus_client.core import (
 )
 
 from admission import reasons
-from admission.window import CLASSES
+from admission.concurrency.window import CLASSES
 
 if TYPE_CHECKING:
+    from admission.concurrency.window import Window
     from admission.ledger import Ledger
     from admission.reasons import Reason
-    from admission.window import Window
 
 # Seconds; the upper bounds of the latency histogram, as in prometheus-client's defaults.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -36,7 +36,8 @@ class Stats:
     def __init__(self) -> None:
         self.admitted = 0
         self.rejected = dict.fromkeys((reason.label for reason in reasons.ALL), 0)
-        # Requests shed, by priority class (admission.window's CRITICAL, DEFAULT, SHEDDABLE).
+        # Requests shed, by priority class (CRITICAL, DEFAULT, SHEDDABLE of
+        # admission.concurrency.window).
         self.shed = [0, 0, 0]
         self._latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)
         self._latency_sum = 0.0

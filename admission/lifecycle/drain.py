@@ -1,4 +1,4 @@
-"""admission.drain: the graceful drain, a state machine run once.
+"""admission.lifecycle.drain: the graceful drain, a state machine run once.
 
 serving → pre-drain (readiness fails, requests still served, responses say Connection: close)
 → draining (new requests refused with 503, websockets closed with 1001, in-flight awaited on

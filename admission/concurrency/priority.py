@@ -1,8 +1,8 @@
-"""admission.priority: which priority class a request belongs to.
+"""admission.concurrency.priority: which priority class a request belongs to.
 
-Classes are `critical`, `default` and `sheddable` (admission.window's CRITICAL, DEFAULT and
-SHEDDABLE): as the window fills, sheddable work is refused first, then default work. A request
-says its class in a header (`ADMISSION_PRIORITY=header:X-Priority`); a route policy's
+Classes are `critical`, `default` and `sheddable` (admission.concurrency.window's CRITICAL,
+DEFAULT and SHEDDABLE): as the window fills, sheddable work is refused first, then default work.
+A request says its class in a header (`ADMISSION_PRIORITY=header:X-Priority`); a route policy's
 `priority` field is meant to set it where route policies exist. Where trusted proxies are
 set, only they may say it (see `priority_from`).
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from admission.keys import from_trusted_peer, single_header
-from admission.responses import Scope
-from admission.settings import Network
-from admission.window import CLASSES, DEFAULT
+from admission.concurrency.window import CLASSES, DEFAULT
+from admission.config.settings import Network
+from admission.ratelimit.keys import from_trusted_peer, single_header
+from admission.types import Scope
 
 # Header values as sent, in any case: anything else is `default`.
 _BY_VALUE = {name.encode(): index for index, name in enumerate(CLASSES)}

@@ -1,4 +1,4 @@
-"""admission.endpoints: the paths the middleware answers itself (by default `/healthz`,
+"""admission.observe.endpoints: the paths the middleware answers itself (by default `/healthz`,
 `/readyz` and `/metrics`), for HTTP GET and HEAD requests only; they are never limited, timed or
 counted. Any other method on those paths, and any path switched off, goes to the application."""
 
@@ -8,12 +8,13 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from admission.drain import Drain
+from admission.concurrency.window import Window
 from admission.ledger import Ledger
-from admission.metrics import AdmissionCollector, render
-from admission.responses import Message, Send, send_bytes, send_json
+from admission.lifecycle.drain import Drain
+from admission.observe.metrics import AdmissionCollector, render
+from admission.request.responses import send_bytes, send_json
 from admission.stores import GuardedStore, Store
-from admission.window import Window
+from admission.types import Message, Send
 
 METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 METHODS = frozenset(("GET", "HEAD"))

@@ -1,4 +1,4 @@
-"""admission.settings: the frozen, validated configuration and its `ADMISSION_*` variables.
+"""admission.config.settings: the frozen, validated configuration and its `ADMISSION_*` variables.
 
 Every setting is one entry in the body of `Settings`: its name, type and default, and a
 `setting(...)` spec holding the parser (which also states the accepted form and its range)
@@ -23,8 +23,7 @@ from typing import Any, Literal
 
 import limits
 
-from admission.errors import ConfigError, PolicyError, Problem, as_text, quote
-from admission.parsers import (
+from admission.config.parsers import (
     MAX_RATE_AMOUNT,
     MAX_RATE_PERIOD_S,
     WHOLE_DIGITS,
@@ -37,7 +36,8 @@ from admission.parsers import (
     fmt,
     is_unset,
 )
-from admission.policies import Policy, check_policies, load_policies
+from admission.config.policies import Policy, check_policies, load_policies
+from admission.errors import ConfigError, PolicyError, Problem, as_text, quote
 
 ENV_PREFIX = "ADMISSION_"
 STORAGE_SCHEMES = (

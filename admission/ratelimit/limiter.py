@@ -1,9 +1,10 @@
-"""admission.limiter: one request against every policy it matches, in one store call.
+"""admission.ratelimit.limiter: one request against every policy it matches, in one store call.
 
-`PolicyLimiter` finds the matching policies (`admission.routes`), works out each one's client
-key, class, limits and cost, and asks the store to decide every charge at once, all or nothing
-(`admission.charges`). Its `Outcome` carries the RateLimit fields for the response, and on a
-refusal the `Refusal`: the policy that refused, the decision and the headers of the 429.
+`PolicyLimiter` finds the matching policies (`admission.ratelimit.routes`), works out each
+one's client key, class, limits and cost, and asks the store to decide every charge at once, all
+or nothing (`admission.charges`). Its `Outcome` carries the RateLimit fields for the response,
+and on a refusal the `Refusal`: the policy that refused, the decision and the headers of the
+429.
 
 With the memory store, a request whose policies are all enforced and of a fixed cost is first
 tried in one pass (`MemoryStore.take_all_at`) on data worked out once per policy, class and
@@ -21,14 +22,14 @@ from typing import Any, NamedTuple, cast
 
 from admission.bucket import Decision
 from admission.charges import ENFORCED, Charge, Verdict
-from admission.headers import ratelimit_header, retry_after_seconds
-from admission.keys import XFF, bounded, from_trusted_peer, key_function, single_header
-from admission.policies import Limit, Policy
-from admission.responses import Scope
-from admission.routes import Router
-from admission.settings import Network
+from admission.config.policies import Limit, Policy
+from admission.config.settings import Network
+from admission.ratelimit.fields import ratelimit_header, retry_after_seconds
+from admission.ratelimit.keys import XFF, bounded, from_trusted_peer, key_function, single_header
+from admission.ratelimit.routes import Router
 from admission.stores.guard import StorageDenial
 from admission.stores.memory import BucketSpec, MemoryStore, bucket_spec
+from admission.types import Scope
 
 log = logging.getLogger("admission")
 

@@ -1,14 +1,14 @@
-"""admission.exchange: one admitted request on its way through the application.
+"""admission.request.exchange: one admitted request on its way through the application.
 
 The middleware hands an admitted request to `Exchange.run` once, and the exchange finishes it
-whatever happens: it attaches itself to the scope (for `admission.context`), enters the ledger,
-wraps the request's `receive` and `send` to note when each timeout falls due (the ticker of
-`admission.timeouts` enforces them), adds admission's response headers, watches for the client
-going away, and can abort the application for a `Reason` (a timeout, a disconnect, the drain).
-Aborting cancels the request's task; `run` catches that one cancellation and turns it into the
-reason's answer: 408, 504, 503, a websocket close, or a dropped connection when the response
-had already started. On the way out it closes the request's lifetime, leaves the ledger and
-detaches from the scope.
+whatever happens: it attaches itself to the scope (for `admission.lifecycle.context`), enters
+the ledger, wraps the request's `receive` and `send` to note when each timeout falls due (the
+ticker of `admission.request.timeouts` enforces them), adds admission's response headers,
+watches for the client going away, and can abort the application for a `Reason` (a timeout, a
+disconnect, the drain). Aborting cancels the request's task; `run` catches that one cancellation
+and turns it into the reason's answer: 408, 504, 503, a websocket close, or a dropped connection
+when the response had already started. On the way out it closes the request's lifetime, leaves
+the ledger and detaches from the scope.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
 from typing import Protocol
 
-from admission.context import STATE_KEY
 from admission.ledger import Ledger
+from admission.lifecycle.context import STATE_KEY
 from admission.lifetime import Lifetime
-from admission.metrics import Stats
+from admission.observe.metrics import Stats
 from admission.reasons import (
     DEADLINE,
     DISCONNECT,
@@ -34,15 +34,15 @@ from admission.reasons import (
     WRITE_TIMEOUT,
     Reason,
 )
-from admission.responses import Message, Receive, Scope, Send, send_problem
-from admission.timeouts import DISCONNECT_WATCH_DELAY_S, NEVER, TICK_S, Ticker, Timeouts
-from admission.uvicorn_adapter import abort_connection
+from admission.request.abort import abort_connection
+from admission.request.responses import send_problem
+from admission.request.timeouts import DISCONNECT_WATCH_DELAY_S, NEVER, TICK_S, Ticker, Timeouts
+from admission.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["Exchange", "Shared", "TimedExchange", "Timeouts"]
 
 log = logging.getLogger("admission")
 
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 _HAS_UNCANCEL = sys.version_info >= (3, 11)
 # How long admission's own answer to an abort may take to send, without a write timeout.
@@ -106,11 +106,11 @@ class Exchange:
     is the clock every time of the exchange is read on (the loop's, unless the shared state
     gives one). `begun_at` is the time of admission on `Shared.latency_clock` (perf_counter
     unless the shared state gives a clock), `latency_s` the time from there to the end of the
-    request, once it ended. `deadline` is the loop time at which
-    the handler is cancelled (None: no deadline); `draining()` says whether the service has
-    begun to drain. `lifetime` is created on first use by `admission.context.request_lifetime`
-    and closed when the request ends. Made on the event loop the request runs on, from within
-    its task. An Exchange enforces no timeout: a service with any timeout set gets a
+    request, once it ended. `deadline` is the loop time at which the handler is cancelled (None:
+    no deadline); `draining()` says whether the service has begun to drain. `lifetime` is
+    created on first use by `admission.lifecycle.context.request_lifetime` and closed when the
+    request ends. Made on the event loop the request runs on, from within its task. An Exchange
+    enforces no timeout: a service with any timeout set gets a
     `TimedExchange`, so that one without pays nothing for them.
     """
 

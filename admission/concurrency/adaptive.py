@@ -1,4 +1,4 @@
-"""admission.adaptive: a window size that follows the service's measured capacity.
+"""admission.concurrency.adaptive: a window size that follows the service's measured capacity.
 
 The arithmetic is `next_estimate`, a pure function of the previous estimate, the samples of
 one sampling interval and the time; `AdaptiveLimit` only collects samples (a few additions

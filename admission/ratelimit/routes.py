@@ -1,4 +1,4 @@
-"""admission.routes: which policies a request matches, found through an index, not a scan.
+"""admission.ratelimit.routes: which policies a request matches, found through an index, not a scan.
 
 Patterns are "[METHOD ]PATH". Literal paths are dictionary keys; prefixes ("/api/*") are
 looked up by the request path cut at each distinct prefix length; templates ("/users/{id}")
@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from typing import Generic, TypeVar
 
-from admission.policies import split_pattern
+from admission.config.policies import split_pattern
 
 T = TypeVar("T")
 ANY = ""

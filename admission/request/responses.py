@@ -1,19 +1,15 @@
-"""admission.responses: what the middleware itself answers, written straight to ASGI `send`."""
+"""admission.request.responses: what the middleware itself answers, written straight to ASGI
+`send`."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any
 
 from admission.reasons import Reason
-
-Message = MutableMapping[str, Any]
-Scope = MutableMapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
-Receive = Callable[[], Awaitable[Message]]
-RawHeaders = list[tuple[bytes, bytes]]
+from admission.types import Message, Receive, Send
 
 
 def problem_body(

@@ -1,4 +1,4 @@
-"""admission.policies: route policies, their validation and the TOML file that holds them.
+"""admission.config.policies: route policies, their validation and the TOML file that holds them.
 
 A policy says which requests it covers (`match`), how many of them a client may make (one or
 more `limits`, every one of which must admit), who the client is (`key`), and optionally a
@@ -21,9 +21,9 @@ from typing import Any, NoReturn
 import limits
 
 from admission.bucket import Bucket
+from admission.config.parsers import MAX_RATE_AMOUNT, Invalid, Rate
 from admission.errors import PolicyError
-from admission.parsers import MAX_RATE_AMOUNT, Invalid, Rate
-from admission.responses import Scope
+from admission.types import Scope
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -1,0 +1,1 @@
+"""admission.concurrency: the concurrency window, priority classes, the adaptive window."""

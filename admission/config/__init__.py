@@ -1,0 +1,1 @@
+"""admission.config: configuration: the settings table, its parsers and rules, route policies."""

@@ -1,0 +1,1 @@
+"""admission.lifecycle: the service's life: lifespan, drain, signals, lifetimes."""

@@ -1,0 +1,1 @@
+"""admission.observe: what admission shows: metrics and its own endpoints."""

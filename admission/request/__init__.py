@@ -1,0 +1,1 @@
+"""admission.request: one admitted request: its exchange with the app, timeouts, body, responses."""
