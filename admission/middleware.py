@@ -20,7 +20,7 @@ from admission.lifecycle.drain import Drain
 from admission.lifecycle.lifespan import Lifespan
 from admission.lifecycle.shutdown import SignalDrain
 from admission.observe.endpoints import METHODS, Endpoints
-from admission.observe.metrics import AdmissionCollector, Stats
+from admission.observe.metrics import AdmissionCollector
 from admission.ratelimit.gate import rate_gate
 from admission.ratelimit.limiter import REFUSAL_STATE_KEY, Refusal
 from admission.ratelimit.routes import under_prefix
@@ -29,6 +29,7 @@ from admission.request.abort import abort_connection
 from admission.request.body import buffer_body
 from admission.request.exchange import Exchange, Shared, TimedExchange, Timeouts
 from admission.request.responses import refuse_websocket, send_problem
+from admission.stats import Stats
 from admission.stores import GuardedStore, Store, open_store
 from admission.types import ASGIApp, Receive, Scope, Send
 

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from admission import reasons
-from admission.observe.metrics import Stats
 from admission.reasons import Reason
 from admission.request.responses import problem_body
+from admission.stats import Stats
 
 
 def test_every_reason_has_a_unique_label_and_a_metric_counter() -> None:

@@ -25,7 +25,6 @@ from typing import Protocol
 from admission.ledger import Ledger
 from admission.lifecycle.context import STATE_KEY
 from admission.lifetime import Lifetime
-from admission.observe.metrics import Stats
 from admission.reasons import (
     DEADLINE,
     DISCONNECT,
@@ -37,6 +36,7 @@ from admission.reasons import (
 from admission.request.abort import abort_connection
 from admission.request.responses import send_problem
 from admission.request.timeouts import DISCONNECT_WATCH_DELAY_S, NEVER, TICK_S, Ticker, Timeouts
+from admission.stats import Stats
 from admission.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["Exchange", "Shared", "TimedExchange", "Timeouts"]
