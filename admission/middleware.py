@@ -9,9 +9,7 @@ from collections.abc import Sequence
 from prometheus_client import CollectorRegistry
 
 from admission import reasons
-from admission.concurrency.adaptive import AdaptiveLimit, LimitParams
-from admission.concurrency.priority import priority_from
-from admission.concurrency.window import DEFAULT, Window
+from admission.concurrency.gate import DEFAULT, Concurrency
 from admission.config.settings import Settings, announce
 from admission.errors import ConfigError
 from admission.ledger import Ledger
@@ -21,11 +19,8 @@ from admission.lifecycle.lifespan import Lifespan
 from admission.lifecycle.shutdown import SignalDrain
 from admission.observe.endpoints import METHODS, Endpoints
 from admission.observe.metrics import AdmissionCollector
-from admission.ratelimit.gate import rate_gate
-from admission.ratelimit.limiter import REFUSAL_STATE_KEY, Refusal
-from admission.ratelimit.routes import under_prefix
+from admission.ratelimit.gate import REFUSAL_STATE_KEY, Refusal, rate_gate
 from admission.reasons import Reason
-from admission.request.abort import abort_connection
 from admission.request.body import buffer_body
 from admission.request.exchange import Exchange, Shared, TimedExchange, Timeouts
 from admission.request.responses import refuse_websocket, send_problem
@@ -33,7 +28,7 @@ from admission.stats import Stats
 from admission.stores import GuardedStore, Store, open_store
 from admission.types import ASGIApp, Receive, Scope, Send
 
-__all__ = ["AdmissionMiddleware", "abort_connection"]
+__all__ = ["AdmissionMiddleware"]
 
 log = logging.getLogger("admission")
 
@@ -85,28 +80,15 @@ class AdmissionMiddleware:
         # ADMISSION_HEADERS: which responses carry the RateLimit fields.
         self._fields_on_admitted = s.headers == "all"
         self._fields_on_refusals = s.headers != "off"
-        self._priority = priority_from(s.priority, s.trusted_networks)
-        # Without a priority source every request is `default`: nothing to keep slots for.
-        shed_at = s.shed_fractions if self._priority is not None else {}
-        lifo = s.queue_order == "lifo"
-        self.adaptive: AdaptiveLimit | None = None
-        self.window: Window | None = None
-        if s.window == "auto":
-            low, high = s.window_bounds
-            params = LimitParams(minimum=low, maximum=high)
-            self.window = Window(
-                params.start, max_waiters=s.waiters_cap, shed_at=shed_at, lifo=lifo
-            )
-            self.adaptive = AdaptiveLimit(params, self.window.resize)
-        elif s.window is not None:
-            self.window = Window(s.window, max_waiters=s.waiters_cap, shed_at=shed_at, lifo=lifo)
-        ws_size = s.websocket_window or (s.window_bounds[1] if s.window == "auto" else s.window)
-        self.websocket_window = Window(ws_size, max_waiters=0) if ws_size else None
-        self._window_full = reasons.WINDOW.with_status(s.window_status)
-        self._shed = reasons.SHED.with_status(s.window_status)
+        self.stats = Stats()
+        self.concurrency = c = Concurrency(s, self.stats)
+        # Read on every request: attributes of the middleware, one lookup each.
+        self.window = c.http
+        self.websocket_window = c.websocket
+        self.adaptive = c.adaptive
+        self._priority = c.priority
         self.timeouts = Timeouts(s.read_timeout, s.idle_timeout, s.write_timeout, s.request_timeout)
         self.ledger = Ledger()
-        self.stats = Stats()
         self.drain_state = Drain(
             self.ledger,
             self.lifetime,
@@ -118,15 +100,13 @@ class AdmissionMiddleware:
         self._exchange = TimedExchange if self.timeouts.enabled else Exchange
         self.shared = Shared(self.timeouts, self.drain_state, ledger=self.ledger, stats=self.stats)
         self._buffer_body = s.buffer_body
-        self._exempt = tuple(s.exempt)
-        windows = {
-            k: w for k, w in (("http", self.window), ("websocket", self.websocket_window)) if w
-        }
+        self._exempt = bool(s.exempt)
+        self._exempts = s.exempts
         guard = self.store if isinstance(self.store, GuardedStore) else None
         self.collector = AdmissionCollector(
             self.stats,
             self.ledger,
-            windows,
+            c.windows(),
             self.drain_state.draining,
             storage_errors=(lambda: guard.errors) if guard is not None else (lambda: 0),
             policies=self.gate,
@@ -168,7 +148,7 @@ class AdmissionMiddleware:
         if path in self._endpoint_paths and not websocket and scope["method"] in METHODS:
             await self.endpoints.answer(path, send, scope["method"])
             return
-        if self._exempt and path.startswith(self._exempt) and under_prefix(path, self._exempt):
+        if self._exempt and self._exempts(path):
             await self.app(scope, receive, send)
             return
         drain = self.drain_state
@@ -198,7 +178,8 @@ class AdmissionMiddleware:
             if not window.try_take(priority) and not await window.take(
                 self.settings.queue_timeout, priority
             ):
-                await self._refuse(scope, receive, send, self._refusal(window, priority))
+                reason = self.concurrency.refusal(window, priority)
+                await self._refuse(scope, receive, send, reason)
                 return
         try:
             extra: Sequence[tuple[bytes, bytes]] = ()
@@ -223,32 +204,10 @@ class AdmissionMiddleware:
             await exchange.run(self.app)
             if self.adaptive is not None and not websocket:
                 # Only what returned: a failure or an outside cancellation says nothing.
-                self._sample(exchange)
+                self.concurrency.sample(exchange)
         finally:
             if window is not None:
                 window.give()
-
-    def _refusal(self, window: Window, priority: int) -> Reason:
-        """_refusal is why a request of `priority` got no slot: shed, when the window still had
-        room that its class may not use; the window's being full otherwise."""
-        if window.used < window.size and window.limits[priority] < window.size:
-            self.stats.shed[priority] += 1
-            return self._shed
-        return self._window_full
-
-    def _sample(self, exchange: Exchange) -> None:
-        """_sample gives the adaptive window what an admitted request says about capacity: its
-        latency if it completed, a drop if it hit its deadline, nothing if the client went away
-        or admission cut it short for another reason (a slow client, the drain)."""
-        assert self.adaptive is not None
-        # The exchange's own clock, which the adaptive window's intervals are counted on.
-        now = exchange.clock()
-        reason = exchange.reason
-        if reason is None:
-            if not exchange.disconnected:
-                self.adaptive.record(exchange.latency_s, now)
-        elif reason is reasons.DEADLINE:
-            self.adaptive.drop(now)
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
         """_other handles what is not an admitted request: a refusal to start on bad settings,

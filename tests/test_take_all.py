@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from admission.bucket import Bucket, Decision
 from admission.charges import Charge
 from admission.config.policies import Policy, generation_bucket
-from admission.ratelimit.limiter import ADMIT_PLAIN, Outcome, PolicyLimiter
+from admission.ratelimit.limiter import ADMIT_PLAIN, PolicyLimiter
+from admission.ratelimit.outcome import Outcome
 from admission.stores.memory import MemoryStore, bucket_spec
 
 

@@ -174,3 +174,15 @@ class Rate(Parser):
         if item.get_expiry() > MAX_RATE_PERIOD_S:
             raise Invalid("the period must be at most a year")
         return rate
+
+
+def under_prefix(path: str, prefixes: tuple[str, ...]) -> bool:
+    """under_prefix: is `path` one of `prefixes` or below one, by whole segments? `/health`
+    covers `/health` and `/health/live`, not `/healthcare`; a prefix ending in "/" covers
+    what follows it."""
+    for prefix in prefixes:
+        if path.startswith(prefix) and (
+            len(path) == len(prefix) or prefix[-1] == "/" or path[len(prefix)] == "/"
+        ):
+            return True
+    return False

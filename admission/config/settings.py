@@ -19,7 +19,7 @@ import os
 import re
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import limits
 
@@ -35,6 +35,7 @@ from admission.config.parsers import (
     Whole,
     fmt,
     is_unset,
+    under_prefix,
 )
 from admission.config.policies import Policy, check_policies, load_policies
 from admission.errors import ConfigError, PolicyError, Problem, as_text, quote
@@ -629,6 +630,12 @@ class Settings:
     def capacity(self) -> int:
         """capacity is the bucket size: `burst`, else the rate's amount; 0 without a rate."""
         return self._capacity  # type: ignore[no-any-return,attr-defined]
+
+    def exempts(self, path: str) -> bool:
+        """exempts: is `path` under `ADMISSION_EXEMPT`, by whole segments (`under_prefix`)?"""
+        # Parsed: always a tuple once constructed.
+        prefixes = cast(tuple[str, ...], self.exempt)
+        return bool(prefixes) and path.startswith(prefixes) and under_prefix(path, prefixes)
 
     def client_chosen(self) -> list[tuple[str, str]]:
         """client_chosen lists the headers that pick a request's priority or client class,

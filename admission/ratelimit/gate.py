@@ -19,12 +19,22 @@ from admission.config.policies import DEFAULT, Policy
 from admission.config.settings import Network, PolicySet, Settings
 from admission.ratelimit.fields import policy_header, ratelimit_header, retry_after_seconds
 from admission.ratelimit.keys import key_function
-from admission.ratelimit.limiter import Outcome, PolicyLimiter, RawHeaders, Refusal
+from admission.ratelimit.limiter import PolicyLimiter
+from admission.ratelimit.outcome import REFUSAL_STATE_KEY, Outcome, RawHeaders, Refusal
 from admission.stores import MemoryStore, Store
 from admission.stores.guard import StorageDenial
 from admission.types import Scope
 
-__all__ = ["RateGate", "SingleRate", "default_policy", "rate_gate", "resolved_policies"]
+__all__ = [
+    "REFUSAL_STATE_KEY",
+    "Outcome",
+    "RateGate",
+    "Refusal",
+    "SingleRate",
+    "default_policy",
+    "rate_gate",
+    "resolved_policies",
+]
 
 # Named tuples built directly, skipping their Python-level __new__ (as in admission.bucket).
 _new_tuple = tuple.__new__

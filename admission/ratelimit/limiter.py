@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple, cast
+from typing import cast
 
 from admission.bucket import Decision
 from admission.charges import ENFORCED, Charge, Verdict
@@ -26,6 +26,7 @@ from admission.config.policies import Limit, Policy
 from admission.config.settings import Network
 from admission.ratelimit.fields import ratelimit_header, retry_after_seconds
 from admission.ratelimit.keys import XFF, bounded, from_trusted_peer, key_function, single_header
+from admission.ratelimit.outcome import Outcome, RawHeaders, Refusal
 from admission.ratelimit.routes import Router
 from admission.stores.guard import StorageDenial
 from admission.stores.memory import BucketSpec, MemoryStore, bucket_spec
@@ -33,44 +34,8 @@ from admission.types import Scope
 
 log = logging.getLogger("admission")
 
-RawHeaders = list[tuple[bytes, bytes]]
-REFUSAL_STATE_KEY = "admission_refusal"
 # Shadow refusals of one policy are logged at most this often.
 SHADOW_LOG_INTERVAL_S = 60.0
-
-
-class Refusal(NamedTuple):
-    """Refusal is why admission turned a request down, as the `on_refuse` app sees it.
-
-    `reason`: "rate" (the metric label and problem `reason`). `status`: 429. `policy`: the name
-    of the policy that refused. `decision`: the refusing limit's decision. `headers`: the
-    Retry-After and RateLimit fields the default answer carries.
-    """
-
-    reason: str
-    status: int
-    policy: str
-    decision: Decision
-    headers: RawHeaders
-
-
-def refusal(request: Any) -> Refusal | None:
-    """refusal is the Refusal an `on_refuse` app is answering for: pass it the ASGI scope or
-    anything with a `.scope` (Starlette's Request and WebSocket); None elsewhere."""
-    scope = request if isinstance(request, dict) else getattr(request, "scope", {})
-    state = scope.get("state") or {}
-    found = state.get(REFUSAL_STATE_KEY)
-    return found if isinstance(found, Refusal) else None
-
-
-class Outcome(NamedTuple):
-    """Outcome is a request's answer from the policies: `refusal` is None when admitted;
-    `headers` are the RateLimit fields for an admitted response."""
-
-    refusal: Refusal | None
-    headers: RawHeaders
-
-
 ADMIT_PLAIN = Outcome(None, [])
 _FIELD_CACHE_MAX = 4096
 # Named tuples built directly, skipping their Python-level __new__ (as in admission.bucket).

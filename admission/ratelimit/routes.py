@@ -130,15 +130,3 @@ def _expanded(patterns: Sequence[str]) -> list[tuple[str, str]]:
         if method == "GET":
             out.append(("HEAD", path))
     return out
-
-
-def under_prefix(path: str, prefixes: tuple[str, ...]) -> bool:
-    """under_prefix: is `path` one of `prefixes` or below one, by whole segments? `/health`
-    covers `/health` and `/health/live`, not `/healthcare`; a prefix ending in "/" covers
-    what follows it."""
-    for prefix in prefixes:
-        if path.startswith(prefix) and (
-            len(path) == len(prefix) or prefix[-1] == "/" or path[len(prefix)] == "/"
-        ):
-            return True
-    return False

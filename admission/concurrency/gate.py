@@ -1,0 +1,96 @@
+"""admission.concurrency.gate: the concurrency gate, every window a request may need a slot
+of, built from the settings: the HTTP window (fixed, or sized by the adaptive window), the
+websocket window, the priority source that ranks requests for the HTTP window's slots, and
+why a request that got no slot was refused.
+
+The middleware takes and gives slots itself (`Window.try_take`, `take`, `give`): the hot path
+stays two calls on the window, with nothing between (see docs/performance.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from admission import reasons
+from admission.concurrency.adaptive import AdaptiveLimit, LimitParams
+from admission.concurrency.priority import priority_from
+from admission.concurrency.window import DEFAULT, Window
+from admission.config.settings import Settings
+from admission.reasons import Reason
+from admission.stats import Stats
+from admission.types import Scope
+
+__all__ = ["DEFAULT", "Concurrency", "Sample"]
+
+
+class Sample(Protocol):
+    """Sample is what the adaptive window reads of a finished exchange (see
+    `admission.request.exchange.Exchange`)."""
+
+    reason: Reason | None
+    disconnected: bool
+    latency_s: float
+    clock: Callable[[], float]
+
+
+class Concurrency:
+    """Concurrency is the windows of `settings`, counting sheds in `stats`.
+
+    `http`: the HTTP window, None without `ADMISSION_WINDOW`. `websocket`: the websocket
+    window, None without either window setting. `adaptive`: what sizes `http` under
+    `ADMISSION_WINDOW=auto`, else None. `priority`: reads a request's class, None when every
+    request is `default` (no `ADMISSION_PRIORITY`).
+    """
+
+    def __init__(self, settings: Settings, stats: Stats) -> None:
+        s = settings
+        self.stats = stats
+        self.priority: Callable[[Scope], int] | None = priority_from(s.priority, s.trusted_networks)
+        # Without a priority source every request is `default`: nothing to keep slots for.
+        shed_at = s.shed_fractions if self.priority is not None else {}
+        lifo = s.queue_order == "lifo"
+        self.adaptive: AdaptiveLimit | None = None
+        self.http: Window | None = None
+        if s.window == "auto":
+            low, high = s.window_bounds
+            params = LimitParams(minimum=low, maximum=high)
+            self.http = Window(params.start, max_waiters=s.waiters_cap, shed_at=shed_at, lifo=lifo)
+            self.adaptive = AdaptiveLimit(params, self.http.resize)
+        elif s.window is not None:
+            self.http = Window(s.window, max_waiters=s.waiters_cap, shed_at=shed_at, lifo=lifo)
+        ws_size = s.websocket_window or (s.window_bounds[1] if s.window == "auto" else s.window)
+        self.websocket = Window(ws_size, max_waiters=0) if ws_size else None
+        self.queue_timeout_s = s.queue_timeout
+        self._full = reasons.WINDOW.with_status(s.window_status)
+        self._shed = reasons.SHED.with_status(s.window_status)
+
+    def windows(self) -> dict[str, Window]:
+        """windows is every window there is, by kind ("http", "websocket"), for the metrics."""
+        found = (("http", self.http), ("websocket", self.websocket))
+        return {kind: window for kind, window in found if window is not None}
+
+    def refusal(self, window: Window, priority: int) -> Reason:
+        """refusal is why a request of `priority` got no slot of `window`: shed (counted), when
+        the window still had room that its class may not use; the window's being full
+        otherwise."""
+        if window.used < window.size and window.limits[priority] < window.size:
+            self.stats.shed[priority] += 1
+            return self._shed
+        return self._full
+
+    def sample(self, exchange: Sample) -> None:
+        """sample gives the adaptive window what an admitted request says about capacity: its
+        latency if it completed, a drop if it hit its deadline, nothing if the client went away
+        or admission cut it short for another reason (a slow client, the drain)."""
+        adaptive = self.adaptive
+        if adaptive is None:
+            return
+        # The exchange's own clock, which the adaptive window's intervals are counted on.
+        now = exchange.clock()
+        reason = exchange.reason
+        if reason is None:
+            if not exchange.disconnected:
+                adaptive.record(exchange.latency_s, now)
+        elif reason is reasons.DEADLINE:
+            adaptive.drop(now)
