@@ -103,6 +103,7 @@ class AdmissionMiddleware:
         self._exempt = bool(s.exempt)
         self._exempts = s.exempts
         guard = self.store if isinstance(self.store, GuardedStore) else None
+        degraded = (lambda: guard.degraded) if guard is not None else (lambda: False)
         self.collector = AdmissionCollector(
             self.stats,
             self.ledger,
@@ -123,7 +124,7 @@ class AdmissionMiddleware:
             self.drain_state,
             self.ledger,
             self.window,
-            self.store,
+            degraded,
             self.collector,
             paths={path: kind for kind, path in endpoints if path is not None},
             registry=metrics_registry,

@@ -324,6 +324,7 @@ async def test_the_auto_window_shrinks_when_latency_climbs() -> None:
     # test_adaptive.py; here the wiring from the request path to the window's size is.
     params = LimitParams(minimum=1, maximum=100, initial=10, interval_s=0.0, min_samples=1)
     service.middleware.adaptive = adaptive = AdaptiveLimit(params, window.resize)
+    service.middleware.concurrency.adaptive = adaptive
     adaptive.estimate = dataclasses.replace(adaptive.estimate, slow_start=False)
     app = service.app
     async with service.client() as client:

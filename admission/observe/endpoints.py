@@ -4,7 +4,7 @@ counted. Any other method on those paths, and any path switched off, goes to the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -13,7 +13,6 @@ from admission.ledger import Ledger
 from admission.lifecycle.drain import Drain
 from admission.observe.metrics import AdmissionCollector, render
 from admission.request.responses import send_bytes, send_json
-from admission.stores import GuardedStore, Store
 from admission.types import Message, Send
 
 METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
@@ -23,16 +22,17 @@ METHODS = frozenset(("GET", "HEAD"))
 class Endpoints:
     """Endpoints answers admission's own paths: `paths` maps each path to "health" (200 while
     the process is up), "ready" (200 until the drain begins and 503 from then on, with the
-    phase, the requests in flight, the window's size and whether the store is degraded) or
-    "metrics" (the Prometheus text of `registry` when given, the application's metrics with
-    admission's, else of `collector` alone). A HEAD request gets the same head, no body."""
+    phase, the requests in flight, the window's size and whether the store is `degraded()`,
+    failing behind its guard) or "metrics" (the Prometheus text of `registry` when given, the
+    application's metrics with admission's, else of `collector` alone). A HEAD request gets the
+    same head, no body."""
 
     def __init__(
         self,
         drain: Drain,
         ledger: Ledger,
         window: Window | None,
-        store: Store | None,
+        degraded: Callable[[], bool],
         collector: AdmissionCollector,
         *,
         paths: Mapping[str, str] | None = None,
@@ -41,7 +41,7 @@ class Endpoints:
         self.drain = drain
         self.ledger = ledger
         self.window = window
-        self.store = store
+        self.degraded = degraded
         self.collector = collector
         self.registry = registry
         self.paths: Mapping[str, str] = (
@@ -63,7 +63,7 @@ class Endpoints:
             await send_json(send, 200, {"status": "ok"})
         elif kind == "ready":
             ready = self.drain.ready
-            degraded = isinstance(self.store, GuardedStore) and self.store.degraded
+            degraded = self.degraded()
             await send_json(
                 send,
                 200 if ready else 503,

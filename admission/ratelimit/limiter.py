@@ -28,7 +28,8 @@ from admission.ratelimit.fields import ratelimit_header, retry_after_seconds
 from admission.ratelimit.keys import XFF, bounded, from_trusted_peer, key_function, single_header
 from admission.ratelimit.outcome import Outcome, RawHeaders, Refusal
 from admission.ratelimit.routes import Router
-from admission.stores.guard import StorageDenial
+from admission.stores.base import ChargesStore, Store
+from admission.stores.guard import GuardedStore, StorageDenial
 from admission.stores.memory import BucketSpec, MemoryStore, bucket_spec
 from admission.types import Scope
 
@@ -168,22 +169,26 @@ class PolicyLimiter:
     def __init__(
         self,
         policies: Sequence[Policy],
-        store: object,
+        store: Store,
         *,
         trusted: Sequence[Network] = (),
         forwarded_header: str = XFF,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.policies = tuple(policies)
-        self.store = store
-        inner = getattr(store, "store", store)  # behind a GuardedStore
-        if not _is_memory(store) and not callable(getattr(inner, "decide_charges", None)):
+        inner = store.store if isinstance(store, GuardedStore) else store
+        if not isinstance(inner, ChargesStore):
             raise TypeError(
                 f"route policies need a store that decides several buckets at once "
                 f"(decide_charges); {type(inner).__name__} does not"
             )
+        self.store: ChargesStore = cast(ChargesStore, store)
         # The memory store's own clock, so that its buckets and the shadow log agree.
-        self.clock: Callable[[], float] = clock or getattr(store, "clock", None) or time.monotonic
+        # The memory store decides synchronously (`decide_now`); its subclasses keep `decide`.
+        memory = store if type(store) is MemoryStore else None
+        self.clock: Callable[[], float] = clock or (
+            memory.clock if memory is not None else time.monotonic
+        )
         compiled = []
         shadow = 0
         # Policies keyed alike share one key function: a request computes its key once for
@@ -199,8 +204,8 @@ class PolicyLimiter:
                 key = keys[policy.key] = _key_function(policy.key, trusted, forwarded_header)
             compiled.append(_Compiled(policy, group, key, trusted))
         self._router: Router[_Compiled] = Router([(c, c.policy.match) for c in compiled])
-        self._sync = getattr(store, "decide_charges_at", None) if _is_memory(store) else None
-        self._take = cast(MemoryStore, store).take_all_at if _is_memory(store) else _no_take
+        self._sync = memory.decide_charges_at if memory is not None else None
+        self._take = memory.take_all_at if memory is not None else _no_take
         self.synchronous = self._sync is not None
         if self.synchronous:
             for c in compiled:
@@ -241,7 +246,7 @@ class PolicyLimiter:
         charges, applied = self.charges(scope)
         if not charges:
             return ADMIT_PLAIN
-        verdict: Verdict = await self.store.decide_charges(charges)  # type: ignore[attr-defined]
+        verdict = await self.store.decide_charges(charges)
         return self.outcome(applied, verdict)
 
     def decide_now(self, scope: Scope) -> Outcome:
@@ -461,7 +466,3 @@ def _checked_cost(policy: _Compiled, scope: Scope) -> int:
 def _no_take(runs: Runs, now: float) -> None:
     """_no_take stands for `MemoryStore.take_all_at` with any other store (never called)."""
     raise TypeError("only a memory store decides requests synchronously")
-
-
-def _is_memory(store: object) -> bool:
-    return type(store) is MemoryStore

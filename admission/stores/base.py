@@ -1,10 +1,19 @@
-"""admission.stores.base: the protocol every store implements."""
+"""admission.stores.base: what a store can do, as typed capabilities.
+
+Every store is a `Store`. One that decides all of a request's charges at once is also a
+`ChargesStore` (route policies need one); the memory store is a `SyncStore` too, deciding
+without a coroutine. Callers find out which once, when they are built, never per request.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar, runtime_checkable
 
 from admission.bucket import Decision
+from admission.charges import Charge, Verdict
+
+T = TypeVar("T")
 
 
 class Store(Protocol):
@@ -20,3 +29,22 @@ class Store(Protocol):
     async def check(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ChargesStore(Store, Protocol):
+    """ChargesStore is a store that decides a request's charges, each in its own bucket, all
+    or nothing, in one call (`admission.charges`)."""
+
+    async def decide_charges(self, charges: Sequence[Charge]) -> Verdict: ...
+
+
+class SyncStore(ChargesStore, Protocol):
+    """SyncStore is a store that decides at a given `now` without awaiting, on its own
+    `clock`: the memory store."""
+
+    clock: Callable[[], float]
+
+    def decide_at(self, key: str, now: float, cost: int = 1) -> Decision: ...
+
+    def decide_charges_at(self, charges: Sequence[Charge], now: float) -> Verdict: ...

@@ -6,12 +6,12 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Literal
+from typing import Literal, cast
 
 from admission.bucket import Bucket, Decision
 from admission.charges import ENFORCED, Charge, Verdict
 from admission.errors import StorageError
-from admission.stores.base import Store
+from admission.stores.base import ChargesStore, Store
 from admission.stores.memory import MemoryStore
 
 log = logging.getLogger("admission.store")
@@ -85,7 +85,8 @@ class GuardedStore:
         now = self._clock()
         if now >= self._retry_at:
             try:
-                verdict: Verdict = await self.store.decide_charges(charges)  # type: ignore[attr-defined]
+                # Only a ChargesStore is ever asked (PolicyLimiter checks when it is built).
+                verdict = await cast(ChargesStore, self.store).decide_charges(charges)
             except StorageError as exc:
                 self._outage(exc)
             else:
