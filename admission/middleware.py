@@ -10,7 +10,8 @@ from prometheus_client import CollectorRegistry
 
 from admission import reasons
 from admission.concurrency.gate import DEFAULT, Concurrency
-from admission.config.settings import Settings, announce
+from admission.config.report import announce
+from admission.config.settings import Settings
 from admission.errors import ConfigError
 from admission.ledger import Ledger
 from admission.lifecycle import context

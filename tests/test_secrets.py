@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from admission.config.settings import Settings, redact_uri
+from admission.config.settings import Settings
+from admission.config.storage import redact_uri
 from admission.errors import ConfigError
 from tests.support import REPO
 

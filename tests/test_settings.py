@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from admission.config.settings import ACCEPTED, Settings, redact_uri
+from admission.config.settings import ACCEPTED, Settings
+from admission.config.storage import redact_uri
 from admission.errors import ConfigError
 from admission.stores import open_store
 from tests.settings_values import GARBAGE, NEEDS
@@ -580,7 +581,7 @@ def test_adding_a_setting_is_one_entry() -> None:
 
 
 def test_the_documented_ranges_are_the_ones_enforced() -> None:
-    from admission.config.settings import accepted_markdown
+    from admission.config.report import accepted_markdown
     from tests.support import REPO
 
     text = (REPO / "docs" / "configuration.md").read_text()
@@ -625,7 +626,7 @@ def test_announce_logs_the_summary_and_warns_once_when_code_overrides_the_enviro
 ) -> None:
     import logging
 
-    from admission.config.settings import announce
+    from admission.config.report import announce
 
     monkeypatch.setenv("ADMISSION_WINDOW", "8")
     log = logging.getLogger("admission.test.announce")

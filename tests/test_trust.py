@@ -264,7 +264,7 @@ async def _concurrent(app: AdmissionMiddleware, scopes: list[dict[str, object]])
 def test_start_up_says_once_that_clients_choose_their_class_and_priority(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    from admission.config.settings import announce
+    from admission.config.report import announce
 
     settings = Settings(window=4, priority="header:X-Priority", policies=(PLANS,))
     log = logging.getLogger("admission.test")

@@ -20,7 +20,7 @@ from admission.bench import process
 from admission.bench.loadgen import LoadResult, load
 from admission.bench.process import LOOPBACK, free_port, http_get
 from admission.bench.recommend import Row, percentile
-from admission.config.settings import redact_uri
+from admission.config.storage import redact_uri
 from admission.errors import quote
 
 #: How long a served target may take to answer its health check before the bench gives up.

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from admission.concurrency.window import CLASSES, DEFAULT
-from admission.config.settings import Network
+from admission.config.fields import Network
 from admission.ratelimit.keys import from_trusted_peer, single_header
 from admission.types import Scope
 

@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from admission.bucket import Decision
+from admission.config.fields import Network, PolicySet
 from admission.config.policies import DEFAULT, Policy
-from admission.config.settings import Network, PolicySet, Settings
+from admission.config.settings import Settings
 from admission.ratelimit.fields import policy_header, ratelimit_header, retry_after_seconds
 from admission.ratelimit.keys import key_function
 from admission.ratelimit.limiter import PolicyLimiter

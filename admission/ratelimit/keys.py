@@ -13,7 +13,8 @@ import hashlib
 import ipaddress
 from collections.abc import Callable, Sequence
 
-from admission.config.settings import Network, Settings
+from admission.config.fields import Network
+from admission.config.settings import Settings
 from admission.types import Scope
 
 KeyFunc = Callable[[Scope], str]

@@ -22,8 +22,8 @@ from typing import cast
 
 from admission.bucket import Decision
 from admission.charges import ENFORCED, Charge, Verdict
+from admission.config.fields import Network
 from admission.config.policies import Limit, Policy
-from admission.config.settings import Network
 from admission.ratelimit.fields import ratelimit_header, retry_after_seconds
 from admission.ratelimit.keys import XFF, bounded, from_trusted_peer, key_function, single_header
 from admission.ratelimit.outcome import Outcome, RawHeaders, Refusal

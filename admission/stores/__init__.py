@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from admission.bucket import Bucket
+from admission.config.fields import PolicySet
 from admission.config.policies import generation_bucket
-from admission.config.settings import PolicySet, Settings
+from admission.config.settings import Settings
 from admission.stores.base import Store
 from admission.stores.guard import GuardedStore
 from admission.stores.memory import MemoryStore
