@@ -98,7 +98,7 @@ DRAIN_DEADLINE = Reason(
     "The service shut down before the request completed.",
     (CLOSE, RETRY_1),
 )
-# Answered by `admission serve`'s server (admission.server.uvicorn) before any application,
+# Answered by `admission serve`'s server (admission.server.protocol) before any application,
 # the middleware included, sees the request: not in the middleware's metrics.
 HEADER_TIMEOUT = Reason(
     "header_timeout", 408, 1011, "The request head did not arrive in time.", (CLOSE,)

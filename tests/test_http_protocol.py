@@ -8,7 +8,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from admission.config.settings import Settings
-from admission.server.uvicorn import AdmissionConfig, HttpProtocol, ServerLimits
+from admission.server.protocol import HttpProtocol, ServerLimits
+from admission.server.uvicorn import AdmissionConfig
 
 
 def test_the_protocol_adds_nothing_to_uvicorns_instance_dict() -> None:

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from admission.server.uvicorn import refuse_new_connections, stop_listening
+from admission.server.listener import refuse_new_connections, stop_listening
 
 
 def test_a_refusing_socket_completes_no_new_handshake_but_keeps_the_queued_ones() -> None:

@@ -12,13 +12,9 @@ from uvicorn.importer import import_from_string
 
 from admission.config.settings import Settings
 from admission.middleware import AdmissionMiddleware
-from admission.server.uvicorn import (
-    SERVER_GRACE_MARGIN_S,
-    AdmissionConfig,
-    HttpProtocol,
-    ServerLimits,
-    run,
-)
+from admission.server.protocol import HttpProtocol, ServerLimits
+from admission.server.supervisor import Supervisor
+from admission.server.uvicorn import SERVER_GRACE_MARGIN_S, AdmissionConfig, AdmissionServer
 
 DEMO = "admission.demo:app"
 # Carries the target to worker processes, which import the app factory by name.
@@ -109,3 +105,14 @@ def server_config(
         limits=ServerLimits.from_settings(settings),
         **keep_alive,
     )
+
+
+def run(config: AdmissionConfig) -> int:
+    """run serves `config` (in this process, or under a `Supervisor` with more than one
+    worker) until it is stopped; returns the exit status (0, or 3 when it failed to start).
+    A single process that fails to start exits with 3 itself, as uvicorn does."""
+    if config.workers > 1:
+        sock = config.bind_socket()
+        return Supervisor(config, [sock]).run()
+    AdmissionServer(config).run()
+    return 0
