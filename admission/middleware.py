@@ -101,6 +101,7 @@ class AdmissionMiddleware:
         self._exchange = TimedExchange if self.timeouts.enabled else Exchange
         self.shared = Shared(self.timeouts, self.drain_state, ledger=self.ledger, stats=self.stats)
         self._buffer_body = s.buffer_body
+        self._queue_s = s.queue_timeout
         self._exempt = bool(s.exempt)
         self._exempts = s.exempts
         guard = self.store if isinstance(self.store, GuardedStore) else None
@@ -143,65 +144,41 @@ class AdmissionMiddleware:
         request. Lifespan and other scope types go to `_other`."""
         kind = scope["type"]
         if kind not in ADMITTED or not self._serving:
-            await self._other(scope, receive, send)
-            return
+            return await self._other(scope, receive, send)
         path = scope["path"]
         websocket = kind == "websocket"
         if path in self._endpoint_paths and not websocket and scope["method"] in METHODS:
-            await self.endpoints.answer(path, send, scope["method"])
-            return
+            return await self.endpoints.answer(path, send, scope["method"])
         if self._exempt and self._exempts(path):
-            await self.app(scope, receive, send)
-            return
+            return await self.app(scope, receive, send)
         drain = self.drain_state
         if not drain.accepting:
-            await self._refuse(scope, receive, send, reasons.DRAINING)
-            return
+            return await self._refuse(scope, receive, send, reasons.DRAINING)
         if self._buffer_body is not None and not websocket:
             # The body first, holding nothing: a slow one must not keep a slot from others.
-            read = await buffer_body(
-                scope,
-                receive,
-                self._buffer_body,
-                timeout_s=self.timeouts.read_s,
-                idle_s=self.timeouts.idle_s,
-                stop=drain.when_refusing,
-            )
-            if isinstance(read, Reason):
-                if read.status is None:
-                    self.stats.reject(read)
-                else:
-                    await self._refuse(scope, receive, send, read)
+            read = await self._read_ahead(scope, receive, send)
+            if read is None:
                 return
             receive = read
         window = self.websocket_window if websocket else self.window
         if window is not None:
             priority = DEFAULT if self._priority is None or websocket else self._priority(scope)
-            if not window.try_take(priority) and not await window.take(
-                self.settings.queue_timeout, priority
-            ):
+            if not window.try_take(priority) and not await window.take(self._queue_s, priority):
                 reason = self.concurrency.refusal(window, priority)
-                await self._refuse(scope, receive, send, reason)
-                return
+                return await self._refuse(scope, receive, send, reason)
         try:
             extra: Sequence[tuple[bytes, bytes]] = ()
             gate = self.gate
             if gate is not None:
                 # A memory store decides synchronously: no coroutine per request.
                 outcome = gate.decide_now(scope) if gate.synchronous else await gate.decide(scope)
-                refusal = outcome.refusal
-                if refusal is not None:
-                    if not self._fields_on_refusals:
-                        # ADMISSION_HEADERS=off: Retry-After (always first) alone.
-                        refusal = refusal._replace(headers=refusal.headers[:1])
-                    await self._refuse_by_policy(scope, receive, send, refusal)
-                    return
+                if outcome.refusal is not None:
+                    return await self._refuse_by_policy(scope, receive, send, outcome.refusal)
                 if self._fields_on_admitted:
                     extra = outcome.headers
             if not drain.accepting:
                 # It waited for a slot or for Redis while the drain began: it must not start.
-                await self._refuse(scope, receive, send, reasons.DRAINING)
-                return
+                return await self._refuse(scope, receive, send, reasons.DRAINING)
             exchange = self._exchange(self.shared, scope, receive, send, extra)
             await exchange.run(self.app)
             if self.adaptive is not None and not websocket:
@@ -210,6 +187,27 @@ class AdmissionMiddleware:
         finally:
             if window is not None:
                 window.give()
+
+    async def _read_ahead(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        """_read_ahead reads the request's body ahead (`ADMISSION_BUFFER_BODY`) and is the
+        `receive` that replays it; None when the request was answered (413, 408) or the client
+        went away instead."""
+        assert self._buffer_body is not None
+        read = await buffer_body(
+            scope,
+            receive,
+            self._buffer_body,
+            timeout_s=self.timeouts.read_s,
+            idle_s=self.timeouts.idle_s,
+            stop=self.drain_state.when_refusing,
+        )
+        if not isinstance(read, Reason):
+            return read
+        if read.status is None:
+            self.stats.reject(read)
+        else:
+            await self._refuse(scope, receive, send, read)
+        return None
 
     async def _other(self, scope: Scope, receive: Receive, send: Send) -> None:
         """_other handles what is not an admitted request: a refusal to start on bad settings,
@@ -245,9 +243,11 @@ class AdmissionMiddleware:
         self, scope: Scope, receive: Receive, send: Send, refusal: Refusal
     ) -> None:
         """_refuse_by_policy answers a request a rate limit refused (the policy "default" is
-        `ADMISSION_RATE`'s): through the
-        `on_refuse` app if one is set (it finds the refusal in the scope's state), else with
-        problem+json naming the policy."""
+        `ADMISSION_RATE`'s): through the `on_refuse` app if one is set (it finds the refusal in
+        the scope's state), else with problem+json naming the policy."""
+        if not self._fields_on_refusals:
+            # ADMISSION_HEADERS=off: Retry-After (always first) alone.
+            refusal = refusal._replace(headers=refusal.headers[:1])
         reason = reasons.STORAGE if refusal.reason == "storage" else reasons.RATE
         self.stats.reject(reason)
         if self._on_refuse is not None:
