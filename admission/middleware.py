@@ -279,6 +279,13 @@ class AdmissionMiddleware:
         self._serving = self._config_error is None
         _ensure_logging()
         announce(self.settings, in_code=self._settings_in_code, log=log)
+        if self.gate is not None:
+            for policy, pattern in self.gate.unserved(self.app):
+                log.warning(
+                    "policy %r: %r matches no route of the application: it limits nothing",
+                    policy,
+                    pattern,
+                )
         if self.signal_drain is not None:
             self.signal_drain.install()
 

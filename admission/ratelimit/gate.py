@@ -54,6 +54,8 @@ class RateGate(Protocol):
 
     async def decide(self, scope: Scope) -> Outcome: ...
 
+    def unserved(self, app: object) -> list[tuple[str, str]]: ...
+
 
 def rate_gate(settings: Settings, store: Store | None) -> RateGate | None:
     """rate_gate is the gate of every rate limit the settings define, deciding through
@@ -118,6 +120,10 @@ class SingleRate:
         if decision.allowed:
             return _new_tuple(Outcome, (None, [self.field, ratelimit_header(decision)]))
         return self._refused(decision)
+
+    def unserved(self, app: object) -> list[tuple[str, str]]:
+        """unserved is empty: the single rate matches every request."""
+        return []
 
     def _refused(self, decision: Decision) -> Outcome:
         retry = retry_after_seconds(decision.retry_after_s, self._fallback_s)

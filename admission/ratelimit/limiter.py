@@ -24,6 +24,7 @@ from admission.bucket import Decision
 from admission.charges import ENFORCED, Charge, Verdict
 from admission.config.fields import Network
 from admission.config.policies import Limit, Policy
+from admission.ratelimit.coverage import unserved
 from admission.ratelimit.fields import ratelimit_header, retry_after_seconds
 from admission.ratelimit.keys import XFF, bounded, from_trusted_peer, key_function, single_header
 from admission.ratelimit.outcome import Outcome, RawHeaders, Refusal
@@ -216,6 +217,11 @@ class PolicyLimiter:
         self.shadow_refusals = {p.name: 0 for p in self.policies if not p.enforce}
         self._shadow_logged: dict[str, float] = {}
         self._policy_fields: dict[tuple[_Applied, ...], tuple[bytes, bytes]] = {}
+
+    def unserved(self, app: object) -> list[tuple[str, str]]:
+        """unserved lists (policy, pattern) for each pattern that matches no route of `app`'s
+        router (see `admission.ratelimit.coverage`)."""
+        return unserved(app, self.policies)
 
     def charges(self, scope: Scope) -> tuple[list[Charge], list[_Applied]]:
         """charges lists what the request costs in each bucket of each policy it matches, and
