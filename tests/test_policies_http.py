@@ -79,7 +79,8 @@ async def test_a_refusal_is_problem_json_naming_the_policy_with_valid_fields() -
     policy = parse_sf_list(refused.headers["ratelimit-policy"])
     assert [(name, params) for name, params in policy] == [
         ("login#1", {"q": 5, "w": 60}),
-        ("login#2", {"q": 20, "w": 3600}),
+        # The hourly bucket as it is: 5 tokens (the burst) filling in 900 s, 20 an hour.
+        ("login#2", {"q": 5, "w": 900}),
     ]
     limit = parse_sf_list(refused.headers["ratelimit"])
     assert limit == [("login#2", {"r": 0, "t": 900})]

@@ -19,12 +19,17 @@ POLICY_NAME = "default"
 RawHeaders = list[tuple[bytes, bytes]]
 
 
-def policy_header(capacity: int, fill_time_s: float) -> tuple[bytes, bytes]:
-    """policy_header is the RateLimit-Policy field of a bucket of `capacity` tokens that fills
-    in `fill_time_s`: quota `q` = the capacity (the burst), `w` = the fill time in whole
-    seconds, rounded up, at least 1."""
+def policy_item(name: str, capacity: int, fill_time_s: float) -> str:
+    """policy_item is one item of a RateLimit-Policy field, the bucket `name` of `capacity`
+    tokens that fills in `fill_time_s`: quota `q` = the capacity (the burst), `w` = the fill
+    time in whole seconds, rounded up, at least 1."""
     window = max(1, math.ceil(fill_time_s - 1e-9))
-    return (b"ratelimit-policy", f'"{POLICY_NAME}";q={capacity};w={window}'.encode())
+    return f'"{name}";q={capacity};w={window}'
+
+
+def policy_header(capacity: int, fill_time_s: float) -> tuple[bytes, bytes]:
+    """policy_header is the RateLimit-Policy field of the one bucket "default" (`policy_item`)."""
+    return (b"ratelimit-policy", policy_item(POLICY_NAME, capacity, fill_time_s).encode())
 
 
 # Formatted RateLimit fields by (name, remaining, seconds): a handful recur for every client,

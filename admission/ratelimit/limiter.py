@@ -25,7 +25,7 @@ from admission.charges import ENFORCED, Charge, Verdict
 from admission.config.fields import Network
 from admission.config.policies import Limit, Policy
 from admission.ratelimit.coverage import unserved
-from admission.ratelimit.fields import ratelimit_header, retry_after_seconds
+from admission.ratelimit.fields import policy_item, ratelimit_header, retry_after_seconds
 from admission.ratelimit.keys import XFF, bounded, from_trusted_peer, key_function, single_header
 from admission.ratelimit.outcome import Outcome, RawHeaders, Refusal
 from admission.ratelimit.routes import Router
@@ -57,7 +57,7 @@ class _Applied:
         self.group = policy.group
         self.name = name  # the bucket's name among the client's buckets
         self.label = label  # its name in the RateLimit fields
-        self.policy_item = f'"{label}";q={limit.amount};w={limit.window_s}'
+        self.policy_item = policy_item(label, limit.bucket.capacity, limit.bucket.fill_time_s)
 
 
 class _Compiled:
