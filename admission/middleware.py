@@ -22,7 +22,7 @@ from admission.observe.endpoints import METHODS, Endpoints
 from admission.observe.metrics import AdmissionCollector
 from admission.ratelimit.gate import REFUSAL_STATE_KEY, Refusal, rate_gate
 from admission.reasons import Reason
-from admission.request.body import buffer_body
+from admission.request.body import Budget, buffer_body
 from admission.request.exchange import Exchange, Shared, TimedExchange, Timeouts
 from admission.request.responses import refuse_websocket, send_problem
 from admission.stats import Stats
@@ -101,6 +101,8 @@ class AdmissionMiddleware:
         self._exchange = TimedExchange if self.timeouts.enabled else Exchange
         self.shared = Shared(self.timeouts, self.drain_state, ledger=self.ledger, stats=self.stats)
         self._buffer_body = s.buffer_body
+        # Every body read ahead shares ADMISSION_BUFFER_BODY_TOTAL.
+        self.body_budget = Budget(s.buffer_body_total) if s.buffer_body is not None else None
         self._queue_s = s.queue_timeout
         self._exempt = bool(s.exempt)
         self._exempts = s.exempts
@@ -200,6 +202,7 @@ class AdmissionMiddleware:
             timeout_s=self.timeouts.read_s,
             idle_s=self.timeouts.idle_s,
             stop=self.drain_state.when_refusing,
+            budget=self.body_budget,
         )
         if not isinstance(read, Reason):
             return read

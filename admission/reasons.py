@@ -65,6 +65,15 @@ STORAGE = Reason(
     1013,
     "The rate-limit store is unavailable; retry after the indicated delay.",
 )
+# Every body read ahead together holds ADMISSION_BUFFER_BODY_TOTAL: one more can't be held
+# without the service's memory growing with what clients send. Shed, as the window sheds.
+BUFFERS_FULL = Reason(
+    "buffers_full",
+    503,
+    1013,
+    "The service holds as many request bodies as it can; retry after the indicated delay.",
+    (RETRY_1, CLOSE),
+)
 DRAINING = Reason(
     "draining",
     503,
@@ -115,6 +124,7 @@ ALL = (
     STORAGE,
     WINDOW,
     SHED,
+    BUFFERS_FULL,
     DRAINING,
     READ_TIMEOUT,
     IDLE_TIMEOUT,

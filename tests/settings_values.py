@@ -12,6 +12,7 @@ NEEDS = {
     "window_max": {"ADMISSION_WINDOW": "auto"},
     "queue_order": {"ADMISSION_WINDOW": "8", "ADMISSION_QUEUE_TIMEOUT": "0.1"},
     "priority": {"ADMISSION_WINDOW": "8"},
+    "buffer_body_total": {"ADMISSION_BUFFER_BODY": "1"},
     "shed_at": {"ADMISSION_WINDOW": "8", "ADMISSION_PRIORITY": "header:X-Priority"},
 }
 

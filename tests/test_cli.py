@@ -35,6 +35,7 @@ FIRST_BAD = {
     "websocket_window": "0",
     "read_timeout": "0",
     "buffer_body": "0",
+    "buffer_body_total": "0",
     "forwarded_header": "x-real-ip",
     "write_timeout": "0",
     "idle_timeout": "0",

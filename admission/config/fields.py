@@ -22,6 +22,9 @@ from admission.errors import PolicyError
 
 ENV_PREFIX = "ADMISSION_"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+# What the bodies read ahead (ADMISSION_BUFFER_BODY) may hold in all when
+# ADMISSION_BUFFER_BODY_TOTAL is unset: a small share of a small container's memory.
+BUFFER_BODY_TOTAL_DEFAULT = 32 * 1024 * 1024
 # Each class's share of the window when ADMISSION_SHED_AT is unset.
 SHED_AT_DEFAULT = "sheddable:0.8,default:0.9"
 

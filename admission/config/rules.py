@@ -9,7 +9,12 @@ from typing import TYPE_CHECKING
 
 import limits
 
-from admission.config.fields import SHED_AT_DEFAULT, PolicySet, env_name
+from admission.config.fields import (
+    BUFFER_BODY_TOTAL_DEFAULT,
+    SHED_AT_DEFAULT,
+    PolicySet,
+    env_name,
+)
 from admission.config.parsers import MAX_RATE_PERIOD_S
 
 if TYPE_CHECKING:
@@ -67,7 +72,21 @@ def _shed_at_applies(s: Settings) -> str | None:
     return f"shares of the window do nothing without {missing}: set it too, or unset this"
 
 
+def _buffer_total_applies(s: Settings) -> str | None:
+    if s.buffer_body is None:
+        if s.buffer_body_total != BUFFER_BODY_TOTAL_DEFAULT:
+            return "a total for bodies read ahead does nothing without ADMISSION_BUFFER_BODY"
+        return None
+    if s.buffer_body > s.buffer_body_total:
+        return (
+            f"below ADMISSION_BUFFER_BODY={s.buffer_body}: one body read ahead could never fit; "
+            "raise this or lower that"
+        )
+    return None
+
+
 RULES: tuple[Rule, ...] = (
+    Rule(("buffer_body_total", "buffer_body"), _buffer_total_applies),
     Rule(("burst", "rate"), _burst_refills_within_a_year),
     Rule(("policies", "rate"), _default_policy_taken),
     Rule(("shed_at", "priority", "window"), _shed_at_applies),

@@ -22,6 +22,7 @@ from typing import Any, Literal, cast
 import limits
 
 from admission.config.fields import (
+    BUFFER_BODY_TOTAL_DEFAULT,
     ENV_PREFIX,
     SHED_AT_DEFAULT,
     EndpointPath,
@@ -204,6 +205,11 @@ class Settings:
         None,
         Whole(1, 1 << 30, "bytes", unset="for none"),
         "bytes of body read before a request takes a slot and a token",
+    )
+    buffer_body_total: int = setting(
+        BUFFER_BODY_TOTAL_DEFAULT,
+        Whole(1, 1 << 36, "bytes"),
+        "bytes of body every request read ahead holds at once, in all",
     )
     write_timeout: float | None = setting(
         None, Seconds(0.001, _TIMEOUT_LIMIT_S, unset="for none"), "seconds one send may block"
