@@ -8,7 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support import RedisServer, own_redis_cluster, own_redis_sentinel, own_redis_server
+from tests.support import (
+    NO_REDIS,
+    RedisServer,
+    own_redis_cluster,
+    own_redis_sentinel,
+    own_redis_server,
+)
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -54,3 +60,14 @@ def redis_sentinel_url() -> Iterator[str]:
     """redis_sentinel_url is a master watched by a sentinel, started for the session."""
     with own_redis_sentinel() as setup:
         yield setup.url
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One line for the tests that need a redis-server where there is none: not run, and why."""
+    skipped = [
+        report
+        for report in terminalreporter.stats.get("skipped", [])
+        if NO_REDIS in str(getattr(report, "longrepr", ""))
+    ]
+    if skipped:
+        terminalreporter.write_line(f"{len(skipped)} tests not run: {NO_REDIS}", yellow=True)

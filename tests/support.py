@@ -19,10 +19,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pytest
 
 from admission.bench.process import NotReady, Server, free_port, served, without_settings
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+NO_REDIS = "redis-server is not installed (install it, e.g. `apt install redis-server`)"
+
+
+def no_redis_server() -> str:
+    """no_redis_server ends a test that needs a redis-server binary where there is none: not
+    run, and why (`python3 dev.py test` then says so in one line); a failure under CI
+    (`CI` set), which must run them all."""
+    if os.environ.get("CI"):
+        pytest.fail(NO_REDIS)
+    pytest.skip(NO_REDIS)
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
@@ -104,7 +117,7 @@ class RedisServer:
     def start(self) -> None:
         """start launches redis-server (again) on the same port and waits for PING."""
         binary = shutil.which("redis-server")
-        assert binary, "redis-server is not installed"
+        binary = binary or no_redis_server()
         self.process = subprocess.Popen(
             [
                 binary,
@@ -272,7 +285,7 @@ def own_redis_sentinel(
     monitoring it with a quorum of one and a 500 ms down-after, so that a test may kill the
     master and see the replica promoted within seconds; stops them all after."""
     binary = shutil.which("redis-server")
-    assert binary, "redis-server is not installed"
+    binary = binary or no_redis_server()
     with tempfile.TemporaryDirectory(prefix="admission-sentinel-") as tmp:
         started: list[RedisServer] = []
         sentinel_process: subprocess.Popen[bytes] | None = None
