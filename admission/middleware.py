@@ -15,7 +15,7 @@ from admission.config.settings import Settings
 from admission.errors import ConfigError
 from admission.ledger import Ledger
 from admission.lifecycle import context
-from admission.lifecycle.drain import Drain
+from admission.lifecycle.drain import Drain, Phase
 from admission.lifecycle.lifespan import Lifespan
 from admission.lifecycle.shutdown import SignalDrain
 from admission.observe.endpoints import METHODS, Endpoints
@@ -264,12 +264,26 @@ class AdmissionMiddleware:
             await send_problem(send, reason, refusal.headers, policy=refusal.policy)
 
     async def _startup(self) -> None:
+        if self.drain_state.phase is Phase.CLOSED:
+            self._reopen()
         self._start()
         if self.store is not None:
             try:
                 await self.store.check()
             except Exception as exc:
                 log.warning("rate-limit storage is not reachable at start-up: %s", exc)
+
+    def _reopen(self) -> None:
+        """_reopen opens a fresh lifetime for a lifespan that starts after a completed
+        shutdown (a second `TestClient` block, an in-process restart): the drain serves again,
+        the store reconnects, and the next shutdown releases what this lifespan acquires."""
+        self.lifetime = context.adopt_service_lifetime(self.settings.cleanup_timeout)
+        reopen = getattr(self.store, "reopen", None)
+        if reopen is not None:
+            reopen()
+        self.drain_state.reopen(self.lifetime)
+        if self.signal_drain is not None:
+            self.signal_drain.reset()
 
     def _served(self) -> bool:
         """_served is True once any request was admitted or refused."""

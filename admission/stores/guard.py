@@ -148,6 +148,13 @@ class GuardedStore:
         """check passes the store's health check through."""
         await self.store.check()
 
+    def reopen(self) -> None:
+        """reopen reopens the store behind, if it can be (see `RedisStore.reopen`), for the
+        service's next lifespan; the local fallback forgot its keys at close and needs nothing."""
+        reopen = getattr(self.store, "reopen", None)
+        if reopen is not None:
+            reopen()
+
     async def close(self) -> None:
         """close closes the store behind and the local fallback."""
         try:

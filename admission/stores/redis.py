@@ -289,8 +289,21 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StorageError(f"Redis PING failed: {exc}") from exc
 
+    def reopen(self) -> None:
+        """reopen makes a closed store decide again, on fresh connections of the same client:
+        for the service's next lifespan. An open store is left as it is."""
+        if not self._closed:
+            return
+        self._lone_line = _line_for(self.client, self.cluster)
+        self._batch_line = _line_for(self.client, self.cluster)
+        self._client_line = ClientLine(self.client)
+        self._queue = []
+        self._sender = None
+        self._direct = False
+        self._closed = False
+
     async def close(self) -> None:
-        """close releases the connections; later calls are no-ops."""
+        """close releases the connections; later calls are no-ops (until `reopen`)."""
         if self._closed:
             return
         self._closed = True
