@@ -289,6 +289,24 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StorageError(f"Redis PING failed: {exc}") from exc
 
+    async def clear(self) -> None:
+        """clear deletes every bucket under the store's prefix (`<prefix>:*`; a prefix has no
+        glob characters, see `ADMISSION_KEY_PREFIX`), on every node: every client's buckets
+        are full again (`admission.testing`). A store shared with a running service empties
+        that service's buckets too."""
+        try:
+            keys = [key async for key in self.client.scan_iter(match=self.prefix + ":*")]
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                if self.cluster:
+                    # A multi-key DEL must stay within one slot: one key at a time.
+                    for key in chunk:
+                        await self.client.delete(key)
+                else:
+                    await self.client.delete(*chunk)
+        except (RedisError, OSError) as exc:
+            raise StorageError(f"clearing the Redis store failed: {exc}") from exc
+
     def reopen(self) -> None:
         """reopen makes a closed store decide again, on fresh connections of the same client:
         for the service's next lifespan. An open store is left as it is."""
