@@ -26,7 +26,7 @@ from admission.request.body import buffer_body
 from admission.request.exchange import Exchange, Shared, TimedExchange, Timeouts
 from admission.request.responses import refuse_websocket, send_problem
 from admission.stats import Stats
-from admission.stores import GuardedStore, Store, open_store
+from admission.stores import GuardedStore, ReopenableStore, Store, open_store
 from admission.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["AdmissionMiddleware"]
@@ -75,6 +75,8 @@ class AdmissionMiddleware:
         self.settings = s = settings
         self.lifetime = context.adopt_service_lifetime(s.cleanup_timeout)
         self.store = open_store(s, store)
+        # What a lifespan after a completed shutdown reconnects (see `_reopen`).
+        self._reopen_store = self.store.reopen if isinstance(self.store, ReopenableStore) else None
         # Every rate limit, `ADMISSION_RATE`'s and route policies', is the one gate's.
         self.gate = rate_gate(s, self.store)
         self._on_refuse = s.on_refuse
@@ -278,9 +280,8 @@ class AdmissionMiddleware:
         shutdown (a second `TestClient` block, an in-process restart): the drain serves again,
         the store reconnects, and the next shutdown releases what this lifespan acquires."""
         self.lifetime = context.adopt_service_lifetime(self.settings.cleanup_timeout)
-        reopen = getattr(self.store, "reopen", None)
-        if reopen is not None:
-            reopen()
+        if self._reopen_store is not None:
+            self._reopen_store()
         self.drain_state.reopen(self.lifetime)
         if self.signal_drain is not None:
             self.signal_drain.reset()

@@ -26,7 +26,6 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from admission.concurrency.adaptive import AdaptiveLimit
 from admission.middleware import AdmissionMiddleware
 from admission.ratelimit.gate import SingleRate
 from admission.ratelimit.limiter import PolicyLimiter
@@ -42,6 +41,10 @@ __all__ = [
     "reset",
     "use_clock",
 ]
+
+
+# More objects than any real stack has: the walk of one that never ends stops here.
+MAX_LAYERS = 10_000
 
 
 class ManualClock:
@@ -210,13 +213,17 @@ def _layers(app: Any) -> Iterator[tuple[Any, Any]]:
     """_layers walks `app`'s stack: (the layer that calls it, or None for `app`; the layer),
     each object once. A Starlette app's stack is built now if it wasn't yet, exactly as
     Starlette's first call builds it (and keeps it)."""
-    seen: set[int] = set()
+    # Each object kept (not only its id): an id is reused once its object is gone.
+    seen: dict[int, Any] = {}
     todo: list[tuple[Any, Any]] = [(None, app)]
     while todo:
         parent, layer = todo.pop(0)
         if layer is None or id(layer) in seen:
             continue
-        seen.add(id(layer))
+        if len(seen) >= MAX_LAYERS:
+            # An object that makes up a new `.app` on every look (a mock) would never end.
+            raise RecursionError(f"more than {MAX_LAYERS} layers in the stack of {app!r}")
+        seen[id(layer)] = layer
         yield parent, layer
         if callable(getattr(layer, "build_middleware_stack", None)):
             # Starlette (and FastAPI) build the stack on their first call; build it the same
@@ -256,10 +263,8 @@ def _reset_local(middleware: AdmissionMiddleware) -> None:
     for window in (middleware.window, middleware.websocket_window):
         if window is not None:
             window.used = 0
-    adaptive = middleware.adaptive
-    if adaptive is not None and middleware.window is not None:
-        middleware.adaptive = AdaptiveLimit(adaptive.params, middleware.window.resize)
-        middleware.window.resize(adaptive.params.start)
+    if middleware.adaptive is not None:
+        middleware.adaptive.restart()
 
 
 def _clock_holders(middleware: AdmissionMiddleware) -> list[tuple[Any, str]]:

@@ -5,6 +5,7 @@ can be taken out of the stack, and an app's lifespan runs around httpx's ASGI tr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -212,3 +213,26 @@ async def test_areset_deletes_the_buckets_of_a_redis_store(redis_url: str) -> No
     assert before == [200, 429]
     assert after == [200, 429]
     assert errors == 0
+
+
+def test_a_stack_that_never_ends_is_an_error_not_a_hang() -> None:
+    class Endless:
+        @property
+        def app(self) -> Endless:
+            return Endless()
+
+    with pytest.raises(RecursionError):
+        middlewares(Endless())
+
+
+def test_reset_starts_an_adaptive_window_over_from_its_first_size() -> None:
+    app = starlette_app(Settings(window="auto"))
+    [middleware] = middlewares(app)
+    adaptive, window = middleware.adaptive, middleware.window
+    assert adaptive is not None and window is not None
+    start = adaptive.params.start
+    # As if intervals of fast requests had grown it.
+    adaptive.estimate = dataclasses.replace(adaptive.estimate, limit=float(start + 5))
+    window.resize(start + 5)
+    reset(app)
+    assert (adaptive.limit, window.size) == (start, start)

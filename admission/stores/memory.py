@@ -415,6 +415,10 @@ class MemoryStore:
         self._check_at = self.clock() + self.bucket.fill_time_s
         self._reset()
 
+    def reopen(self) -> None:
+        """reopen needs to do nothing: a closed memory store has forgotten its keys and decides
+        on at once."""
+
     async def close(self) -> None:
         """close forgets every key."""
         self._reset()
