@@ -2,8 +2,8 @@
 
 A `Lifetime` owns background tasks, child processes and cleanup functions, and ends them all,
 exactly once, when it closes: tasks are cancelled and awaited, children get SIGTERM and then
-SIGKILL after a grace period, and cleanup functions run last-registered first, each bounded in
-time, one that raises or hangs not stopping the rest.
+SIGKILL after a grace period, and cleanup functions run highest priority first (ties
+last-registered first), each bounded in time, one that raises or hangs not stopping the rest.
 """
 
 from __future__ import annotations
@@ -15,21 +15,23 @@ import logging
 import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 log = logging.getLogger("admission.lifetime")
 
 T = TypeVar("T")
 Cleanup = Callable[[], Awaitable[None] | None]
+C = TypeVar("C", bound=Cleanup)
 
 
 class Lifetime:
     """Lifetime is a scope for tasks, child processes and cleanups, closed once.
 
     `spawn(coro)` starts a task; `start_process(*argv)` starts a child (in its own process
-    group, so its own children go with it); `on_close(fn)` registers a cleanup (usable as a
-    decorator). `close()` may be called any number of times, concurrently: the first call does
-    the work, the others wait for it. After closing, new work is refused with RuntimeError.
+    group, so its own children go with it); `on_close(fn, priority=...)` registers a cleanup
+    (usable as a decorator). `close()` may be called any number of times, concurrently: the
+    first call does the work, the others wait for it. After closing, new work is refused with
+    RuntimeError.
     """
 
     def __init__(self, name: str, *, cleanup_timeout_s: float = 5.0, grace_s: float = 5.0) -> None:
@@ -38,7 +40,9 @@ class Lifetime:
         self.grace_s = grace_s
         self._tasks: set[asyncio.Task[Any]] = set()
         self._processes: list[asyncio.subprocess.Process] = []
-        self._cleanups: list[tuple[Cleanup, float]] = []
+        # (priority, registration number, fn, timeout): sorted, the last entry runs first.
+        self._cleanups: list[tuple[int, int, Cleanup, float]] = []
+        self._registered = 0
         self._closing: asyncio.Future[None] | None = None
 
     @property
@@ -46,11 +50,34 @@ class Lifetime:
         """closed is True once `close()` has begun."""
         return self._closing is not None
 
-    def on_close(self, fn: Cleanup, *, timeout_s: float | None = None) -> Cleanup:
+    @overload
+    def on_close(self, fn: C, *, timeout_s: float | None = None, priority: int = 0) -> C: ...
+
+    @overload
+    def on_close(
+        self, fn: None = None, *, timeout_s: float | None = None, priority: int = 0
+    ) -> Callable[[C], C]: ...
+
+    def on_close(
+        self, fn: C | None = None, *, timeout_s: float | None = None, priority: int = 0
+    ) -> C | Callable[[C], C]:
         """on_close registers `fn` (sync or async) to run at close, bounded by `timeout_s`
-        (default: the lifetime's cleanup timeout). Returns `fn`, so it works as a decorator."""
+        (default: the lifetime's cleanup timeout). Cleanups run highest `priority` first, those
+        of equal priority last-registered first: a data flush registered with priority 10 runs
+        before the pool it writes to closes at 0, health reporting at -10 runs after both.
+        Returns `fn`, so it works as a decorator, also with arguments:
+        `@life.on_close(priority=10)`."""
+        if fn is None:
+
+            def register(f: C) -> C:
+                return self.on_close(f, timeout_s=timeout_s, priority=priority)
+
+            return register
         self._refuse_if_closed()
-        self._cleanups.append((fn, self.cleanup_timeout_s if timeout_s is None else timeout_s))
+        self._registered += 1
+        timeout = self.cleanup_timeout_s if timeout_s is None else timeout_s
+        self._cleanups.append((priority, self._registered, fn, timeout))
+        self._cleanups.sort(key=_order)
         return fn
 
     def spawn(self, coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
@@ -117,7 +144,7 @@ class Lifetime:
 
     async def _run_cleanups(self) -> None:
         while self._cleanups:
-            fn, timeout_s = self._cleanups.pop()
+            _, _, fn, timeout_s = self._cleanups.pop()
             try:
                 result = fn()
                 if inspect.isawaitable(result):
@@ -140,6 +167,10 @@ class Lifetime:
     def _refuse_if_closed(self) -> None:
         if self.closed:
             raise RuntimeError(f"{self.name} is closed; no new work can start")
+
+
+def _order(entry: tuple[int, int, Cleanup, float]) -> tuple[int, int]:
+    return entry[0], entry[1]
 
 
 async def _awaitable(result: Awaitable[None]) -> None:

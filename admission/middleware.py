@@ -15,7 +15,7 @@ from admission.config.settings import Settings
 from admission.errors import ConfigError
 from admission.ledger import Ledger
 from admission.lifecycle import context
-from admission.lifecycle.drain import Drain
+from admission.lifecycle.drain import Drain, Phase
 from admission.lifecycle.lifespan import Lifespan
 from admission.lifecycle.shutdown import SignalDrain
 from admission.observe.endpoints import METHODS, Endpoints
@@ -26,7 +26,7 @@ from admission.request.body import Budget, buffer_body
 from admission.request.exchange import Exchange, Shared, TimedExchange, Timeouts
 from admission.request.responses import refuse_websocket, send_problem
 from admission.stats import Stats
-from admission.stores import GuardedStore, Store, open_store
+from admission.stores import GuardedStore, ReopenableStore, Store, open_store
 from admission.types import ASGIApp, Receive, Scope, Send
 
 __all__ = ["AdmissionMiddleware"]
@@ -75,6 +75,8 @@ class AdmissionMiddleware:
         self.settings = s = settings
         self.lifetime = context.adopt_service_lifetime(s.cleanup_timeout)
         self.store = open_store(s, store)
+        # What a lifespan after a completed shutdown reconnects (see `_reopen`).
+        self._reopen_store = self.store.reopen if isinstance(self.store, ReopenableStore) else None
         # Every rate limit, `ADMISSION_RATE`'s and route policies', is the one gate's.
         self.gate = rate_gate(s, self.store)
         self._on_refuse = s.on_refuse
@@ -267,12 +269,25 @@ class AdmissionMiddleware:
             await send_problem(send, reason, refusal.headers, policy=refusal.policy)
 
     async def _startup(self) -> None:
+        if self.drain_state.phase is Phase.CLOSED:
+            self._reopen()
         self._start()
         if self.store is not None:
             try:
                 await self.store.check()
             except Exception as exc:
                 log.warning("rate-limit storage is not reachable at start-up: %s", exc)
+
+    def _reopen(self) -> None:
+        """_reopen opens a fresh lifetime for a lifespan that starts after a completed
+        shutdown (a second `TestClient` block, an in-process restart): the drain serves again,
+        the store reconnects, and the next shutdown releases what this lifespan acquires."""
+        self.lifetime = context.adopt_service_lifetime(self.settings.cleanup_timeout)
+        if self._reopen_store is not None:
+            self._reopen_store()
+        self.drain_state.reopen(self.lifetime)
+        if self.signal_drain is not None:
+            self.signal_drain.reset()
 
     def _served(self) -> bool:
         """_served is True once any request was admitted or refused."""

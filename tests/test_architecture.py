@@ -160,7 +160,8 @@ def _asks_a_store_what_it_is(node: ast.AST) -> bool:
 def test_the_request_path_never_asks_a_store_what_it_is() -> None:
     found = []
     for name, path in MODULES.items():
-        if name.startswith(("admission.bench", "admission.server")):
+        # admission.testing inspects the stack between tests, off the request path.
+        if name.startswith(("admission.bench", "admission.server", "admission.testing")):
             continue
         tree = ast.parse(path.read_text())
         for fn in ast.walk(tree):

@@ -20,7 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from admission.bucket import Bucket
-from admission.stores.base import Store
+from admission.stores.base import ReopenableStore, Store
 from admission.stores.memory import MemoryStore
 from admission.stores.redis import RedisStore
 
@@ -196,4 +196,18 @@ async def test_check_passes_and_close_is_safe_twice(make_store: MakeStore) -> No
     await store.check()
     await store.decide("client")
     await store.close()
+    await store.close()
+
+
+async def test_a_closed_store_decides_again_once_reopened(make_store: MakeStore) -> None:
+    # The next lifespan of one app (a second TestClient block) reopens the store it closed.
+    store = make_store(SLOW_INTERVAL_S, 2)
+    assert isinstance(store, ReopenableStore)
+    assert (await store.decide("client")).allowed
+    await store.close()
+    store.reopen()
+    decisions = [(await store.decide("client")).allowed for _ in range(3)]
+    # The memory store forgot its buckets at close; Redis kept them.
+    expected = [True, True, False] if isinstance(store, MemoryStore) else [True, False, False]
+    assert decisions == expected
     await store.close()

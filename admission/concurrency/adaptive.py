@@ -271,14 +271,19 @@ class AdaptiveLimit:
 
     def __init__(self, params: LimitParams, resize: Callable[[int], None]) -> None:
         self.params = params
-        self.estimate = Estimate(float(params.start))
         self._resize = resize
-        self._logged = params.start
+        self.restart()
+
+    def restart(self) -> None:
+        """restart forgets every sample and sizes the window at its first size again, as when
+        it was made (`admission.testing.reset`)."""
+        self.estimate = Estimate(float(self.params.start))
+        self._logged = self.params.start
         self._count = 0
         self._latency_s = 0.0
         self._drops = 0
         self._began: float | None = None
-        resize(params.start)
+        self._resize(self.params.start)
 
     @property
     def limit(self) -> int:

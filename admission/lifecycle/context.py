@@ -74,10 +74,12 @@ def request_lifetime(request: Any) -> Lifetime:
 
 def service_lifetime() -> Lifetime:
     """service_lifetime is the `Lifetime` of the service: what it holds is released once, at
-    the end of the drain (tasks cancelled, children terminated, cleanups run last-registered
-    first). It may be called before the middleware exists, at import time, to register
-    cleanups: the next AdmissionMiddleware created adopts it. Tasks and child processes need a
-    running event loop, so start those from a lifespan handler or a request."""
+    the end of the drain (tasks cancelled, children terminated, cleanups run highest priority
+    first, ties last-registered first). It may be called before the middleware exists, at
+    import time, to register cleanups: the next AdmissionMiddleware created adopts it. Each
+    lifespan that starts after a completed shutdown gets a fresh one. Tasks and child
+    processes need a running event loop, so start those from a lifespan handler or a
+    request."""
     global _service, _adopted
     if _service is None or _service.closed:
         _service = Lifetime("service")

@@ -1,9 +1,10 @@
-"""admission.lifecycle.drain: the graceful drain, a state machine run once.
+"""admission.lifecycle.drain: the graceful drain, a state machine run once per lifetime.
 
 serving → pre-drain (readiness fails, requests still served, responses say Connection: close)
 → draining (new requests refused with 503, websockets closed with 1001, in-flight awaited on
 the ledger) → drained (in-flight 0, or the deadline passed and the stragglers were cancelled)
 → closed (the lifetime closed: tasks, child processes, cleanups and the store, once).
+A closed drain may be reopened with a fresh lifetime (`reopen`): the next lifespan's service.
 """
 
 from __future__ import annotations
@@ -144,6 +145,17 @@ class Drain:
         if self._close_task is None:
             self._close_task = asyncio.get_running_loop().create_task(self._close())
         await asyncio.shield(self._close_task)
+
+    def reopen(self, lifetime: Lifetime) -> None:
+        """reopen starts the drain over, serving again, with `lifetime` to close next time:
+        for a lifespan that starts after a completed shutdown (a second `TestClient` block, a
+        server restarting the app in process). Only a closed drain can be reopened."""
+        if self.phase is not Phase.CLOSED:
+            raise RuntimeError(f"only a closed drain can be reopened, not one {self.phase.value}")
+        self.lifetime = lifetime
+        self.cancelled = 0
+        self._task = self._hurry = self._close_task = None
+        self.phase = Phase.SERVING
 
     async def _drain(self, delay_s: float, quiet: bool = False) -> None:
         assert self._hurry is not None

@@ -37,6 +37,12 @@ class SignalDrain:
         """install takes over SIGTERM and SIGINT (on the main thread only)."""
         self.signals.install()
 
+    def reset(self) -> None:
+        """reset forgets the signals counted so far: a reopened service's first signal drains
+        it again rather than hurrying a drain that is over."""
+        self.count = 0
+        self.task = None
+
     def on_signal(self, sig: int, frame: FrameType | None) -> None:
         """on_signal starts the drain on the first signal and hurries it on the next."""
         self.count += 1

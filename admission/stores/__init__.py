@@ -6,12 +6,12 @@ from admission.bucket import Bucket
 from admission.config.fields import PolicySet
 from admission.config.policies import generation_bucket
 from admission.config.settings import Settings
-from admission.stores.base import Store
+from admission.stores.base import ReopenableStore, Store
 from admission.stores.guard import GuardedStore
 from admission.stores.memory import MemoryStore
 from admission.stores.redis import RedisStore
 
-__all__ = ["GuardedStore", "MemoryStore", "RedisStore", "Store", "open_store"]
+__all__ = ["GuardedStore", "MemoryStore", "RedisStore", "ReopenableStore", "Store", "open_store"]
 
 
 def bucket_for(settings: Settings) -> Bucket | None:

@@ -2,8 +2,8 @@
 
 Every store is a `Store`. One that decides all of a request's charges at once is also a
 `ChargesStore` (route policies need one); the memory store is a `SyncStore` too, deciding
-without a coroutine. Callers find out which once, when they are built, never per request.
-"""
+without a coroutine. One that can serve again after `close()` is a `ReopenableStore`. Callers
+find out which once, when they are built, never per request."""
 
 from __future__ import annotations
 
@@ -48,3 +48,11 @@ class SyncStore(ChargesStore, Protocol):
     def decide_at(self, key: str, now: float, cost: int = 1) -> Decision: ...
 
     def decide_charges_at(self, charges: Sequence[Charge], now: float) -> Verdict: ...
+
+
+@runtime_checkable
+class ReopenableStore(Store, Protocol):
+    """ReopenableStore is a store that decides again after `close()` once `reopen()` is called:
+    the service's next lifespan (a second `TestClient` block) uses it again."""
+
+    def reopen(self) -> None: ...

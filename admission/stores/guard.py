@@ -11,7 +11,7 @@ from typing import Literal, cast
 from admission.bucket import Bucket, Decision
 from admission.charges import ENFORCED, Charge, Verdict
 from admission.errors import StorageError
-from admission.stores.base import ChargesStore, Store
+from admission.stores.base import ChargesStore, ReopenableStore, Store
 from admission.stores.memory import MemoryStore
 
 log = logging.getLogger("admission.store")
@@ -49,6 +49,7 @@ class GuardedStore:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
+        self._reopen = store.reopen if isinstance(store, ReopenableStore) else None
         self.bucket = bucket
         self.policy = policy
         self.retry_interval_s = retry_interval_s
@@ -147,6 +148,12 @@ class GuardedStore:
     async def check(self) -> None:
         """check passes the store's health check through."""
         await self.store.check()
+
+    def reopen(self) -> None:
+        """reopen reopens the store behind, if it can be (see `RedisStore.reopen`), for the
+        service's next lifespan; the local fallback forgot its keys at close and needs nothing."""
+        if self._reopen is not None:
+            self._reopen()
 
     async def close(self) -> None:
         """close closes the store behind and the local fallback."""

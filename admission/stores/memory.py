@@ -410,6 +410,15 @@ class MemoryStore:
     async def check(self) -> None:
         """check always succeeds: memory is always there."""
 
+    def clear(self) -> None:
+        """clear forgets every key at once: every bucket is full again (`admission.testing`)."""
+        self._check_at = self.clock() + self.bucket.fill_time_s
+        self._reset()
+
+    def reopen(self) -> None:
+        """reopen needs to do nothing: a closed memory store has forgotten its keys and decides
+        on at once."""
+
     async def close(self) -> None:
         """close forgets every key."""
         self._reset()

@@ -289,8 +289,39 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StorageError(f"Redis PING failed: {exc}") from exc
 
+    async def clear(self) -> None:
+        """clear deletes every bucket under the store's prefix (`<prefix>:*`; a prefix has no
+        glob characters, see `ADMISSION_KEY_PREFIX`), on every node: every client's buckets
+        are full again (`admission.testing`). A store shared with a running service empties
+        that service's buckets too."""
+        try:
+            keys = [key async for key in self.client.scan_iter(match=self.prefix + ":*")]
+            for start in range(0, len(keys), 500):
+                chunk = keys[start : start + 500]
+                if self.cluster:
+                    # A multi-key DEL must stay within one slot: one key at a time.
+                    for key in chunk:
+                        await self.client.delete(key)
+                else:
+                    await self.client.delete(*chunk)
+        except (RedisError, OSError) as exc:
+            raise StorageError(f"clearing the Redis store failed: {exc}") from exc
+
+    def reopen(self) -> None:
+        """reopen makes a closed store decide again, on fresh connections of the same client:
+        for the service's next lifespan. An open store is left as it is."""
+        if not self._closed:
+            return
+        self._lone_line = _line_for(self.client, self.cluster)
+        self._batch_line = _line_for(self.client, self.cluster)
+        self._client_line = ClientLine(self.client)
+        self._queue = []
+        self._sender = None
+        self._direct = False
+        self._closed = False
+
     async def close(self) -> None:
-        """close releases the connections; later calls are no-ops."""
+        """close releases the connections; later calls are no-ops (until `reopen`)."""
         if self._closed:
             return
         self._closed = True
