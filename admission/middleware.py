@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
@@ -13,11 +14,7 @@ from admission.concurrency.gate import DEFAULT, Concurrency
 from admission.config.report import announce
 from admission.config.settings import Settings
 from admission.errors import ConfigError
-from admission.ledger import Ledger
-from admission.lifecycle import context
-from admission.lifecycle.drain import Drain, Phase
-from admission.lifecycle.lifespan import Lifespan
-from admission.lifecycle.shutdown import SignalDrain
+from admission.lifecycle.service import Service
 from admission.observe.endpoints import METHODS, Endpoints
 from admission.observe.metrics import AdmissionCollector
 from admission.ratelimit.gate import REFUSAL_STATE_KEY, Refusal, rate_gate
@@ -26,8 +23,11 @@ from admission.request.body import Budget, buffer_body
 from admission.request.exchange import Exchange, Shared, TimedExchange, Timeouts
 from admission.request.responses import refuse_websocket, send_problem
 from admission.stats import Stats
-from admission.stores import GuardedStore, ReopenableStore, Store, open_store
+from admission.stores import GuardedStore, Store, open_store
 from admission.types import ASGIApp, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from admission.lifetime import Lifetime
 
 __all__ = ["AdmissionMiddleware"]
 
@@ -73,10 +73,18 @@ class AdmissionMiddleware:
                 self._config_error = exc
                 settings = Settings()
         self.settings = s = settings
-        self.lifetime = context.adopt_service_lifetime(s.cleanup_timeout)
         self.store = open_store(s, store)
-        # What a lifespan after a completed shutdown reconnects (see `_reopen`).
-        self._reopen_store = self.store.reopen if isinstance(self.store, ReopenableStore) else None
+        self.service = service = Service(
+            s,
+            self.store,
+            startup=self._startup,
+            served=self._served,
+            handle_signals=handle_signals,
+        )
+        self.ledger = service.ledger
+        self.drain_state = service.drain
+        self.lifespan = service.lifespan
+        self.signal_drain = service.signals
         # Every rate limit, `ADMISSION_RATE`'s and route policies', is the one gate's.
         self.gate = rate_gate(s, self.store)
         self._on_refuse = s.on_refuse
@@ -91,14 +99,6 @@ class AdmissionMiddleware:
         self.adaptive = c.adaptive
         self._priority = c.priority
         self.timeouts = Timeouts(s.read_timeout, s.idle_timeout, s.write_timeout, s.request_timeout)
-        self.ledger = Ledger()
-        self.drain_state = Drain(
-            self.ledger,
-            self.lifetime,
-            delay_s=s.drain_delay,
-            timeout_s=s.drain_timeout,
-            last=self.store.close if self.store is not None else None,
-        )
         # Without a timeout, requests need none of a TimedExchange's bookkeeping.
         self._exchange = TimedExchange if self.timeouts.enabled else Exchange
         self.shared = Shared(self.timeouts, self.drain_state, ledger=self.ledger, stats=self.stats)
@@ -136,8 +136,6 @@ class AdmissionMiddleware:
             registry=metrics_registry,
         )
         self._endpoint_paths = self.endpoints.paths
-        self.lifespan = Lifespan(self.drain_state, self._startup, self._served)
-        self.signal_drain = SignalDrain(self.drain_state, self.lifespan) if handle_signals else None
         # True once started (by the lifespan or the first request) on good settings.
         self._serving = False
 
@@ -268,26 +266,20 @@ class AdmissionMiddleware:
         else:
             await send_problem(send, reason, refusal.headers, policy=refusal.policy)
 
+    @property
+    def lifetime(self) -> Lifetime:
+        """lifetime is the service lifetime of the current lifespan."""
+        return self.service.lifetime
+
     async def _startup(self) -> None:
-        if self.drain_state.phase is Phase.CLOSED:
-            self._reopen()
+        if self.service.closed:
+            self.service.reopen()
         self._start()
         if self.store is not None:
             try:
                 await self.store.check()
             except Exception as exc:
                 log.warning("rate-limit storage is not reachable at start-up: %s", exc)
-
-    def _reopen(self) -> None:
-        """_reopen opens a fresh lifetime for a lifespan that starts after a completed
-        shutdown (a second `TestClient` block, an in-process restart): the drain serves again,
-        the store reconnects, and the next shutdown releases what this lifespan acquires."""
-        self.lifetime = context.adopt_service_lifetime(self.settings.cleanup_timeout)
-        if self._reopen_store is not None:
-            self._reopen_store()
-        self.drain_state.reopen(self.lifetime)
-        if self.signal_drain is not None:
-            self.signal_drain.reset()
 
     def _served(self) -> bool:
         """_served is True once any request was admitted or refused."""
@@ -304,8 +296,7 @@ class AdmissionMiddleware:
                     policy,
                     pattern,
                 )
-        if self.signal_drain is not None:
-            self.signal_drain.install()
+        self.service.start()
 
     async def _refuse_to_start(self, scope: Scope, receive: Receive, send: Send) -> None:
         """_refuse_to_start answers every call of a middleware whose settings were bad: the
