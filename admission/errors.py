@@ -87,6 +87,15 @@ class ConfigError(AdmissionError, ValueError):
         return [p.line for p in self.problems]
 
 
+class StackError(AdmissionError):
+    """StackError is an application stack admission can't serve as it is put together (the
+    middleware added twice): `lines` says how, one line each, as start-up prints them."""
+
+    def __init__(self, *lines: str) -> None:
+        self.lines = list(lines)
+        super().__init__("\n".join(lines))
+
+
 class StorageError(AdmissionError):
     """StorageError is a store call that failed: the underlying error is its `__cause__`."""
 

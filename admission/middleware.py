@@ -13,7 +13,7 @@ from admission import reasons
 from admission.concurrency.gate import DEFAULT, Concurrency
 from admission.config.report import announce
 from admission.config.settings import Settings
-from admission.errors import ConfigError
+from admission.errors import ConfigError, StackError
 from admission.lifecycle.service import Service
 from admission.observe.endpoints import METHODS, Endpoints
 from admission.observe.metrics import AdmissionCollector
@@ -59,7 +59,8 @@ class AdmissionMiddleware:
         metrics_registry: CollectorRegistry | None = None,
     ) -> None:
         self.app = app
-        self._config_error: ConfigError | None = None
+        self._config_error: ConfigError | StackError | None = None
+        self._stacked = False
         self._settings_in_code = settings is not None
         if settings is None:
             try:
@@ -134,6 +135,10 @@ class AdmissionMiddleware:
             self.collector,
             paths={path: kind for kind, path in endpoints if path is not None},
             registry=metrics_registry,
+            # Refusing every request for want of the store: not ready (see Endpoints).
+            storage_up=guard.answers
+            if guard is not None and s.on_storage_error == "deny"
+            else None,
         )
         self._endpoint_paths = self.endpoints.paths
         # True once started (by the lifespan or the first request) on good settings.
@@ -216,6 +221,10 @@ class AdmissionMiddleware:
         """_other handles what is not an admitted request: a refusal to start on bad settings,
         the lifespan, the first request when no lifespan came first, and scope types admission
         doesn't know, which pass straight through."""
+        if not self._stacked and scope["type"] in ("lifespan", "http", "websocket"):
+            # Once, at the first call: Starlette builds its middleware stack only then.
+            self._stacked = True
+            self._config_error = self._config_error or _twice(self)
         if self._config_error is not None:
             await self._refuse_to_start(scope, receive, send)
         elif scope["type"] == "lifespan":
@@ -289,6 +298,13 @@ class AdmissionMiddleware:
         self._serving = self._config_error is None
         _ensure_logging()
         announce(self.settings, in_code=self._settings_in_code, log=log)
+        for path, variable in self.endpoints.shadowed(self.app):
+            log.warning(
+                "the application's own %s is never reached: admission answers GET and HEAD "
+                "there (set %s to move admission's)",
+                path,
+                variable,
+            )
         if self.gate is not None:
             for policy, pattern in self.gate.unserved(self.app):
                 log.warning(
@@ -299,8 +315,9 @@ class AdmissionMiddleware:
         self.service.start()
 
     async def _refuse_to_start(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """_refuse_to_start answers every call of a middleware whose settings were bad: the
-        lifespan start-up fails with the one-line error (the server exits), and any request
+        """_refuse_to_start answers every call of a middleware whose settings were bad (or whose
+        stack holds it twice): the lifespan start-up fails with the one-line error (the server
+        exits; a TestClient raises it), and any request
         that still arrives (a server without lifespan) gets 500."""
         assert self._config_error is not None
         # One line per bad variable, each naming its source, as `admission serve` prints them.
@@ -309,6 +326,9 @@ class AdmissionMiddleware:
             while (await receive())["type"] != "lifespan.startup":
                 pass
             await send({"type": "lifespan.startup.failed", "message": message})
+            # Raised as well, as Starlette's router does: a server has already printed the
+            # message and stops, while a TestClient raises it instead of going on unstarted.
+            raise self._config_error
         elif scope["type"] == "http":
             log.error("%s", message)
             # The client learns that the service is misconfigured, not how: that is in the log.
@@ -321,6 +341,30 @@ class AdmissionMiddleware:
         in-flight requests, release of resources) and returns when it is closed. Safe to call
         concurrently and repeatedly: every call waits for the same single drain."""
         await self.drain_state.run()
+
+
+def _twice(middleware: AdmissionMiddleware) -> StackError | None:
+    """_twice is the error of an application stack where `middleware` wraps another
+    AdmissionMiddleware (`add_middleware` called twice): each would limit, drain and answer
+    its endpoints apart, with two RateLimit pairs on every response. None if it doesn't."""
+    chain: list[object] = [middleware]
+    app: object = middleware.app
+    for _ in range(_MAX_STACK):
+        if app is None:
+            break
+        chain.append(app)
+        if isinstance(app, AdmissionMiddleware):
+            names = " > ".join(type(layer).__name__ for layer in chain)
+            return StackError(
+                f"AdmissionMiddleware is in this application's stack twice ({names} ...): "
+                "add it once"
+            )
+        app = getattr(app, "app", None)
+    return None
+
+
+# How far down `.app` attributes (middleware wrapping middleware) another admission is sought.
+_MAX_STACK = 64
 
 
 def _ensure_logging() -> None:

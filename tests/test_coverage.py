@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 
 from admission import AdmissionMiddleware, Policy, Settings
-from admission.ratelimit.coverage import unserved
+from admission.served import unserved
 
 
 async def ok(request: Request) -> PlainTextResponse:

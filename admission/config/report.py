@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 
 from admission.config.fields import env_name
 from admission.config.settings import Settings, Spec
@@ -14,7 +15,7 @@ def announce(settings: Settings, *, in_code: bool, log: logging.Logger) -> None:
     """announce logs, once at start-up, the one line of settings in effect, and a warning when
     settings given in code override `ADMISSION_*` variables set to something else (code wins:
     the variables are then ignored, whatever `admission config` shows)."""
-    log.info("%s", settings.summary())
+    log.info("%s%s", settings.summary(), _per_worker(settings))
     chosen = settings.client_chosen()
     if chosen:
         log.warning(
@@ -29,6 +30,24 @@ def announce(settings: Settings, *, in_code: bool, log: logging.Logger) -> None:
             "settings given in code win over the environment: %s ignored",
             ", ".join(ignored),
         )
+
+
+# Set by `admission serve --workers N` for its workers: how many processes share the service.
+WORKERS_ENV = "_ADMISSION_WORKERS"
+
+
+def _per_worker(settings: Settings) -> str:
+    """_per_worker is what the settings line adds when several worker processes each keep
+    their own memory store: every limit holds per worker, not per service."""
+    workers = os.environ.get(WORKERS_ENV, "1")
+    limited = settings.rate is not None or bool(settings.policies)
+    if not limited or settings.storage != "memory://" or not workers.isdigit() or workers == "1":
+        return ""
+    return (
+        f"; rate limits are per worker: each of the {workers} workers keeps its own memory "
+        f"store, so a client may get up to {workers} times each limit (ADMISSION_STORAGE="
+        "redis://... shares them)"
+    )
 
 
 def accepted_markdown() -> str:

@@ -24,11 +24,11 @@ from admission.bucket import Decision
 from admission.charges import ENFORCED, Charge, Verdict
 from admission.config.fields import Network
 from admission.config.policies import Limit, Policy
-from admission.ratelimit.coverage import unserved
 from admission.ratelimit.fields import policy_item, ratelimit_header, retry_after_seconds
 from admission.ratelimit.keys import XFF, bounded, from_trusted_peer, key_function, single_header
 from admission.ratelimit.outcome import Outcome, RawHeaders, Refusal
 from admission.ratelimit.routes import Router
+from admission.served import unserved
 from admission.stores.base import ChargesStore, Store
 from admission.stores.guard import GuardedStore, StorageDenial
 from admission.stores.memory import BucketSpec, MemoryStore, bucket_spec
@@ -220,7 +220,7 @@ class PolicyLimiter:
 
     def unserved(self, app: object) -> list[tuple[str, str]]:
         """unserved lists (policy, pattern) for each pattern that matches no route of `app`'s
-        router (see `admission.ratelimit.coverage`)."""
+        router (see `admission.served`)."""
         return unserved(app, self.policies)
 
     def charges(self, scope: Scope) -> tuple[list[Charge], list[_Applied]]:

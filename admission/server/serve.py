@@ -10,6 +10,7 @@ from typing import Any
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.importer import import_from_string
 
+from admission.config.report import WORKERS_ENV
 from admission.config.settings import Settings
 from admission.middleware import AdmissionMiddleware
 from admission.server.protocol import HttpProtocol, ServerLimits
@@ -69,6 +70,7 @@ def serve(
     status (0 after a clean drain, 3 when a worker failed to start). `access_log=False` turns
     off uvicorn's access log."""
     os.environ[TARGET_ENV] = target
+    os.environ[WORKERS_ENV] = str(workers)
     return run(server_config(target, host, port, workers, settings, access_log))
 
 

@@ -146,8 +146,28 @@ class GuardedStore:
         self._retry_at = -math.inf
 
     async def check(self) -> None:
-        """check passes the store's health check through."""
-        await self.store.check()
+        """check passes the store's health check through, and counts a failure as an outage
+        (or a success as the end of one) as a decision would."""
+        try:
+            await self.store.check()
+        except StorageError as exc:
+            self._outage(exc)
+            raise
+        if self._down_since is not None:
+            self._recovered()
+
+    async def answers(self) -> bool:
+        """answers: does the store answer now? Asked of the store itself only while it is
+        failing (`degraded`), and then at most once a `retry_interval_s`, like decisions."""
+        if self._down_since is None:
+            return True
+        if self._clock() < self._retry_at:
+            return False
+        try:
+            await self.check()
+        except StorageError:
+            return False
+        return True
 
     def reopen(self) -> None:
         """reopen reopens the store behind, if it can be (see `RedisStore.reopen`), for the

@@ -1,4 +1,6 @@
-"""admission.ratelimit.coverage: which policy patterns name no route the application serves.
+"""admission.served: what the application serves, read from its Starlette router: which
+policy patterns name no route it serves, and which paths it routes (those admission's own
+endpoints would shadow).
 
 A typo (`"POST /logn"`) or a renamed route leaves a policy limiting nothing, silently. When the
 application exposes a Starlette router (Starlette, FastAPI, their mounts and routers), each
@@ -60,11 +62,11 @@ def _matches(routes: Sequence[Any], method: str | None, path: str) -> bool:
             for served, whole in _paths(routes, "")
         )
     probes = {_PARAM.sub(sample, path) for sample in _SAMPLES}
-    return any(_routed(routes, method, probe) for probe in probes)
+    return any(routed(routes, method, probe) for probe in probes)
 
 
-def _routed(routes: Sequence[Any], method: str | None, path: str) -> bool:
-    """_routed: would a request for `path` (of `method`, any method when None) reach a route?"""
+def routed(routes: Sequence[Any], method: str | None, path: str) -> bool:
+    """routed: would a request for `path` (of `method`, any method when None) reach a route?"""
     from starlette.routing import Match
 
     kinds = ("http", "websocket") if method in (None, "GET") else ("http",)
