@@ -22,7 +22,7 @@ from admission.lifecycle.context import (
 )
 from admission.lifetime import Lifetime
 from admission.middleware import AdmissionMiddleware
-from admission.ratelimit.outcome import Refusal, refusal
+from admission.refusal import Refusal, refusal
 
 __all__ = [
     "AdmissionError",

@@ -11,17 +11,17 @@ from prometheus_client import CollectorRegistry
 
 from admission import reasons
 from admission.concurrency.gate import DEFAULT, Concurrency
-from admission.config.report import announce
 from admission.config.settings import Settings
 from admission.errors import ConfigError, StackError
 from admission.lifecycle.service import Service
 from admission.observe.endpoints import METHODS, Endpoints
 from admission.observe.metrics import AdmissionCollector
-from admission.ratelimit.gate import REFUSAL_STATE_KEY, Refusal, rate_gate
+from admission.ratelimit.gate import rate_gate
 from admission.reasons import Reason
+from admission.refusal import Refusal
 from admission.request.body import Budget, buffer_body
 from admission.request.exchange import Exchange, Shared, TimedExchange, Timeouts
-from admission.request.responses import refuse_websocket, send_problem
+from admission.request.responses import answer_refusal, send_problem
 from admission.stats import Stats
 from admission.stores import GuardedStore, Store, open_store
 from admission.types import ASGIApp, Receive, Scope, Send
@@ -102,7 +102,13 @@ class AdmissionMiddleware:
         self.timeouts = Timeouts(s.read_timeout, s.idle_timeout, s.write_timeout, s.request_timeout)
         # Without a timeout, requests need none of a TimedExchange's bookkeeping.
         self._exchange = TimedExchange if self.timeouts.enabled else Exchange
-        self.shared = Shared(self.timeouts, self.drain_state, ledger=self.ledger, stats=self.stats)
+        self.shared = Shared(
+            self.timeouts,
+            self.drain_state,
+            ledger=self.ledger,
+            stats=self.stats,
+            on_refuse=s.on_refuse,
+        )
         self._buffer_body = s.buffer_body
         # Every body read ahead shares ADMISSION_BUFFER_BODY_TOTAL.
         self.body_budget = Budget(s.buffer_body_total) if s.buffer_body is not None else None
@@ -180,7 +186,7 @@ class AdmissionMiddleware:
                 # A memory store decides synchronously: no coroutine per request.
                 outcome = gate.decide_now(scope) if gate.synchronous else await gate.decide(scope)
                 if outcome.refusal is not None:
-                    return await self._refuse_by_policy(scope, receive, send, outcome.refusal)
+                    return await self._refuse(scope, receive, send, outcome.refusal)
                 if self._fields_on_admitted:
                     extra = outcome.headers
             if not drain.accepting:
@@ -237,43 +243,20 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
 
     async def _refuse(
-        self,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        reason: Reason,
-        headers: Sequence[tuple[bytes, bytes]] = (),
+        self, scope: Scope, receive: Receive, send: Send, why: Reason | Refusal
     ) -> None:
-        """_refuse turns a request down for `reason` before the application sees it."""
-        self.stats.reject(reason)
-        if scope["type"] == "websocket":
-            await refuse_websocket(scope, receive, send, reason, headers)
+        """_refuse turns a request down before the application sees it, for a `Reason` or a
+        rate limit's `Refusal`: through the `on_refuse` app if one is set, else with
+        problem+json (see `answer_refusal`)."""
+        if isinstance(why, Reason):
+            refusal = Refusal.of(why)
+        elif self._fields_on_refusals:
+            refusal = why
         else:
-            await send_problem(send, reason, headers)
-
-    async def _refuse_by_policy(
-        self, scope: Scope, receive: Receive, send: Send, refusal: Refusal
-    ) -> None:
-        """_refuse_by_policy answers a request a rate limit refused (the policy "default" is
-        `ADMISSION_RATE`'s): through the `on_refuse` app if one is set (it finds the refusal in
-        the scope's state), else with problem+json naming the policy."""
-        if not self._fields_on_refusals:
             # ADMISSION_HEADERS=off: Retry-After (always first) alone.
-            refusal = refusal._replace(headers=refusal.headers[:1])
-        reason = reasons.STORAGE if refusal.reason == "storage" else reasons.RATE
-        self.stats.reject(reason)
-        if self._on_refuse is not None:
-            state = scope.get("state")
-            if state is None:
-                scope["state"] = state = {}
-            state[REFUSAL_STATE_KEY] = refusal
-            await self._on_refuse(scope, receive, send)
-        elif scope["type"] == "websocket":
-            await refuse_websocket(
-                scope, receive, send, reason, refusal.headers, policy=refusal.policy
-            )
-        else:
-            await send_problem(send, reason, refusal.headers, policy=refusal.policy)
+            refusal = why._replace(headers=why.headers[:1])
+        self.stats.reject(refusal.cause)
+        await answer_refusal(scope, receive, send, refusal, self._on_refuse)
 
     @property
     def lifetime(self) -> Lifetime:
@@ -295,9 +278,11 @@ class AdmissionMiddleware:
         return self.stats.admitted > 0 or any(self.stats.rejected.values())
 
     def _start(self) -> None:
+        """_start begins serving: the settings line, the signal hook, then what start-up can
+        tell of the application (routes admission shadows, policies that limit nothing)."""
         self._serving = self._config_error is None
         _ensure_logging()
-        announce(self.settings, in_code=self._settings_in_code, log=log)
+        self.service.start(in_code=self._settings_in_code, log=log)
         for path, variable in self.endpoints.shadowed(self.app):
             log.warning(
                 "the application's own %s is never reached: admission answers GET and HEAD "
@@ -312,7 +297,6 @@ class AdmissionMiddleware:
                     policy,
                     pattern,
                 )
-        self.service.start()
 
     async def _refuse_to_start(self, scope: Scope, receive: Receive, send: Send) -> None:
         """_refuse_to_start answers every call of a middleware whose settings were bad (or whose

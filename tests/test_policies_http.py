@@ -14,7 +14,7 @@ import admission
 from admission import AdmissionMiddleware, Settings
 from admission.config.policies import Policy, generation_bucket
 from admission.ratelimit.gate import resolved_policies
-from admission.ratelimit.outcome import REFUSAL_STATE_KEY
+from admission.refusal import REFUSAL_STATE_KEY
 from admission.stores.memory import MemoryStore
 from tests.asgi import CountingApp, ManualClock
 from tests.structured_fields import parse_sf_list

@@ -8,8 +8,10 @@ and `reopen`, which starts it afresh when a lifespan follows a completed shutdow
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 
+from admission.config.report import announce
 from admission.config.settings import Settings
 from admission.ledger import Ledger
 from admission.lifecycle import context
@@ -38,6 +40,7 @@ class Service:
         served: Callable[[], bool],
         handle_signals: bool,
     ) -> None:
+        self.settings = settings
         self._cleanup_timeout_s = settings.cleanup_timeout
         self.lifetime: Lifetime = context.adopt_service_lifetime(settings.cleanup_timeout)
         self.ledger = Ledger()
@@ -69,7 +72,10 @@ class Service:
         if self.signals is not None:
             self.signals.reset()
 
-    def start(self) -> None:
-        """start installs the signal hook (once per process; again after a reopen)."""
+    def start(self, *, in_code: bool, log: logging.Logger) -> None:
+        """start says the settings in effect on `log` (`in_code`: the settings were given in
+        code, which wins over the environment) and installs the signal hook (once per
+        process; again after a reopen)."""
+        announce(self.settings, in_code=in_code, log=log)
         if self.signals is not None:
             self.signals.install()

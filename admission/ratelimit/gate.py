@@ -21,16 +21,15 @@ from admission.config.settings import Settings
 from admission.ratelimit.fields import policy_header, ratelimit_header, retry_after_seconds
 from admission.ratelimit.keys import key_function
 from admission.ratelimit.limiter import PolicyLimiter
-from admission.ratelimit.outcome import REFUSAL_STATE_KEY, Outcome, RawHeaders, Refusal
+from admission.ratelimit.outcome import Outcome
+from admission.reasons import RATE, STORAGE
+from admission.refusal import Refusal
 from admission.stores import MemoryStore, Store
 from admission.stores.guard import StorageDenial
-from admission.types import Scope
+from admission.types import RawHeaders, Scope
 
 __all__ = [
-    "REFUSAL_STATE_KEY",
-    "Outcome",
     "RateGate",
-    "Refusal",
     "SingleRate",
     "default_policy",
     "rate_gate",
@@ -130,10 +129,10 @@ class SingleRate:
         headers: RawHeaders = [(b"retry-after", str(retry).encode())]
         if type(decision) is StorageDenial:
             # The store failed: nothing is known of the client's bucket to tell it.
-            return Outcome(Refusal("storage", 503, self.name, decision, headers), headers)
+            return Outcome(Refusal("storage", 503, self.name, decision, headers, STORAGE), headers)
         self.refusals[self.name] += 1
         headers += (self.field, ratelimit_header(decision))
-        return Outcome(Refusal("rate", 429, self.name, decision, headers), headers)
+        return Outcome(Refusal("rate", 429, self.name, decision, headers, RATE), headers)
 
 
 def _not_synchronous(key: str, now: float) -> Decision:

@@ -26,13 +26,15 @@ from admission.config.fields import Network
 from admission.config.policies import Limit, Policy
 from admission.ratelimit.fields import policy_item, ratelimit_header, retry_after_seconds
 from admission.ratelimit.keys import XFF, bounded, from_trusted_peer, key_function, single_header
-from admission.ratelimit.outcome import Outcome, RawHeaders, Refusal
+from admission.ratelimit.outcome import Outcome
 from admission.ratelimit.routes import Router
+from admission.reasons import RATE, STORAGE
+from admission.refusal import Refusal
 from admission.served import unserved
 from admission.stores.base import ChargesStore, Store
 from admission.stores.guard import GuardedStore, StorageDenial
 from admission.stores.memory import BucketSpec, MemoryStore, bucket_spec
-from admission.types import Scope
+from admission.types import RawHeaders, Scope
 
 log = logging.getLogger("admission")
 
@@ -392,10 +394,10 @@ class PolicyLimiter:
             # The store failed and ADMISSION_ON_STORAGE_ERROR=deny: nothing is known of the
             # client's buckets to tell it, and it is no rate refusal of the policy's.
             headers = [(b"retry-after", str(retry).encode())]
-            return Outcome(Refusal("storage", 503, policy, decision, headers), headers)
+            return Outcome(Refusal("storage", 503, policy, decision, headers, STORAGE), headers)
         self.refusals[policy] += 1
         headers.insert(0, (b"retry-after", str(retry).encode()))
-        return Outcome(Refusal("rate", 429, policy, decision, headers), headers)
+        return Outcome(Refusal("rate", 429, policy, decision, headers, RATE), headers)
 
     def _policy_field(self, applied: Sequence[_Applied], shadow: bool) -> tuple[bytes, bytes]:
         """_policy_field is the RateLimit-Policy field listing the enforced limits applied.

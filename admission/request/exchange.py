@@ -33,8 +33,9 @@ from admission.reasons import (
     WRITE_TIMEOUT,
     Reason,
 )
+from admission.refusal import Refusal
 from admission.request.abort import abort_connection
-from admission.request.responses import send_problem
+from admission.request.responses import answer_refusal
 from admission.request.timeouts import DISCONNECT_WATCH_DELAY_S, NEVER, TICK_S, Ticker, Timeouts
 from admission.stats import Stats
 from admission.types import ASGIApp, Message, Receive, Scope, Send
@@ -63,7 +64,8 @@ class Shared:
     `time.perf_counter` for the latency (None: those). `watch_delay_s` is how long a request
     runs before its client is watched for going away. `drop_connection` drops a client's
     connection outright (a client that stopped reading would never take a closing answer); it
-    says False where the server doesn't allow it.
+    says False where the server doesn't allow it. `on_refuse` (`Settings.on_refuse`) answers a
+    request cut short before its response began, as it answers every refusal.
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class Shared:
         clock: Callable[[], float] | None = None,
         watch_delay_s: float = DISCONNECT_WATCH_DELAY_S,
         drop_connection: Callable[[Send], bool] = abort_connection,
+        on_refuse: ASGIApp | None = None,
     ) -> None:
         self.timeouts = timeouts
         self.drain = drain
@@ -86,6 +89,8 @@ class Shared:
         # iteration began, in whole milliseconds, which reads 0 for most fast requests.
         self.latency_clock = clock or perf_counter
         self.drop_connection = drop_connection
+        # What answers a request cut short before its response began, as every refusal.
+        self.on_refuse = on_refuse
         # Without a timeout the ticker only starts the disconnect watch: twice per watch delay.
         self.ticker = Ticker(
             self.ledger,
@@ -243,7 +248,8 @@ class Exchange:
                 return
             if reason.status is None or self.disconnected:
                 return
-            answer = send_problem(send, reason)
+            refusal = Refusal.of(reason)
+            answer = answer_refusal(self.scope, self.receive, send, refusal, self.shared.on_refuse)
             await asyncio.wait_for(answer, self.shared.timeouts.write_s or ANSWER_TIMEOUT_S)
 
     def tick(self, now: float, watch_before: float) -> None:

@@ -9,7 +9,8 @@ from http import HTTPStatus
 from typing import Any
 
 from admission.reasons import Reason
-from admission.types import Message, Receive, Send
+from admission.refusal import REFUSAL_STATE_KEY, Refusal
+from admission.types import ASGIApp, Message, Receive, Scope, Send
 
 
 def problem_body(
@@ -82,17 +83,45 @@ async def send_bytes(
     await send({"type": kind + ".body", "body": body})
 
 
+async def answer_refusal(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    refusal: Refusal,
+    on_refuse: ASGIApp | None = None,
+) -> None:
+    """answer_refusal answers a request admission turned down: through `on_refuse` when one is
+    set (it finds `refusal` in the scope's state, see `admission.refusal`), else with the
+    default answer, problem+json (or the websocket refusal) naming the reason and the policy
+    if one refused, with every field of `refusal.headers`."""
+    if on_refuse is not None:
+        state = scope.get("state")
+        if state is None:
+            scope["state"] = state = {}
+        state[REFUSAL_STATE_KEY] = refusal
+        await on_refuse(scope, receive, send)
+        return
+    cause = refusal.cause
+    policy = refusal.policy or None
+    if scope["type"] == "websocket":
+        await refuse_websocket(scope, receive, send, cause, refusal.headers, policy=policy)
+        return
+    body = problem_body(cause, refusal.status, policy=policy)
+    await send_bytes(send, refusal.status, body, b"application/problem+json", refusal.headers)
+
+
 async def refuse_websocket(
     scope: Message,
     receive: Receive,
     send: Send,
     reason: Reason,
-    headers: Sequence[tuple[bytes, bytes]] = (),
+    fields: Sequence[tuple[bytes, bytes]],
     policy: str | None = None,
 ) -> None:
     """refuse_websocket turns a websocket handshake down before it is accepted: with an HTTP
-    problem response where the server supports the `websocket.http.response` extension, else
-    by closing with the reason's close code (1013 try again later, 1001 going away)."""
+    problem response carrying `fields` where the server supports the `websocket.http.response`
+    extension, else by closing with the reason's close code (1013 try again later, 1001 going
+    away)."""
     message = await receive()
     if message.get("type") != "websocket.connect":
         return
@@ -100,7 +129,6 @@ async def refuse_websocket(
         assert reason.status is not None
         body = problem_body(reason, reason.status, policy=policy)
         kind = "websocket.http.response"
-        fields = (*reason.headers, *headers)
         await send_bytes(send, reason.status, body, b"application/problem+json", fields, kind=kind)
         return
     await send({"type": "websocket.close", "code": reason.ws_close, "reason": reason.label})
