@@ -108,6 +108,7 @@ class AdmissionMiddleware:
             ledger=self.ledger,
             stats=self.stats,
             on_refuse=s.on_refuse,
+            ws_messages=s.ws_message_bucket,
         )
         self._buffer_body = s.buffer_body
         # Every body read ahead shares ADMISSION_BUFFER_BODY_TOTAL.

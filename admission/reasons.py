@@ -100,6 +100,11 @@ WRITE_TIMEOUT = Reason(
 )
 DEADLINE = Reason("deadline", 504, 1011, "The request did not complete within its deadline.")
 DISCONNECT = Reason("disconnect", None, 1011, "The client went away.")
+# ADMISSION_WS_MESSAGE_RATE: a websocket sent more messages than its connection may. 1008,
+# "policy violation": the client broke the service's terms, not the service.
+WS_MESSAGE_RATE = Reason(
+    "ws_message_rate", None, 1008, "Too many messages on this websocket; slow down."
+)
 DRAIN_DEADLINE = Reason(
     "drain_deadline",
     503,
@@ -131,5 +136,6 @@ ALL = (
     WRITE_TIMEOUT,
     DEADLINE,
     DISCONNECT,
+    WS_MESSAGE_RATE,
     DRAIN_DEADLINE,
 )

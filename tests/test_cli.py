@@ -36,6 +36,7 @@ FIRST_BAD = {
     "read_timeout": "0",
     "buffer_body": "0",
     "buffer_body_total": "0",
+    "ws_message_rate": "fast",
     "forwarded_header": "x-real-ip",
     "write_timeout": "0",
     "idle_timeout": "0",

@@ -21,6 +21,7 @@ from typing import Any, Literal, cast
 
 import limits
 
+from admission.bucket import Bucket
 from admission.config.fields import (
     BUFFER_BODY_TOTAL_DEFAULT,
     ENV_PREFIX,
@@ -192,6 +193,9 @@ class Settings:
         None, PriorityFrom(), "where a request's class (critical, default, sheddable) is read"
     )
     shed_at: str = setting(SHED_AT_DEFAULT, ShedAt(), "share of the window each class may fill")
+    ws_message_rate: str | None = setting(
+        None, Rate(), "messages one websocket connection may send (limits notation)"
+    )
     websocket_window: int | None = setting(
         None,
         Whole(1, 1_000_000, "websocket connections", unset="for the same as ADMISSION_WINDOW"),
@@ -351,6 +355,15 @@ class Settings:
         if unknown:
             raise ConfigError.of(unknown)
         return settings
+
+    @property
+    def ws_message_bucket(self) -> Bucket | None:
+        """ws_message_bucket is each websocket connection's bucket of messages
+        (`ws_message_rate`: its amount is the burst), None without one."""
+        if self.ws_message_rate is None:
+            return None
+        item = limits.parse(self.ws_message_rate)
+        return Bucket(item.get_expiry() / item.amount, item.amount)
 
     @property
     def rate_item(self) -> limits.RateLimitItem | None:

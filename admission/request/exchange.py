@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
 from typing import Protocol
 
+from admission.bucket import Bucket
 from admission.ledger import Ledger
 from admission.lifecycle.context import STATE_KEY
 from admission.lifetime import Lifetime
@@ -31,6 +32,7 @@ from admission.reasons import (
     IDLE_TIMEOUT,
     READ_TIMEOUT,
     WRITE_TIMEOUT,
+    WS_MESSAGE_RATE,
     Reason,
 )
 from admission.refusal import Refusal
@@ -79,6 +81,7 @@ class Shared:
         watch_delay_s: float = DISCONNECT_WATCH_DELAY_S,
         drop_connection: Callable[[Send], bool] = abort_connection,
         on_refuse: ASGIApp | None = None,
+        ws_messages: Bucket | None = None,
     ) -> None:
         self.timeouts = timeouts
         self.drain = drain
@@ -91,6 +94,8 @@ class Shared:
         self.drop_connection = drop_connection
         # What answers a request cut short before its response began, as every refusal.
         self.on_refuse = on_refuse
+        # Each websocket connection's own message budget (ADMISSION_WS_MESSAGE_RATE).
+        self.ws_messages = ws_messages
         # Without a timeout the ticker only starts the disconnect watch: twice per watch delay.
         self.ticker = Ticker(
             self.ledger,
@@ -127,6 +132,7 @@ class Exchange:
         "_send",
         "_unread",
         "_watcher",
+        "_ws_tat",
         "begun_at",
         "body_done",
         "clock",
@@ -171,6 +177,7 @@ class Exchange:
         self.completed = False
         self.disconnected = False
         self.body_done: bool | None = None
+        self._ws_tat: float | None = None
         self.lifetime: Lifetime | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._unread: list[Message] | None = None
@@ -229,7 +236,8 @@ class Exchange:
         with contextlib.suppress(Exception):
             if self.websocket:
                 if not self.completed and not self.disconnected:
-                    await send({"type": "websocket.close", "code": reason.ws_close})
+                    close = {"type": "websocket.close", "code": reason.ws_close}
+                    await send({**close, "reason": reason.detail})
                 return
             if (reason.drop_connection or self.started) and not self.disconnected:
                 # A response under way can only be ended with its connection. Dropped here,
@@ -292,7 +300,24 @@ class Exchange:
             return {"type": "websocket.disconnect" if self.websocket else "http.disconnect"}
         message = self._unread.pop(0) if self._unread else await self._receive()
         self._received(message)
+        if self.websocket and message["type"] == "websocket.receive":
+            await self._count_message()
         return message
+
+    async def _count_message(self) -> None:
+        """_count_message takes a websocket message from the connection's budget
+        (`ADMISSION_WS_MESSAGE_RATE`); over it, the socket is closed with 1008 and the message
+        never reaches the application."""
+        bucket = self.shared.ws_messages
+        if bucket is None:
+            return
+        tat, decision = bucket.decide(self._ws_tat, self.clock())
+        if decision.allowed:
+            self._ws_tat = tat
+            return
+        self.abort(WS_MESSAGE_RATE)
+        # The abort's cancellation lands here, before the message is handed over.
+        await asyncio.sleep(0)
 
     def _received(self, message: Message) -> None:
         kind = message["type"]
