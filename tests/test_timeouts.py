@@ -183,7 +183,7 @@ async def test_a_websocket_idle_timeout_counts_from_the_last_message() -> None:
     assert not h.task.done()
     h.tick_at(T0 + LIMIT_S)
     await finish(h.task)
-    assert client.sent[-1] == {"type": "websocket.close", "code": 1000}
+    assert client.sent[-1] == {"type": "websocket.close", "code": 1000, "reason": "idle_timeout"}
 
 
 async def test_nothing_fires_after_the_request_ended() -> None:

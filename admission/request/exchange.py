@@ -237,7 +237,7 @@ class Exchange:
             if self.websocket:
                 if not self.completed and not self.disconnected:
                     close = {"type": "websocket.close", "code": reason.ws_close}
-                    await send({**close, "reason": reason.detail})
+                    await send({**close, "reason": reason.label})
                 return
             if (reason.drop_connection or self.started) and not self.disconnected:
                 # A response under way can only be ended with its connection. Dropped here,
