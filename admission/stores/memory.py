@@ -233,9 +233,10 @@ class MemoryStore:
         `admission.charges`): each charge's bucket, not the store's, does the arithmetic, and
         is held under its client's digest XOR its name's (`_name_digest`). The store's own
         bucket must fill no faster than the slowest of theirs, since its fill time is how long
-        the store waits idle before forgetting everything (`policies.generation_bucket`). A
-        bucket that took nothing is left where it is; one that took is moved to the most
-        recent end."""
+        the store waits idle before forgetting everything (`policies.generation_bucket`). Every
+        bucket held is moved to the most recent end, in order, whether it took or not: a
+        refusal counts as a use, as in `decide_at`, so a client refused again and again keeps
+        its place however many fresh keys arrive between its requests."""
         if now >= self._check_at:
             self._check(now)
         # The general path: refusals, shadow policies, cost callables (`take_all_at` decides
@@ -260,7 +261,7 @@ class MemoryStore:
             found.append(entry)
             tats.append(held[entry] if entry else None)
         verdict, new_tats = decide_charges(charges, tats, now)
-        self._keep(keys, found, new_tats, now, unchanged=tats)
+        self._keep(keys, found, new_tats, now)
         return verdict
 
     def take_all_at(
@@ -359,28 +360,22 @@ class MemoryStore:
         self._keep(keys, entries, new_tats, now)
 
     def _keep(
-        self,
-        keys: list[int],
-        found: list[int],
-        new_tats: Sequence[float | None],
-        now: float,
-        unchanged: Sequence[float | None] | None = None,
+        self, keys: list[int], found: list[int], new_tats: Sequence[float | None], now: float
     ) -> None:
-        """_keep writes each key's new TAT and moves it to the most recent end, in order, or
-        holds it anew; a TAT of None, or one that is `unchanged`'s (a bucket that took
-        nothing), stays as it was. `found` are the keys' entries (0: not held) as found before
-        any was inserted: inserting may reuse the least recently used entry, so after one a
-        key is found afresh."""
+        """_keep writes each key's new TAT (unchanged for a bucket that took nothing) and moves
+        it to the most recent end, in order, or holds it anew; a key not held whose TAT is
+        None or not ahead of `now` (a full bucket) stays unheld, as in `decide_at`. `found`
+        are the keys' entries (0: not held) as found before any was inserted: inserting may
+        reuse the least recently used entry, so after one a key is found afresh."""
         held = self._tats
         inserted = False
         for k, new in enumerate(new_tats):
-            if new is None or (unchanged is not None and new is unchanged[k]):
-                continue
             entry = self._find(keys[k]) if inserted else found[k]
             if entry:
-                held[entry] = new
+                if new is not None:
+                    held[entry] = new
                 self._touch(entry)
-            elif new > now:
+            elif new is not None and new > now:
                 self._insert(keys[k], new, now)
                 inserted = True
 
