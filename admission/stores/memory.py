@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import mmap
 import os
 import sys
@@ -12,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from admission.bucket import _EPSILON_S, Bucket, Decision
+from admission.bucket import Bucket, Decision
 from admission.charges import Charge, Verdict, decide_charges
 
 log = logging.getLogger("admission.store")
@@ -72,31 +71,22 @@ _NAME_DIGESTS: dict[str, int] = {}
 _NAME_DIGESTS_MAX = 4096
 
 # BucketSpec is one bucket as `MemoryStore.take_all_at` takes it (see `bucket_spec`): its
-# name's digest, the TAT step of its cost, its capacity in seconds, that plus the rounding
-# tolerance, its interval, its capacity in tokens, and a tag of the caller's.
+# name's digest, the bucket, the cost it is charged, and a tag of the caller's.
 T = TypeVar("T")
-BucketSpec = tuple[int, float, float, float, float, int, T]
-_new_tuple = tuple.__new__
+BucketSpec = tuple[int, Bucket, int, T]
 # More tokens than any bucket holds (capacities are at most 1e9): fewer than it is the first.
 _NO_TOKENS = 1 << 62
-# A global, not an attribute of `math`: one lookup fewer per bucket in `take_all_at`.
-_floor = math.floor
 
 
 def bucket_spec(name: str, bucket: Bucket, cost: int, tag: T) -> BucketSpec[T]:
     """bucket_spec is what `MemoryStore.take_all_at` needs of the bucket `name` (a charge's
-    name) charged a fixed `cost`, computed once when the configuration is read rather than per
-    request: `_name_digest(name)`, and the constants of `Bucket.decide` (`cost * interval`,
-    `capacity * interval`, `limit + _EPSILON_S`), the very expressions it computes, so the
-    floats are identical.
+    name) charged a fixed `cost`, worked out once when the configuration is read rather than
+    per request: `_name_digest(name)`, the bucket and the cost.
     `tag` is handed back for the bucket closest to refusing. A cost above the capacity (which
     no request could pay) or below 0 is a ValueError: `take_all_at` never refuses for it."""
     if not 0 <= cost <= bucket.capacity:
         raise ValueError(f"cost must be from 0 to the capacity {bucket.capacity}, not {cost}")
-    interval = bucket.interval_s
-    capacity = bucket.capacity
-    limit = capacity * interval
-    return (_name_digest(name), cost * interval, limit, limit + _EPSILON_S, interval, capacity, tag)
+    return (_name_digest(name), bucket, cost, tag)
 
 
 def _zeros(size: int) -> memoryview:
@@ -268,7 +258,8 @@ class MemoryStore:
         self, runs: Sequence[tuple[str, Sequence[BucketSpec[T]]]], now: float
     ) -> tuple[Decision, T] | None:
         """take_all_at is `decide_charges_at` for a request whose buckets all admit, in one
-        pass and without a Charge or a Decision per bucket: `runs` pairs each client key with
+        pass and without a Charge per bucket (each bucket's arithmetic is `Bucket.decide`, as
+        everywhere): `runs` pairs each client key with
         the specs of its buckets (`bucket_spec`), all enforced. If every bucket admits, each
         is charged and moved to the most recent end exactly as `decide_charges_at` would, and
         the answer is the decision of the bucket closest to refusing (fewest tokens left, then
@@ -283,48 +274,39 @@ class MemoryStore:
         # What to write back once every bucket has admitted: nothing is written before.
         entries: list[int] = []
         new_tats: list[float] = []
-        best: T | None = None
+        best: tuple[Decision, T] | None = None
         best_remaining = _NO_TOKENS
-        best_ahead = 0.0
         missing = False
         for client, specs in runs:
             client_digest = hash(client) if _HASH_IS_KEYED else digest_of(client)
-            for name_digest, step, limit, most, interval, capacity, tag in specs:
+            for name_digest, bucket, cost, tag in specs:
                 digest = client_digest ^ name_digest
                 i = digest & mask
                 entry = index[i]
                 while entry and digests[entry] != digest:
                     i = (i + 1) & mask
                     entry = index[i]
-                # `Bucket.decide`, expression for expression (see `bucket_spec`).
                 if entry:
-                    tat = held[entry]
-                    new_tat = (now if tat < now else tat) + step
+                    new_tat, decision = bucket.decide(held[entry], now, cost)
                 else:
-                    new_tat = now + step
+                    new_tat, decision = bucket.decide(None, now, cost)
                     missing = True
-                ahead = new_tat - now
-                if ahead > most:
+                if not decision[0]:  # refused: `decide_charges_at` tells the rest
                     return None
-                remaining = _floor((limit - ahead) / interval + _EPSILON_S)
-                if remaining > capacity:
-                    remaining = capacity
-                elif remaining < 0:
-                    remaining = 0
+                remaining = decision[1]
                 if remaining < best_remaining or (
-                    remaining == best_remaining and ahead > best_ahead
+                    remaining == best_remaining and decision[3] > best[0][3]  # type: ignore[index]
                 ):
-                    best = tag
+                    best = decision, tag
                     best_remaining = remaining
-                    best_ahead = ahead
                 entries.append(entry)
-                new_tats.append(new_tat)
+                new_tats.append(new_tat)  # type: ignore[arg-type]  # admitted: a TAT
         if not entries:
             return None
         if missing:
             # A bucket not held yet: inserted, which may reuse an entry found above.
             self._write_back(runs, entries, new_tats, now)
-            return _new_tuple(Decision, (True, best_remaining, 0.0, best_ahead)), best  # type: ignore[return-value]  # set: a bucket
+            return best
         # Written from the most recent end back, while the buckets are the most recent
         # already, in this order (a client's requests one after another): moving each to the
         # most recent end in turn would leave the list as it is, so one read per bucket does
@@ -343,7 +325,7 @@ class MemoryStore:
                 break
             held[entry] = new_tats[k]
             last = older[entry]
-        return _new_tuple(Decision, (True, best_remaining, 0.0, best_ahead)), best  # type: ignore[return-value]  # set: a bucket
+        return best
 
     def _write_back(
         self,
