@@ -311,10 +311,10 @@ class PolicyLimiter:
         field = plan.field
         if field is None:
             # A run's first limit stands for its policy and class, hashed by identity.
-            which = tuple([specs[0][-1] for _, specs in runs])
+            which = tuple([specs[0][6] for _, specs in runs])
             field = self._run_fields.get(which)
             if field is None:
-                items = [spec[-1].policy_item for _, specs in runs for spec in specs]
+                items = [spec[6].policy_item for _, specs in runs for spec in specs]
                 field = (b"ratelimit-policy", ", ".join(items).encode())
                 if len(self._run_fields) >= _FIELD_CACHE_MAX:
                     self._run_fields.clear()
@@ -328,7 +328,7 @@ class PolicyLimiter:
         applied: list[_Applied] = []
         for client, specs in runs:
             for spec in specs:
-                limit = spec[-1]
+                limit = spec[6]
                 charge = (client, limit.name, limit.bucket, limit.policy.cost, ENFORCED)
                 charges.append(_new_tuple(Charge, charge))
                 applied.append(limit)

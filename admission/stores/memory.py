@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from admission.bucket import Bucket, Decision
+from admission.bucket import _EPSILON_S, Bucket, Decision, _floor
 from admission.charges import Charge, Verdict, decide_charges
 
 log = logging.getLogger("admission.store")
@@ -71,22 +71,27 @@ _NAME_DIGESTS: dict[str, int] = {}
 _NAME_DIGESTS_MAX = 4096
 
 # BucketSpec is one bucket as `MemoryStore.take_all_at` takes it (see `bucket_spec`): its
-# name's digest, the bucket, the cost it is charged, and a tag of the caller's.
+# name's digest, the TAT step of its cost, its capacity in seconds, that plus the rounding
+# tolerance, its interval, its capacity in tokens, and a tag of the caller's.
 T = TypeVar("T")
-BucketSpec = tuple[int, Bucket, int, T]
+BucketSpec = tuple[int, float, float, float, float, int, T]
+_new_tuple = tuple.__new__
 # More tokens than any bucket holds (capacities are at most 1e9): fewer than it is the first.
 _NO_TOKENS = 1 << 62
 
 
 def bucket_spec(name: str, bucket: Bucket, cost: int, tag: T) -> BucketSpec[T]:
     """bucket_spec is what `MemoryStore.take_all_at` needs of the bucket `name` (a charge's
-    name) charged a fixed `cost`, worked out once when the configuration is read rather than
-    per request: `_name_digest(name)`, the bucket and the cost.
+    name) charged a fixed `cost`, computed once when the configuration is read rather than per
+    request: `_name_digest(name)`, the TAT step of the cost (`cost * interval`, as `decide`
+    computes it) and the bucket's own constants, so the floats are identical.
     `tag` is handed back for the bucket closest to refusing. A cost above the capacity (which
     no request could pay) or below 0 is a ValueError: `take_all_at` never refuses for it."""
     if not 0 <= cost <= bucket.capacity:
         raise ValueError(f"cost must be from 0 to the capacity {bucket.capacity}, not {cost}")
-    return (_name_digest(name), bucket, cost, tag)
+    interval = bucket.interval_s
+    limit, most = bucket.constants()
+    return (_name_digest(name), cost * interval, limit, most, interval, bucket.capacity, tag)
 
 
 def _zeros(size: int) -> memoryview:
@@ -258,8 +263,7 @@ class MemoryStore:
         self, runs: Sequence[tuple[str, Sequence[BucketSpec[T]]]], now: float
     ) -> tuple[Decision, T] | None:
         """take_all_at is `decide_charges_at` for a request whose buckets all admit, in one
-        pass and without a Charge per bucket (each bucket's arithmetic is `Bucket.decide`, as
-        everywhere): `runs` pairs each client key with
+        pass and without a Charge or a Decision per bucket: `runs` pairs each client key with
         the specs of its buckets (`bucket_spec`), all enforced. If every bucket admits, each
         is charged and moved to the most recent end exactly as `decide_charges_at` would, and
         the answer is the decision of the bucket closest to refusing (fewest tokens left, then
@@ -274,39 +278,53 @@ class MemoryStore:
         # What to write back once every bucket has admitted: nothing is written before.
         entries: list[int] = []
         new_tats: list[float] = []
-        best: tuple[Decision, T] | None = None
+        best: T | None = None
         best_remaining = _NO_TOKENS
+        best_ahead = 0.0
         missing = False
         for client, specs in runs:
             client_digest = hash(client) if _HASH_IS_KEYED else digest_of(client)
-            for name_digest, bucket, cost, tag in specs:
+            for name_digest, step, limit, most, interval, capacity, tag in specs:
                 digest = client_digest ^ name_digest
                 i = digest & mask
                 entry = index[i]
                 while entry and digests[entry] != digest:
                     i = (i + 1) & mask
                     entry = index[i]
+                # `Bucket.decide`'s admitted branch, expression for expression (see
+                # `bucket_spec`), inlined: calling `decide` per bucket instead costs about
+                # 19,000 instructions more per request of 3 policies of 2 limits
+                # (benchmarks/policy_instructions.py, 3x2), which would bring that variant
+                # past twice what ADMISSION_RATE adds. tests/test_take_all.py holds the two
+                # equal, float for float.
                 if entry:
-                    new_tat, decision = bucket.decide(held[entry], now, cost)
+                    tat = held[entry]
+                    new_tat = (now if tat < now else tat) + step
                 else:
-                    new_tat, decision = bucket.decide(None, now, cost)
+                    new_tat = now + step
                     missing = True
-                if not decision[0]:  # refused: `decide_charges_at` tells the rest
+                ahead = new_tat - now
+                if ahead > most:
                     return None
-                remaining = decision[1]
+                remaining = _floor((limit - ahead) / interval + _EPSILON_S)
+                if remaining > capacity:
+                    remaining = capacity
+                elif remaining < 0:
+                    remaining = 0
                 if remaining < best_remaining or (
-                    remaining == best_remaining and decision[3] > best[0][3]  # type: ignore[index]
+                    remaining == best_remaining and ahead > best_ahead
                 ):
-                    best = decision, tag
+                    best = tag
                     best_remaining = remaining
+                    best_ahead = ahead
                 entries.append(entry)
-                new_tats.append(new_tat)  # type: ignore[arg-type]  # admitted: a TAT
+                new_tats.append(new_tat)
         if not entries:
             return None
         if missing:
             # A bucket not held yet: inserted, which may reuse an entry found above.
             self._write_back(runs, entries, new_tats, now)
-            return best
+            return _new_tuple(Decision, (True, best_remaining, 0.0, best_ahead)), best  # type: ignore[return-value]  # set: a bucket
         # Written from the most recent end back, while the buckets are the most recent
         # already, in this order (a client's requests one after another): moving each to the
         # most recent end in turn would leave the list as it is, so one read per bucket does
@@ -325,7 +343,7 @@ class MemoryStore:
                 break
             held[entry] = new_tats[k]
             last = older[entry]
-        return best
+        return _new_tuple(Decision, (True, best_remaining, 0.0, best_ahead)), best  # type: ignore[return-value]  # set: a bucket
 
     def _write_back(
         self,
