@@ -19,7 +19,13 @@ from hypothesis import strategies as st
 
 from admission.bucket import Bucket
 from admission.charges import Charge
-from admission.stores.memory import BYTES_PER_KEY, MemoryStore, _name_digest, digest_of
+from admission.stores.memory import (
+    BYTES_PER_KEY,
+    MemoryStore,
+    _name_digest,
+    bucket_spec,
+    digest_of,
+)
 from tests.support import admission_serve, run_server
 
 
@@ -348,12 +354,14 @@ def test_the_single_rate_and_the_charges_path_decide_and_order_alike(
     max_keys: int, events: list[tuple[int, float, int]]
 ) -> None:
     """For any sequence of keys, times and costs under a small cap, `decide_at` (the single
-    rate) and `decide_charges_at` (route policies) give the same verdicts and hold the same
-    keys in the same order of use, refusals included."""
+    rate), `decide_charges_at` (route policies' general path) and `take_all_at` falling back
+    to it (their one pass, as the limiter asks) give the same verdicts and hold the same keys
+    in the same order of use, refusals included."""
     bucket = Bucket(interval_s=1.0, capacity=2)
     clock = ManualClock(0.0)
     single = MemoryStore(bucket, max_keys=max_keys, clock=clock)
     charged = MemoryStore(bucket, max_keys=max_keys, clock=clock)
+    passed = MemoryStore(bucket, max_keys=max_keys, clock=clock)
     single_names: dict[int, str] = {}
     charged_names: dict[int, str] = {}
     for who, dt, cost in events:
@@ -365,4 +373,15 @@ def test_the_single_rate_and_the_charges_path_decide_and_order_alike(
         verdict = charged.decide_charges_at([_charge(key, cost, bucket)], clock.now)
         assert verdict.admitted == decision.allowed
         assert verdict.decisions == [decision]
-        assert _order_of_use(single, single_names) == _order_of_use(charged, charged_names)
+        taken = None
+        if cost <= bucket.capacity:
+            taken = passed.take_all_at(
+                [(key, (bucket_spec("limit", bucket, cost, None),))], clock.now
+            )
+        if taken is None:
+            assert passed.decide_charges_at([_charge(key, cost, bucket)], clock.now) == verdict
+        else:
+            assert decision.allowed and taken[0] == decision
+        order = _order_of_use(single, single_names)
+        assert _order_of_use(charged, charged_names) == order
+        assert _order_of_use(passed, charged_names) == order
