@@ -10,10 +10,12 @@ Time is an argument: nothing here reads a clock, sleeps or starts a task.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 _new_tuple = tuple.__new__
+# A global, not an attribute of `math`: one lookup fewer per admitted decision.
+_floor = math.floor
 
 # Tolerance for float rounding at the admission boundary, far below any useful rate.
 _EPSILON_S = 1e-9
@@ -44,6 +46,11 @@ class Bucket:
 
     interval_s: float
     capacity: int
+    # Worked out once here rather than in every `decide` (what it buys: benchmarks/
+    # policy_instructions.py, every variant, one multiplication and one addition per bucket
+    # and request): the capacity in seconds, and that plus the rounding tolerance.
+    _limit_s: float = field(init=False, repr=False, compare=False)
+    _most_s: float = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not (self.interval_s > 0 and math.isfinite(self.interval_s)):
@@ -52,6 +59,15 @@ class Bucket:
             )
         if self.capacity < 1:
             raise ValueError(f"Bucket.capacity must be >= 1, got {self.capacity}")
+        limit = self.capacity * self.interval_s
+        object.__setattr__(self, "_limit_s", limit)
+        object.__setattr__(self, "_most_s", limit + _EPSILON_S)
+
+    def constants(self) -> tuple[float, float]:
+        """constants is what `decide` compares with: the capacity in seconds, and that plus
+        the rounding tolerance (for a caller that runs `decide`'s admitted branch inline,
+        `MemoryStore.take_all_at`)."""
+        return self._limit_s, self._most_s
 
     @property
     def fill_time_s(self) -> float:
@@ -67,25 +83,27 @@ class Bucket:
         """
         if cost < 0:
             raise ValueError(f"cost must be >= 0, got {cost}")
-        # Locals and the inlined `_remaining` keep this hot path cheap; the arithmetic is the
-        # same expression for expression, so the floats are identical.
+        # Locals, the constants of `__post_init__` and the inlined `_remaining` keep this hot
+        # path cheap; the arithmetic is the same expression for expression, so the floats are
+        # identical. It is the one place the arithmetic is written: every store path and
+        # `admission.charges` call it.
         interval = self.interval_s
         capacity = self.capacity
-        limit = capacity * interval
         base = now if tat is None or tat < now else tat
         new_tat = base + cost * interval
         if cost > capacity:
             return tat, Decision(False, self._remaining(base, now), math.inf, max(0.0, base - now))
-        if new_tat - now <= limit + _EPSILON_S:
-            remaining = math.floor((limit - (new_tat - now)) / interval + _EPSILON_S)
+        ahead = new_tat - now
+        if ahead <= self._most_s:
+            remaining = _floor((self._limit_s - ahead) / interval + _EPSILON_S)
             if remaining > capacity:
                 remaining = capacity
             elif remaining < 0:
                 remaining = 0
             # Built directly, skipping the named tuple's Python-level __new__: this line runs
             # once per admitted request.
-            return new_tat, _new_tuple(Decision, (True, remaining, 0.0, new_tat - now))
-        retry = new_tat - limit - now
+            return new_tat, _new_tuple(Decision, (True, remaining, 0.0, ahead))
+        retry = new_tat - self._limit_s - now
         return tat, Decision(False, self._remaining(base, now), retry, max(0.0, base - now))
 
     def outcome(self, allowed: bool, ahead_s: float, cost: int = 1) -> Decision:

@@ -10,11 +10,10 @@ The Redis store runs the same rule in one Lua script (`stores/gcra_many.lua`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
-from admission.bucket import _EPSILON_S, Bucket, Decision
+from admission.bucket import Bucket, Decision
 
 ENFORCED = 0
 NONE_REFUSED: frozenset[int] = frozenset()
@@ -58,13 +57,10 @@ def decide_charges(
     """decide_charges decides `charges` whose buckets hold `tats` at `now`.
 
     Returns the verdict and the TATs to keep, one per charge (unchanged for every charge that
-    took nothing). Each bucket's arithmetic is `Bucket.decide`; this adds only the rule of
-    which groups are charged. Pure: the memory store keeps the TATs, tests pass a manual `now`.
+    took nothing). Each bucket's arithmetic is `Bucket.decide`, the one place it is written;
+    this adds only the rule of which groups are charged. Pure: the memory store keeps the
+    TATs, tests pass a manual `now`.
     """
-    taken = take_all(charges, tats, now)
-    if taken is not None:
-        # Every bucket admits: the common case, and all of it is charged.
-        return _new_tuple(Verdict, (True, taken[1], NONE_REFUSED)), taken[0]  # type: ignore[return-value]
     decisions: list[Decision] = []
     new_tats: list[float | None] = []
     refused: set[int] | None = None
@@ -76,8 +72,9 @@ def decide_charges(
             if refused is None:
                 refused = set()
             refused.add(charge.group)
-    if refused is None:  # pragma: no cover - take_all admitted these
-        return Verdict(True, decisions, NONE_REFUSED), new_tats
+    if refused is None:
+        # Every bucket admits: the common case, and all of it is charged.
+        return _new_tuple(Verdict, (True, decisions, NONE_REFUSED)), new_tats
     enforced = ENFORCED not in refused
     for i, charge in enumerate(charges):
         if enforced and charge.group not in refused:
@@ -88,35 +85,3 @@ def decide_charges(
             # What it holds now, not what it would have held: nothing was taken.
             decisions[i] = charge.bucket.decide(tats[i], now, 0)[1]
     return Verdict(enforced, decisions, frozenset(refused)), new_tats
-
-
-def take_all(
-    charges: Sequence[Charge], tats: Sequence[float | None], now: float
-) -> tuple[list[float], list[Decision]] | None:
-    """take_all is `Bucket.decide` for every charge at once when every bucket admits: the new
-    TATs and the decisions, expression for expression what `decide` returns (tests hold them
-    equal); None as soon as one would refuse, and `decide_charges` then asks `decide` for the
-    details. It exists for speed: one call for a request's buckets instead of one `decide`
-    each (benchmarks/policy_instructions.py, variant 3x2, measured before the memory store's
-    `take_all_at` took that variant's requests; it serves the general path and Redis's
-    local fallback)."""
-    new_tats: list[float] = []
-    decisions: list[Decision] = []
-    for charge, tat in zip(charges, tats, strict=True):
-        bucket = charge.bucket
-        cost = charge.cost
-        interval = bucket.interval_s
-        capacity = bucket.capacity
-        limit = capacity * interval
-        base = now if tat is None or tat < now else tat
-        new_tat = base + cost * interval
-        if cost > capacity or cost < 0 or new_tat - now > limit + _EPSILON_S:
-            return None
-        remaining = math.floor((limit - (new_tat - now)) / interval + _EPSILON_S)
-        if remaining > capacity:
-            remaining = capacity
-        elif remaining < 0:
-            remaining = 0
-        new_tats.append(new_tat)
-        decisions.append(_new_tuple(Decision, (True, remaining, 0.0, new_tat - now)))
-    return new_tats, decisions

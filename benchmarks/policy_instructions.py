@@ -6,6 +6,7 @@ after the same warm-up; the difference of the two totals over N2 - N1 is one req
 Unlike the timings of overhead.py, the counts don't move with what else the machine is doing.
 
 Variants: bare (no middleware), norate (the middleware, no rate), admission (ADMISSION_RATE),
+admission-1000c (the same, requests from 1,000 client addresses in turn, as in overhead.py),
 policy (one route policy of one limit), 3x2 (3 policies of 2 limits each matching the
 request), 1000 (1,000 policies on distinct literal paths, one matching).
 
@@ -24,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-VARIANTS = ("bare", "norate", "admission", "policy", "3x2", "1000")
+VARIANTS = ("bare", "norate", "admission", "admission-1000c", "policy", "3x2", "1000")
 
 
 def build(name: str) -> object:
@@ -37,6 +38,7 @@ def build(name: str) -> object:
     settings = {
         "norate": Settings(),
         "admission": Settings(rate=o.RATE),
+        "admission-1000c": Settings(rate=o.RATE),
         "policy": o.policy_settings(o.RATE),
         "3x2": o.policy_settings(o.RATE, 3, 2),
         "1000": o.policy_settings(o.RATE, 1, 1, 999),
@@ -51,7 +53,10 @@ def run(name: str, requests: int) -> None:
     sys.path.insert(0, str(HERE))
     import overhead as o
 
-    driver = o.Driver(name, build(name), [o.make_scope()])
+    scopes = [o.make_scope()]
+    if name == "admission-1000c":
+        scopes = [o.make_scope(f"10.0.{i >> 8}.{i & 255}") for i in range(1000)]
+    driver = o.Driver(name, build(name), scopes)
 
     async def go() -> None:
         await driver.run(200)
@@ -100,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in VARIANTS:
         print(f"{name:<10}{per[name]:>15,.0f}{added[name]:>+10,.0f}")
     print(
-        f"\n3 policies of 2 limits add {added['3x2'] / added['admission']:.2f}x what "
+        f"\n1,000 clients add {added['admission-1000c'] / added['admission']:.3f}x what one "
+        "client adds (target <= 1.10)"
+    )
+    print(
+        f"3 policies of 2 limits add {added['3x2'] / added['admission']:.2f}x what "
         f"ADMISSION_RATE adds, {added['3x2'] / added['policy']:.2f}x what one one-limit "
         f"policy adds; 1,000 literal policies add {per['1000'] - per['policy']:+,.0f} "
         "instructions to matching one"

@@ -125,7 +125,7 @@ def test_all_or_nothing_matches_separate_buckets_taken_only_together(
         assert verdict.admitted == (da.allowed and db.allowed)
         if verdict.admitted:
             ref_a, ref_b = new_a, new_b
-            # The one-call path (take_all) gives what `decide` gives, exactly.
+            # An admitted request gives what each bucket's `decide` gives, exactly.
             assert verdict.decisions == [da, db]
         assert state.tats == [ref_a, ref_b]
 

@@ -19,7 +19,13 @@ from hypothesis import strategies as st
 
 from admission.bucket import Bucket
 from admission.charges import Charge
-from admission.stores.memory import BYTES_PER_KEY, MemoryStore
+from admission.stores.memory import (
+    BYTES_PER_KEY,
+    MemoryStore,
+    _name_digest,
+    bucket_spec,
+    digest_of,
+)
 from tests.support import admission_serve, run_server
 
 
@@ -118,7 +124,9 @@ def test_forgetting_full_buckets_still_works_with_the_cap() -> None:
     assert len(store) == 0
 
 
-def test_a_new_key_takes_the_place_of_a_full_bucket(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_full_bucket_stays_held_until_the_cap_needs_its_place(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     clock = ManualClock(0.0)
     store = MemoryStore(Bucket(interval_s=1.0, capacity=1), max_keys=2, clock=clock)
     store.decide_at("a", 0.0)
@@ -134,7 +142,8 @@ def test_a_new_key_takes_the_place_of_a_full_bucket(caplog: pytest.LogCaptureFix
     wide.decide_at("a", 0.0)
     wide.decide_at("b", 0.9)
     wide.decide_at("c", 1.0)
-    assert len(wide) == 2
+    # Below the cap "a", full again at 1.0, is held on: found, not forgotten and re-held.
+    assert len(wide) == 3 and "a" in wide
 
 
 @pytest.mark.parametrize("max_keys", [1, 2, 3, 1000, 1024, 1025, 1_000_000])
@@ -277,15 +286,102 @@ def test_a_bucket_whose_entry_an_insert_reused_is_found_afresh() -> None:
     assert _tokens_left(store, "a", bucket) == 4
 
 
-def test_a_refused_request_leaves_the_order_of_use_as_it_was() -> None:
+def test_a_refused_request_moves_its_buckets_as_a_use() -> None:
     bucket = Bucket(1.0, 10)
     store = MemoryStore(bucket, max_keys=2, clock=lambda: 0.0)
     store.decide_charges_at([_charge("a", 1, bucket)], 0.0)
     store.decide_charges_at([_charge("b", 1, bucket)], 0.0)
-    # Refused as a whole ("a" cannot pay 10 more): neither bucket takes or moves.
+    # Refused as a whole ("a" cannot pay 10 more): neither bucket takes, but both are used,
+    # in order, as `decide_at` counts a refusal: "b", then "a", the most recent.
     refused = store.decide_charges_at([_charge("b", 1, bucket), _charge("a", 10, bucket)], 0.0)
     assert not refused.admitted
-    # So "a" is still the least recently used, and goes first.
+    # So "b" is now the least recently used, and goes first; "a" keeps what it took.
     store.decide_charges_at([_charge("c", 1, bucket)], 0.0)
-    assert _tokens_left(store, "b", bucket) == 9
-    assert _tokens_left(store, "a", bucket) == 10
+    assert _tokens_left(store, "b", bucket) == 10
+    assert _tokens_left(store, "a", bucket) == 9
+
+
+@pytest.mark.parametrize("fresh_between", [1, 5, 8])
+def test_a_client_interleaving_fresh_keys_stays_limited_on_the_charges_path(
+    fresh_between: int,
+) -> None:
+    """The key flood of `test_a_client_interleaving_fresh_keys_stays_limited`, through
+    `decide_charges_at` (route policies, or any policy file): a refused request keeps the
+    abuser's place in the order of use, so the fresh keys never push it out."""
+    clock = ManualClock()
+    store = MemoryStore(ONE_A_MINUTE, max_keys=10, clock=clock)
+    admitted = 0
+    fresh = 0
+    for _ in range(40):
+        admitted += store.decide_charges_at(
+            [_charge("abuser", 1, ONE_A_MINUTE)], clock.now
+        ).admitted
+        for _ in range(fresh_between):
+            verdict = store.decide_charges_at(
+                [_charge(f"fresh-{fresh}", 1, ONE_A_MINUTE)], clock.now
+            )
+            assert verdict.admitted
+            fresh += 1
+        assert len(store) <= 10
+    assert admitted == 1
+
+
+def _order_of_use(store: MemoryStore, names: dict[int, str]) -> list[str]:
+    """_order_of_use is the keys `store` holds, least recently used first, named by `names`
+    (digest -> key)."""
+    order = []
+    entry = store._newer[0]
+    while entry:
+        order.append(names[store._digests[entry]])
+        entry = store._newer[entry]
+    return order
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    max_keys=st.integers(min_value=1, max_value=6),
+    events=st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=9),
+            st.sampled_from([0.0, 0.0, 0.1, 0.5, 1.0, 3.0]),
+            st.integers(min_value=0, max_value=3),
+        ),
+        min_size=1,
+        max_size=150,
+    ),
+)
+def test_the_single_rate_and_the_charges_path_decide_and_order_alike(
+    max_keys: int, events: list[tuple[int, float, int]]
+) -> None:
+    """For any sequence of keys, times and costs under a small cap, `decide_at` (the single
+    rate), `decide_charges_at` (route policies' general path) and `take_all_at` falling back
+    to it (their one pass, as the limiter asks) give the same verdicts and hold the same keys
+    in the same order of use, refusals included."""
+    bucket = Bucket(interval_s=1.0, capacity=2)
+    clock = ManualClock(0.0)
+    single = MemoryStore(bucket, max_keys=max_keys, clock=clock)
+    charged = MemoryStore(bucket, max_keys=max_keys, clock=clock)
+    passed = MemoryStore(bucket, max_keys=max_keys, clock=clock)
+    single_names: dict[int, str] = {}
+    charged_names: dict[int, str] = {}
+    for who, dt, cost in events:
+        clock.now += dt
+        key = f"k{who}"
+        single_names[digest_of(key)] = key
+        charged_names[digest_of(key) ^ _name_digest("limit")] = key
+        decision = single.decide_at(key, clock.now, cost)
+        verdict = charged.decide_charges_at([_charge(key, cost, bucket)], clock.now)
+        assert verdict.admitted == decision.allowed
+        assert verdict.decisions == [decision]
+        taken = None
+        if cost <= bucket.capacity:
+            taken = passed.take_all_at(
+                [(key, (bucket_spec("limit", bucket, cost, None),))], clock.now
+            )
+        if taken is None:
+            assert passed.decide_charges_at([_charge(key, cost, bucket)], clock.now) == verdict
+        else:
+            assert decision.allowed and taken[0] == decision
+        order = _order_of_use(single, single_names)
+        assert _order_of_use(charged, charged_names) == order
+        assert _order_of_use(passed, charged_names) == order

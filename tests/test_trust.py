@@ -124,7 +124,7 @@ async def test_the_forwarded_header_keys_every_path(header: str, path: str) -> N
 
 @pytest.mark.parametrize(
     "with_policies",
-    [False, pytest.param(True, marks=pytest.mark.xfail(strict=True, reason="LRU on refusal"))],
+    [False, True],
     ids=["rate", "rate+policies"],
 )
 async def test_a_key_flood_does_not_reset_an_abuser(with_policies: bool) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import mmap
 import os
 import sys
@@ -12,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from admission.bucket import _EPSILON_S, Bucket, Decision
+from admission.bucket import _EPSILON_S, Bucket, Decision, _floor
 from admission.charges import Charge, Verdict, decide_charges
 
 log = logging.getLogger("admission.store")
@@ -79,24 +78,20 @@ BucketSpec = tuple[int, float, float, float, float, int, T]
 _new_tuple = tuple.__new__
 # More tokens than any bucket holds (capacities are at most 1e9): fewer than it is the first.
 _NO_TOKENS = 1 << 62
-# A global, not an attribute of `math`: one lookup fewer per bucket in `take_all_at`.
-_floor = math.floor
 
 
 def bucket_spec(name: str, bucket: Bucket, cost: int, tag: T) -> BucketSpec[T]:
     """bucket_spec is what `MemoryStore.take_all_at` needs of the bucket `name` (a charge's
     name) charged a fixed `cost`, computed once when the configuration is read rather than per
-    request: `_name_digest(name)`, and the constants of `Bucket.decide` (`cost * interval`,
-    `capacity * interval`, `limit + _EPSILON_S`), the very expressions it computes, so the
-    floats are identical.
+    request: `_name_digest(name)`, the TAT step of the cost (`cost * interval`, as `decide`
+    computes it) and the bucket's own constants, so the floats are identical.
     `tag` is handed back for the bucket closest to refusing. A cost above the capacity (which
     no request could pay) or below 0 is a ValueError: `take_all_at` never refuses for it."""
     if not 0 <= cost <= bucket.capacity:
         raise ValueError(f"cost must be from 0 to the capacity {bucket.capacity}, not {cost}")
     interval = bucket.interval_s
-    capacity = bucket.capacity
-    limit = capacity * interval
-    return (_name_digest(name), cost * interval, limit, limit + _EPSILON_S, interval, capacity, tag)
+    limit, most = bucket.constants()
+    return (_name_digest(name), cost * interval, limit, most, interval, bucket.capacity, tag)
 
 
 def _zeros(size: int) -> memoryview:
@@ -127,10 +122,10 @@ class MemoryStore:
     to the most recent end. A forgotten client gets a full bucket back early, which errs on
     the side of serving it; a warning is logged once per episode.
 
-    Forgetting full buckets: a new key takes the least recently used key's place when that
-    key's bucket is already full again, and once the store has been idle long enough for
-    every bucket to be full (checked once a fill time), it forgets everything at once. A full
-    bucket is the same as no entry, so forgetting never changes a decision.
+    Forgetting full buckets: a key whose bucket is full again stays held until the cap needs
+    its place (then it goes without a warning), and once the store has been idle long enough
+    for every bucket to be full (checked once a fill time), it forgets everything at once. A
+    full bucket is the same as no entry, so forgetting never changes a decision.
 
     Each decision is O(1) (amortized over index probes). Decisions are synchronous under the
     event loop, so concurrent coroutines can't interleave inside one. `clock` is only read
@@ -233,9 +228,10 @@ class MemoryStore:
         `admission.charges`): each charge's bucket, not the store's, does the arithmetic, and
         is held under its client's digest XOR its name's (`_name_digest`). The store's own
         bucket must fill no faster than the slowest of theirs, since its fill time is how long
-        the store waits idle before forgetting everything (`policies.generation_bucket`). A
-        bucket that took nothing is left where it is; one that took is moved to the most
-        recent end."""
+        the store waits idle before forgetting everything (`policies.generation_bucket`). Every
+        bucket held is moved to the most recent end, in order, whether it took or not: a
+        refusal counts as a use, as in `decide_at`, so a client refused again and again keeps
+        its place however many fresh keys arrive between its requests."""
         if now >= self._check_at:
             self._check(now)
         # The general path: refusals, shadow policies, cost callables (`take_all_at` decides
@@ -260,7 +256,7 @@ class MemoryStore:
             found.append(entry)
             tats.append(held[entry] if entry else None)
         verdict, new_tats = decide_charges(charges, tats, now)
-        self._keep(keys, found, new_tats, now, unchanged=tats)
+        self._keep(keys, found, new_tats, now)
         return verdict
 
     def take_all_at(
@@ -295,7 +291,12 @@ class MemoryStore:
                 while entry and digests[entry] != digest:
                     i = (i + 1) & mask
                     entry = index[i]
-                # `Bucket.decide`, expression for expression (see `bucket_spec`).
+                # `Bucket.decide`'s admitted branch, expression for expression (see
+                # `bucket_spec`), inlined: calling `decide` per bucket instead costs about
+                # 19,000 instructions more per request of 3 policies of 2 limits
+                # (benchmarks/policy_instructions.py, 3x2), which would bring that variant
+                # past twice what ADMISSION_RATE adds. tests/test_take_all.py holds the two
+                # equal, float for float.
                 if entry:
                     tat = held[entry]
                     new_tat = (now if tat < now else tat) + step
@@ -359,28 +360,22 @@ class MemoryStore:
         self._keep(keys, entries, new_tats, now)
 
     def _keep(
-        self,
-        keys: list[int],
-        found: list[int],
-        new_tats: Sequence[float | None],
-        now: float,
-        unchanged: Sequence[float | None] | None = None,
+        self, keys: list[int], found: list[int], new_tats: Sequence[float | None], now: float
     ) -> None:
-        """_keep writes each key's new TAT and moves it to the most recent end, in order, or
-        holds it anew; a TAT of None, or one that is `unchanged`'s (a bucket that took
-        nothing), stays as it was. `found` are the keys' entries (0: not held) as found before
-        any was inserted: inserting may reuse the least recently used entry, so after one a
-        key is found afresh."""
+        """_keep writes each key's new TAT (unchanged for a bucket that took nothing) and moves
+        it to the most recent end, in order, or holds it anew; a key not held whose TAT is
+        None or not ahead of `now` (a full bucket) stays unheld, as in `decide_at`. `found`
+        are the keys' entries (0: not held) as found before any was inserted: inserting may
+        reuse the least recently used entry, so after one a key is found afresh."""
         held = self._tats
         inserted = False
         for k, new in enumerate(new_tats):
-            if new is None or (unchanged is not None and new is unchanged[k]):
-                continue
             entry = self._find(keys[k]) if inserted else found[k]
             if entry:
-                held[entry] = new
+                if new is not None:
+                    held[entry] = new
                 self._touch(entry)
-            elif new > now:
+            elif new is not None and new > now:
                 self._insert(keys[k], new, now)
                 inserted = True
 
@@ -431,15 +426,23 @@ class MemoryStore:
 
     def _insert(self, digest: int, tat: float, now: float) -> None:
         """_insert holds a new key as the most recent, in the place of the least recently
-        used key if that one's bucket is full again or the store holds `max_keys` keys."""
+        used key once the store holds `max_keys` keys.
+
+        Below the cap a key whose bucket is full again is held on (it decides as no entry
+        would) rather than forgotten to make room: a client that comes back after its bucket
+        filled is then found and moved, where forgetting it made every such request pay a
+        removal and an insertion (about three times the move, in instructions). With requests
+        spread over 1,000 clients at a rate whose buckets refill between their requests, that
+        was 1.3 to 1.5 µs per request over one client's cost (benchmarks/overhead.py,
+        admission-1000c). Memory stays bounded by the cap, and an idle store still forgets
+        everything (`_check`)."""
         index, digests, tats, newer, older = self._arrays
-        oldest = newer[0]
-        if oldest and tats[oldest] <= now:
-            entry = self._remove(oldest)
-            # The least recently used bucket was full again: no pressure now.
-            self._overflowing = False
-        elif self._count >= self.max_keys:
-            if not self._overflowing:
+        if self._count >= self.max_keys:
+            oldest = newer[0]
+            if tats[oldest] <= now:
+                # Its bucket was full again: nothing live is forgotten, no pressure now.
+                self._overflowing = False
+            elif not self._overflowing:
                 self._overflowing = True
                 log.warning(
                     "memory store holds max_keys=%d active keys; forgetting the least "
@@ -448,7 +451,7 @@ class MemoryStore:
                 )
             entry = self._remove(oldest)
         else:
-            # Entries 1..count are the ones in use: removals above are refilled at once.
+            # Entries 1..count are the ones in use: a removal above is refilled at once.
             entry = self._count + 1
         self._count += 1
         mask = self._mask
