@@ -8,7 +8,6 @@ the store keeps (its LRU order) would show as a client refused on one path and n
 
 from __future__ import annotations
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -45,7 +44,6 @@ STEPS = st.lists(
 )
 
 
-@pytest.mark.xfail(strict=True, reason="LRU on refusal")
 @settings(max_examples=300, deadline=None)
 @given(
     steps=STEPS,
