@@ -27,6 +27,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """cmd_serve validates the settings and the target, then serves until drained."""
     from uvicorn.importer import ImportFromStringError, import_from_string
 
+    from admission.server import flags
     from admission.server.serve import DEMO, serve
 
     settings = _settings_or_exit()
@@ -48,8 +49,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return 2
     if args.workers < 1:
-        print("admission: --workers must be >= 1", file=sys.stderr)
-        return 2
+        args.parser.error("--workers must be >= 1")
+    if args.reload and args.workers > 1:
+        args.parser.error("--reload is for development, with one worker: drop --workers")
     return serve(
         target,
         host=args.host,
@@ -57,6 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         settings=settings,
         access_log=not args.no_access_log,
+        uvicorn=flags.passed(args),
     )
 
 
@@ -83,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Admission control for ASGI services. Settings come from ADMISSION_* "
         "variables (see `admission config` and docs/configuration.md).",
     )
+    from admission.server import flags
+
     parser.add_argument("--version", action="version", version=f"admission {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser(
@@ -92,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the app already has it) and the drain wired to SIGTERM/SIGINT. Settings come from the "
         "ADMISSION_* variables; a bad one stops start-up with one line per bad variable and "
         "exit status 2.",
+        epilog=flags.owned_epilog(),
     )
     serve.add_argument(
         "app", nargs="?", help=f"the app to serve, as MODULE:APP (default: {DEMO_TARGET})"
@@ -111,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="turn off uvicorn's per-request access log (default: on)",
     )
-    serve.set_defaults(func=cmd_serve)
+    flags.add_arguments(serve)
+    serve.set_defaults(func=cmd_serve, parser=serve)
     config = sub.add_parser(
         "config",
         help="print the settings the ADMISSION_* variables give; exit 2 on a bad one",
@@ -120,12 +127,12 @@ def build_parser() -> argparse.ArgumentParser:
         "bad variable, when any is invalid. Settings passed in code to AdmissionMiddleware "
         "win over these variables; the server then logs a warning naming the ones it ignores.",
     )
-    config.set_defaults(func=cmd_config)
+    config.set_defaults(func=cmd_config, parser=config)
     bench = sub.add_parser("bench", help="sweep window sizes against an app and recommend one")
     from admission.bench import command as bench_command
 
     bench_command.add_arguments(bench)
-    bench.set_defaults(func=bench_command.run)
+    bench.set_defaults(func=bench_command.run, parser=bench)
     return parser
 
 
@@ -142,7 +149,10 @@ def version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """main runs the command line and returns its exit status."""
-    args = build_parser().parse_args(argv)
+    args, extra = build_parser().parse_known_args(argv)
+    if extra:
+        # An unknown flag is the subcommand's usage error, so its usage is the one to print.
+        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return int(args.func(args))
 
 
