@@ -3,6 +3,7 @@ variable that owns them, and usage errors answered with the serve usage."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -11,6 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from admission.bench.process import free_port
 from admission.cli import build_parser, main
 from admission.config.policies import Policy
 from admission.config.settings import Settings
@@ -182,3 +184,45 @@ async def test_route_policies_are_matched_below_the_root_path() -> None:
         others = [(await client.post("/api/other")).status_code for _ in range(2)]
     assert logins == [200, 429]
     assert others == [200, 200]
+
+
+def test_the_ssl_flags_serve_https() -> None:
+    openssl = shutil.which("openssl")
+    assert openssl, "openssl is needed to make the test's certificate"
+    with tempfile.TemporaryDirectory(prefix="admission-tls-") as tmp:
+        key, cert = str(Path(tmp) / "key.pem"), str(Path(tmp) / "cert.pem")
+        subprocess.run(
+            [
+                *(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes"),
+                *("-keyout", key, "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1"),
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        port = free_port()
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "admission", "serve", "--port", str(port)),
+                *("--ssl-certfile", cert, "--ssl-keyfile", key, "--log-level", "warning"),
+            ],
+            env=clean_env(),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            with httpx.Client(verify=False, timeout=1) as client:
+
+                def answers() -> bool:
+                    assert process.poll() is None, process.stderr and process.stderr.read()
+                    try:
+                        return client.get(f"https://127.0.0.1:{port}/healthz").status_code == 200
+                    except httpx.TransportError:
+                        return False
+
+                wait_until(answers, 20, "the server to answer over TLS")
+                assert client.get(f"https://127.0.0.1:{port}/").status_code == 200
+        finally:
+            process.terminate()
+            assert process.wait(timeout=30) == 0
