@@ -24,7 +24,7 @@ from admission.request.exchange import Exchange, Shared, TimedExchange, Timeouts
 from admission.request.responses import answer_refusal, send_problem
 from admission.stats import Stats
 from admission.stores import GuardedStore, Store, open_store
-from admission.types import ASGIApp, Receive, Scope, Send
+from admission.types import ASGIApp, Receive, Scope, Send, route_path
 
 if TYPE_CHECKING:
     from admission.lifetime import Lifetime
@@ -159,7 +159,7 @@ class AdmissionMiddleware:
         kind = scope["type"]
         if kind not in ADMITTED or not self._serving:
             return await self._other(scope, receive, send)
-        path = scope["path"]
+        path = route_path(scope)
         websocket = kind == "websocket"
         if path in self._endpoint_paths and not websocket and scope["method"] in METHODS:
             return await self.endpoints.answer(path, send, scope["method"])

@@ -12,3 +12,17 @@ Receive = Callable[[], Awaitable[Message]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 RawHeaders = list[tuple[bytes, bytes]]
 """RawHeaders is a response's header fields as ASGI carries them: (name, value) byte pairs."""
+
+
+def route_path(scope: Scope) -> str:
+    """route_path is the request's path below the app's mount point: `scope["path"]` without
+    `scope["root_path"]` (as Starlette routes it), so that admission's endpoints, exempt paths
+    and policy patterns mean the same under `--root-path /api` as without. A path outside the
+    root path is returned whole; the root path itself is ""."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if not root or not path.startswith(root):
+        return path
+    if len(path) == len(root):
+        return ""
+    return path[len(root) :] if path[len(root)] == "/" else path

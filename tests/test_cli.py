@@ -48,6 +48,7 @@ FIRST_BAD = {
     "exempt": "static",
     "max_keys": "0",
     "key_prefix": "has space",
+    "key_secret": "short",
     "health_path": "/",
     "ready_path": "readyz",
     "metrics_path": "/a b",

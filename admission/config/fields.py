@@ -128,6 +128,21 @@ class KeyPrefix(Parser):
         return raw
 
 
+class KeySecret(Parser):
+    """KeySecret is the secret that keys the digests in Redis key names, or None (unset: one
+    derived from the key prefix, see `admission.stores.naming`)."""
+
+    accepted = "16 to 256 characters without spaces, such as the output of 'openssl rand -hex 32'"
+    _SECRET = re.compile(r"[!-~]{16,256}")
+
+    def __call__(self, raw: object) -> str | None:
+        if is_unset(raw):
+            return None
+        if not isinstance(raw, str) or not self._SECRET.fullmatch(raw.strip()):
+            raise Invalid()
+        return raw.strip()
+
+
 class EndpointPath(Parser):
     """EndpointPath is the path of one of admission's own endpoints, or 'off'."""
 

@@ -29,6 +29,7 @@ from admission.config.fields import (
     EndpointPath,
     Key,
     KeyPrefix,
+    KeySecret,
     Network,
     Networks,
     OnRefuse,
@@ -249,6 +250,13 @@ class Settings:
         1_000_000, Whole(1, 100_000_000, "keys"), "client keys the memory store remembers"
     )
     key_prefix: str = setting("admission", KeyPrefix(), "prefix of the Redis keys")
+    key_secret: str | None = setting(
+        None,
+        KeySecret(),
+        "secret keying the client digests in Redis key names",
+        redact=lambda v: "***",
+        fallback=lambda s: "derived from ADMISSION_KEY_PREFIX",
+    )
     health_path: str | None = setting(
         "/healthz",
         EndpointPath(),

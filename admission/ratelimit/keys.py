@@ -72,6 +72,20 @@ def key_function(
     return by_header
 
 
+def client_key_of(value: str) -> str:
+    """client_key_of is the client key `value` stands for when an operator names a client
+    (`admission reset`): an IP address is `ip:<address>`, anything else a header value
+    (`h:<value>`, bounded as requests' are); a key already in that form (`ip:...`, `h:...`,
+    `c:...` for a policy keyed by a function's answer, `sha256:...`) or `global` is taken as
+    it is."""
+    if value == "global" or value.startswith(("ip:", "h:", "c:", "sha256:")):
+        return value
+    try:
+        return "ip:" + str(ipaddress.ip_address(value))
+    except ValueError:
+        return "h:" + bounded(value.strip())
+
+
 def single_header(scope: Scope, name: bytes) -> bytes | None:
     """single_header is the value of header `name` (lower case) when the request carries it
     exactly once; None when it is absent or repeated. A repeated header is ambiguous (a client

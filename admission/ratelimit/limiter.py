@@ -34,7 +34,7 @@ from admission.served import unserved
 from admission.stores.base import ChargesStore, Store
 from admission.stores.guard import GuardedStore, StorageDenial
 from admission.stores.memory import BucketSpec, MemoryStore, bucket_spec
-from admission.types import RawHeaders, Scope
+from admission.types import RawHeaders, Scope, route_path
 
 log = logging.getLogger("admission")
 
@@ -228,7 +228,7 @@ class PolicyLimiter:
     def charges(self, scope: Scope) -> tuple[list[Charge], list[_Applied]]:
         """charges lists what the request costs in each bucket of each policy it matches, and
         the limit behind each charge; both empty when none matches."""
-        matched = self._router.match(scope.get("method") or "GET", scope["path"])
+        matched = self._router.match(scope.get("method") or "GET", route_path(scope))
         charges: list[Charge] = []
         applied: list[_Applied] = []
         key = None
@@ -264,7 +264,7 @@ class PolicyLimiter:
         A request admitted by every bucket is decided in the store's one pass, without a
         Charge or a Decision per limit; any other takes the general path, which tells the
         refusal (benchmarks/policy_instructions.py, variant 3x2)."""
-        matched = self._router.match(scope.get("method") or "GET", scope["path"])
+        matched = self._router.match(scope.get("method") or "GET", route_path(scope))
         if not matched:
             return ADMIT_PLAIN
         plan = self._plans.get(matched)

@@ -9,6 +9,7 @@ from typing import Any
 
 from uvicorn.config import LOGGING_CONFIG
 from uvicorn.importer import import_from_string
+from uvicorn.supervisors import ChangeReload
 
 from admission.config.report import WORKERS_ENV
 from admission.config.settings import Settings
@@ -40,9 +41,9 @@ def has_admission(app: Any) -> bool:
     return any(getattr(m, "cls", None) is AdmissionMiddleware for m in middleware)
 
 
-def log_config() -> dict[str, Any]:
-    """log_config is uvicorn's logging configuration plus the `admission` logger at INFO, its
-    lines named by their logger."""
+def log_config(level: str = "info") -> dict[str, Any]:
+    """log_config is uvicorn's logging configuration plus the `admission` logger at `level`
+    (uvicorn's names: "info", "warning", ...), its lines named by their logger."""
     config = copy.deepcopy(LOGGING_CONFIG)
     # uvicorn's own format plus the logger's name, so that admission's lines read the same under
     # `admission serve` as under a plain server ("admission.lifecycle.drain: drained in ...").
@@ -51,7 +52,7 @@ def log_config() -> dict[str, Any]:
     config["handlers"]["admission"] = dict(config["handlers"]["default"], formatter="admission")
     config["loggers"]["admission"] = {
         "handlers": ["admission"],
-        "level": "INFO",
+        "level": level.upper(),
         "propagate": False,
     }
     return config
@@ -65,13 +66,15 @@ def serve(
     workers: int,
     settings: Settings,
     access_log: bool = True,
+    uvicorn: dict[str, Any] | None = None,
 ) -> int:
     """serve runs `target` under the middleware until a signal drains it; returns the exit
     status (0 after a clean drain, 3 when a worker failed to start). `access_log=False` turns
-    off uvicorn's access log."""
+    off uvicorn's access log; `uvicorn` holds more uvicorn Config arguments (the flags of
+    `admission.server.flags.PASSED`)."""
     os.environ[TARGET_ENV] = target
     os.environ[WORKERS_ENV] = str(workers)
-    return run(server_config(target, host, port, workers, settings, access_log))
+    return run(server_config(target, host, port, workers, settings, access_log, uvicorn))
 
 
 def server_config(
@@ -81,8 +84,10 @@ def server_config(
     workers: int,
     settings: Settings,
     access_log: bool = True,
+    uvicorn: dict[str, Any] | None = None,
 ) -> AdmissionConfig:
-    """server_config is the uvicorn configuration `serve` runs with."""
+    """server_config is the uvicorn configuration `serve` runs with; `uvicorn` adds Config
+    arguments that admission doesn't set itself."""
     keep_alive: dict[str, Any] = {}
     if settings.idle_timeout is not None:
         # A kept-alive connection idle between two requests is closed after the idle timeout
@@ -94,7 +99,8 @@ def server_config(
         host=host,
         port=port,
         workers=workers,
-        log_config=log_config(),
+        # --log-level quiets admission's own lines as it does uvicorn's.
+        log_config=log_config((uvicorn or {}).get("log_level") or "info"),
         access_log=access_log,
         # Who the client is is admission's to decide (ADMISSION_TRUSTED_PROXIES): uvicorn's
         # proxy-header handling would rewrite the client address from X-Forwarded-For for any
@@ -106,6 +112,7 @@ def server_config(
         ),
         limits=ServerLimits.from_settings(settings),
         **keep_alive,
+        **(uvicorn or {}),
     )
 
 
@@ -113,6 +120,11 @@ def run(config: AdmissionConfig) -> int:
     """run serves `config` (in this process, or under a `Supervisor` with more than one
     worker) until it is stopped; returns the exit status (0, or 3 when it failed to start).
     A single process that fails to start exits with 3 itself, as uvicorn does."""
+    if config.should_reload:
+        # Development: a child process serves and is replaced when a source file changes.
+        server = AdmissionServer(config)
+        ChangeReload(config, target=server.run, sockets=[config.bind_socket()]).run()
+        return 0
     if config.workers > 1:
         sock = config.bind_socket()
         return Supervisor(config, [sock]).run()

@@ -9,6 +9,7 @@ from admission.config.settings import Settings
 from admission.stores.base import ReopenableStore, Store
 from admission.stores.guard import GuardedStore
 from admission.stores.memory import MemoryStore
+from admission.stores.naming import naming_secret
 from admission.stores.redis import RedisStore
 
 __all__ = ["GuardedStore", "MemoryStore", "RedisStore", "ReopenableStore", "Store", "open_store"]
@@ -51,6 +52,7 @@ def open_store(settings: Settings, store: Store | None = None) -> Store | None:
             bucket,
             timeout_s=settings.storage_timeout,
             prefix=settings.key_prefix,
+            secret=naming_secret(settings.key_prefix, settings.key_secret),
         )
     if isinstance(store, MemoryStore | GuardedStore):
         return store

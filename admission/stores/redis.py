@@ -11,7 +11,6 @@ decisions share one script call. In Redis Cluster, a batch only holds keys of on
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import urllib.parse
@@ -28,6 +27,7 @@ from redis.exceptions import RedisError
 from admission.bucket import Bucket, Decision
 from admission.charges import ENFORCED, Charge, Verdict
 from admission.errors import StorageError, StorageTimeout
+from admission.stores.naming import bucket_key, naming_secret
 from admission.stores.redis_wire import ClientLine, ConnectionLine, Line, Script, bounded
 
 log = logging.getLogger("admission.store")
@@ -92,8 +92,9 @@ class RedisStore:
     Every `decide` is bounded by `timeout_s` and raises `StorageError`/`StorageTimeout` on
     failure (the guard around it decides what that means). After a Redis restart the script
     cache is empty: the `NOSCRIPT` reply is answered by one `EVAL`, which caches it again.
-    Keys are `<prefix>:{<client key>}`: the braces make each client key its own Cluster hash
-    slot, and keys longer than 200 bytes are hashed so a client can't make them grow.
+    Keys are named by `admission.stores.naming.bucket_key`: `<prefix>:{<digest of the client
+    key>}`, never the client key itself; the braces make each client its own Cluster hash slot.
+    `secret` keys the digest (None: derived from the prefix, see `naming_secret`).
 
     Lines carry the calls: `_lone_line` a lone caller's own round trip, `_batch_line` the
     sender's batches, each one call at a time (`_direct`, one `_sender`); in Cluster both go
@@ -108,6 +109,7 @@ class RedisStore:
         *,
         timeout_s: float,
         prefix: str = "admission",
+        secret: bytes | None = None,
         cluster: bool = False,
         batching: bool = True,
     ) -> None:
@@ -115,6 +117,7 @@ class RedisStore:
         self.bucket = bucket
         self.timeout_s = timeout_s
         self.prefix = prefix
+        self.secret = naming_secret(prefix, None) if secret is None else secret
         self.cluster = cluster
         self.batching = batching
         self._args = (repr(bucket.interval_s * 1e6).encode(), b"%d" % bucket.capacity)
@@ -129,7 +132,13 @@ class RedisStore:
 
     @classmethod
     def from_uri(
-        cls, uri: str, bucket: Bucket, *, timeout_s: float, prefix: str = "admission"
+        cls,
+        uri: str,
+        bucket: Bucket,
+        *,
+        timeout_s: float,
+        prefix: str = "admission",
+        secret: bytes | None = None,
     ) -> RedisStore:
         """RedisStore.from_uri builds a store and its client from a storage URI."""
         client = client_from_uri(uri, timeout_s=timeout_s)
@@ -138,15 +147,13 @@ class RedisStore:
             bucket,
             timeout_s=timeout_s,
             prefix=prefix,
+            secret=secret,
             cluster=uri.startswith("redis+cluster://"),
         )
 
     def redis_key(self, key: str) -> bytes:
         """redis_key is the Redis key holding `key`'s bucket."""
-        raw = key.encode("utf-8", "surrogateescape")
-        if len(raw) > 200:
-            raw = b"sha256:" + hashlib.sha256(raw).hexdigest().encode()
-        return self.prefix.encode() + b":{" + raw + b"}"
+        return bucket_key(self.prefix, self.secret, key)
 
     async def decide(self, key: str, cost: int = 1) -> Decision:
         """decide takes `cost` tokens from `key` in Redis, within `timeout_s` or StorageError."""
@@ -229,13 +236,13 @@ class RedisStore:
         """decide_charges decides one request's charges in one round trip, all or nothing (see
         `admission.charges`), within `timeout_s` or StorageError.
 
-        Each bucket is `<prefix>:{<client>}:<name>`: a client's buckets share a hash tag. In
+        Each bucket is `<prefix>:{<digest>}:<name>`: a client's buckets share a hash tag. In
         Redis Cluster, charges of distinct clients land in distinct slots and go in one round
         trip per slot, concurrently; all or nothing then holds per client key.
         """
         if self._closed:
             raise StorageError("the Redis store is closed")
-        keys = [self.redis_key(c.client) + b":" + c.name.encode() for c in charges]
+        keys = [bucket_key(self.prefix, self.secret, c.client, c.name) for c in charges]
         if self.cluster:
             slots: dict[int, list[int]] = defaultdict(list)
             for i, key in enumerate(keys):
