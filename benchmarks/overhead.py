@@ -23,6 +23,12 @@ Variants:
   starlette+slowapi    that Starlette app with slowapi's SlowAPIMiddleware and
                   Limiter(key_func=get_remote_address, default_limits=["1000000/second"])
   starlette+slowapi-asgi  the same with slowapi's lighter, pure-ASGI SlowAPIASGIMiddleware
+  *-1000c         starlette+admission, starlette+slowapi-asgi, fastapi+admission and
+                  fastapi+fastapi-limiter with requests from 1,000 distinct clients in turn
+  fastapi         a FastAPI app with one route, `GET /`, answering the same
+  fastapi+admission-1000c      that app under AdmissionMiddleware (rate 1000000/second)
+  fastapi+fastapi-limiter-1000c  that app with fastapi-limiter's RateLimiter dependency on the
+                  route, its lightest set-up: pyrate-limiter's in-memory bucket (no Redis)
 
 Targets (issue 10, added cost, shown for the median and the best-of-N): admission-all adds at
 most 12 µs and admission (rate limiting alone) at most 6 µs; admission-1000c at most 1.10 times
@@ -103,6 +109,29 @@ def slowapi_app(limit: str, *, asgi: bool = False) -> Starlette:
     app.state.limiter = Limiter(key_func=get_remote_address, default_limits=[limit])
     app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
     app.add_middleware(SlowAPIASGIMiddleware if asgi else SlowAPIMiddleware)
+    return app
+
+
+def fastapi_app(limit: str | None = None) -> Any:
+    """fastapi_app is a FastAPI app with one route, `GET /`, answering "ok"; with `limit`
+    ("N/second" or "N/minute"), fastapi-limiter's RateLimiter guards it, as its README sets it
+    up, on pyrate-limiter's in-memory bucket (the lightest: no Redis round trip)."""
+    from fastapi import Depends, FastAPI
+
+    app = FastAPI()
+    dependencies = []
+    if limit is not None:
+        from fastapi_limiter.depends import RateLimiter
+        from pyrate_limiter import Duration, Limiter, Rate
+
+        amount, _, per = limit.partition("/")
+        period = {"second": Duration.SECOND, "minute": Duration.MINUTE}[per]
+        dependencies.append(Depends(RateLimiter(limiter=Limiter(Rate(int(amount), period)))))
+
+    @app.get("/", dependencies=dependencies, response_class=PlainTextResponse)
+    async def root() -> str:
+        return "ok\n"
+
     return app
 
 
@@ -222,6 +251,7 @@ async def check_limiters() -> None:
         ),
         "starlette+slowapi": slowapi_app("2/minute"),
         "starlette+slowapi-asgi": slowapi_app("2/minute", asgi=True),
+        "fastapi+fastapi-limiter": fastapi_app("2/minute"),
     }
     for name, app in cases.items():
         statuses = await refuses_third(app, scope)
@@ -284,6 +314,19 @@ def drivers() -> list[Driver]:
         ),
         Driver("starlette+slowapi", slowapi_app(RATE), one),
         Driver("starlette+slowapi-asgi", slowapi_app(RATE, asgi=True), one),
+        Driver(
+            "starlette+admission-1000c",
+            AdmissionMiddleware(starlette_app(), settings=rate, handle_signals=False),
+            thousand,
+        ),
+        Driver("starlette+slowapi-asgi-1000c", slowapi_app(RATE, asgi=True), thousand),
+        Driver("fastapi", fastapi_app(), thousand),
+        Driver(
+            "fastapi+admission-1000c",
+            AdmissionMiddleware(fastapi_app(), settings=rate, handle_signals=False),
+            thousand,
+        ),
+        Driver("fastapi+fastapi-limiter-1000c", fastapi_app(RATE), thousand),
     ]
 
 
@@ -299,6 +342,10 @@ ADDED = [
     ("starlette+admission", "starlette"),
     ("starlette+slowapi", "starlette"),
     ("starlette+slowapi-asgi", "starlette"),
+    ("starlette+admission-1000c", "starlette"),
+    ("starlette+slowapi-asgi-1000c", "starlette"),
+    ("fastapi+admission-1000c", "fastapi"),
+    ("fastapi+fastapi-limiter-1000c", "fastapi"),
 ]
 
 
@@ -361,6 +408,16 @@ def report(per: dict[str, list[float]], loop_name: str, requests: int, rounds: i
             f"{'met' if rate <= 6 else 'MISSED'} ({rate:.2f} µs); all features add <= 12 µs: "
             f"{'met' if every <= 12 else 'MISSED'} ({every:.2f} µs)"
         )
+    for peer, ours, target in (
+        ("starlette+slowapi-asgi-1000c", "starlette+admission-1000c", 6),
+        ("fastapi+fastapi-limiter-1000c", "fastapi+admission-1000c", 4),
+    ):
+        for label, pick in (("median", 0), ("best-of-N", 1)):
+            ratio = added[peer][pick] / added[ours][pick]
+            print(
+                f"1,000 clients: {peer} adds {ratio:.1f}x what {ours} adds ({label}; "
+                f"target >= {target}: {'met' if ratio >= target else 'MISSED'})"
+            )
     for label, pick in (("median", 0), ("best-of-N", 1)):
         clients = added["admission-1000c"][pick] / added["admission"][pick]
         print(
