@@ -6,6 +6,10 @@ reader collects, under its twin in `admission.observe.instruments.TWINS`: the sa
 read the same way, costing a request nothing. The latency histogram alone is recorded as each
 admitted request finishes (OpenTelemetry has no observable histogram), by `RecordedStats`,
 which only a service exporting to OpenTelemetry uses.
+
+A periodic reader calls the callbacks on its own thread while the event loop counts: they only
+read integers, and the dicts they walk never gain or lose a key after start-up (every reason,
+policy and window is there from the start), so no iteration sees one change size.
 """
 
 from __future__ import annotations
