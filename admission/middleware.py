@@ -98,8 +98,8 @@ class AdmissionMiddleware:
         self._fields_on_admitted = s.headers == "all"
         self._fields_on_refusals = s.headers != "off"
         # Only a service exporting to OpenTelemetry loads it (and records latencies twice).
-        self.otel = None if s.metrics == "prometheus" else otel_export(meter_provider)
-        self.stats = Stats() if self.otel is None else self.otel.stats()
+        otel = None if s.metrics == "prometheus" else otel_export(meter_provider)
+        self.stats = Stats() if otel is None else otel.stats()
         self.concurrency = c = Concurrency(s, self.stats)
         # Read on every request: attributes of the middleware, one lookup each.
         self.window = c.http
@@ -137,8 +137,8 @@ class AdmissionMiddleware:
         if metrics_registry is not None:
             # Admission's metrics join the application's, on its endpoint and on ours.
             metrics_registry.register(self.collector)
-        if self.otel is not None:
-            self.otel.observe(self.collector)
+        if otel is not None:
+            otel.observe(self.collector)
         endpoints = (
             ("health", s.health_path),
             ("ready", s.ready_path),

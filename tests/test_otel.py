@@ -155,7 +155,7 @@ async def test_both_serves_the_metrics_path_and_exports() -> None:
 def test_prometheus_alone_counts_in_plain_stats() -> None:
     mw = AdmissionMiddleware(CountingApp(), settings=Settings(), handle_signals=False)
     # The request path's Stats.observe is the one it always was: nothing recorded twice.
-    assert type(mw.stats) is Stats and mw.otel is None
+    assert type(mw.stats) is Stats
 
 
 def test_the_default_needs_no_opentelemetry_and_never_loads_the_export(tmp_path: Path) -> None:
