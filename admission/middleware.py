@@ -15,7 +15,7 @@ from admission.config.settings import Settings
 from admission.errors import ConfigError, StackError
 from admission.lifecycle.service import Service
 from admission.observe.endpoints import METHODS, Endpoints
-from admission.observe.metrics import AdmissionCollector
+from admission.observe.metrics import AdmissionCollector, otel_export
 from admission.ratelimit.gate import rate_gate
 from admission.reasons import Reason
 from admission.refusal import Refusal
@@ -27,6 +27,8 @@ from admission.stores import GuardedStore, Store, open_store
 from admission.types import ASGIApp, Receive, Scope, Send, route_path
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+
     from admission.lifetime import Lifetime
 
 __all__ = ["AdmissionMiddleware"]
@@ -46,7 +48,9 @@ class AdmissionMiddleware:
     `handle_signals=False` leaves SIGTERM/SIGINT alone, for programs that call `drain()`
     themselves. `metrics_registry` (say prometheus_client.REGISTRY) gets admission's metrics
     too, and the metrics endpoint then shows that whole registry: the application's metrics with
-    admission's. Scope types other than http, websocket and lifespan pass straight through.
+    admission's. `meter_provider` replaces OpenTelemetry's global one for
+    `ADMISSION_METRICS=otel` or `both`. Scope types other than http, websocket and lifespan
+    pass straight through.
     """
 
     def __init__(
@@ -57,6 +61,7 @@ class AdmissionMiddleware:
         store: Store | None = None,
         handle_signals: bool = True,
         metrics_registry: CollectorRegistry | None = None,
+        meter_provider: MeterProvider | None = None,
     ) -> None:
         self.app = app
         self._config_error: ConfigError | StackError | None = None
@@ -92,7 +97,9 @@ class AdmissionMiddleware:
         # ADMISSION_HEADERS: which responses carry the RateLimit fields.
         self._fields_on_admitted = s.headers == "all"
         self._fields_on_refusals = s.headers != "off"
-        self.stats = Stats()
+        # Only a service exporting to OpenTelemetry loads it (and records latencies twice).
+        otel = None if s.metrics == "prometheus" else otel_export(meter_provider)
+        self.stats = Stats() if otel is None else otel.stats()
         self.concurrency = c = Concurrency(s, self.stats)
         # Read on every request: attributes of the middleware, one lookup each.
         self.window = c.http
@@ -124,15 +131,19 @@ class AdmissionMiddleware:
             c.windows(),
             self.drain_state.draining,
             storage_errors=(lambda: guard.errors) if guard is not None else (lambda: 0),
+            storage_degraded=degraded,
             policies=self.gate,
         )
         if metrics_registry is not None:
             # Admission's metrics join the application's, on its endpoint and on ours.
             metrics_registry.register(self.collector)
+        if otel is not None:
+            otel.observe(self.collector)
         endpoints = (
             ("health", s.health_path),
             ("ready", s.ready_path),
-            ("metrics", s.metrics_path),
+            # ADMISSION_METRICS=otel: OpenTelemetry alone; the path goes to the application.
+            ("metrics", s.metrics_path if s.metrics != "otel" else None),
         )
         self.endpoints = Endpoints(
             self.drain_state,

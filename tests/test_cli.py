@@ -52,6 +52,7 @@ FIRST_BAD = {
     "health_path": "/",
     "ready_path": "readyz",
     "metrics_path": "/a b",
+    "metrics": "opentelemetry",
     "headers": "some",
     "policies": "/nonexistent/policies.toml",
     "on_refuse": "app",

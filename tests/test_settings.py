@@ -115,6 +115,7 @@ BAD: dict[str, list[str]] = {
     "metrics_path": ["/", "metrics", "\u0663"],
     "key_prefix": ["has space", "pre{fix", "fix}", "a\tb", "x" * 65, "caf\u00e9"],
     "key_secret": ["short", "has a space in it somewhere", "x" * 257, "caf\u00e9" * 8],
+    "metrics": ["Prometheus", "opentelemetry", "otel,prometheus", "none", "0"],
     "headers": ["some", "ALL", "none", "0", "refused,all"],
     "policies": ["/nonexistent/policies.toml", "/dev/null", str(REPO / "pyproject.toml")],
     "on_refuse": ["app", "module:app"],
@@ -193,6 +194,7 @@ GOOD: dict[str, list[tuple[str, object]]] = {
     "health_path": [("/livez", "/livez"), ("off", None), ("/-/health", "/-/health")],
     "ready_path": [("/ready", "/ready"), ("off", None)],
     "metrics_path": [("/internal/metrics", "/internal/metrics"), ("off", None)],
+    "metrics": [("prometheus", "prometheus"), ("otel", "otel"), (" both ", "both")],
     "headers": [("all", "all"), ("refused", "refused"), ("off", "off"), (" off ", "off")],
     "policies": [(str(REPO / "tests" / "apps" / "policies.toml"), None)],
     # Code only: an ASGI app can't come from the environment.

@@ -10,6 +10,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from admission.config.parsers import (
+    Choice,
     Invalid,
     Parser,
     Whole,
@@ -300,6 +301,26 @@ class PolicySet(Sequence[Any]):
         return f"{self.source} ({len(self)} policies: {names})"
 
     __repr__ = __str__
+
+
+class Exporters(Choice):
+    """Exporters is where admission's metrics go: 'prometheus' (the metrics endpoint), 'otel'
+    (the OpenTelemetry metrics API) or 'both'. The last two are refused when the OpenTelemetry
+    API is not installed, so a service never starts believing it exports what it can't."""
+
+    def __init__(self) -> None:
+        super().__init__("prometheus", "otel", "both")
+
+    def __call__(self, raw: object) -> Any:
+        chosen = super().__call__(raw)
+        if chosen != "prometheus":
+            try:
+                import opentelemetry.metrics  # noqa: F401
+            except ImportError:
+                raise Invalid(
+                    "OpenTelemetry is not installed: pip install 'admission[otel]'"
+                ) from None
+        return chosen
 
 
 class OnRefuse(Parser):

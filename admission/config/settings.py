@@ -27,6 +27,7 @@ from admission.config.fields import (
     ENV_PREFIX,
     SHED_AT_DEFAULT,
     EndpointPath,
+    Exporters,
     Key,
     KeyPrefix,
     KeySecret,
@@ -274,6 +275,11 @@ class Settings:
         EndpointPath(),
         "path of the Prometheus endpoint (GET and HEAD only)",
         fallback=_off,
+    )
+    metrics: Literal["prometheus", "otel", "both"] = setting(
+        "prometheus",
+        Exporters(),
+        "where the metrics go: the Prometheus endpoint, OpenTelemetry, or both",
     )
     headers: Literal["all", "refused", "off"] = setting(
         "all",

@@ -18,8 +18,11 @@ from admission.concurrency.window import CLASSES
 from admission.stats import Stats
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+
     from admission.concurrency.window import Window
     from admission.ledger import Ledger
+    from admission.observe.otel import OtelExport
 
 
 class PolicyCounts(Protocol):
@@ -31,7 +34,8 @@ class PolicyCounts(Protocol):
 
 class AdmissionCollector:
     """AdmissionCollector reads `Stats`, the ledger, the windows, the drain and the store's
-    failure count (`storage_errors`, a function: the store counts them) when scraped.
+    failure count and state (`storage_errors` and `storage_degraded`, functions: the store
+    keeps them) when scraped.
     `policies` holds the route policies' own counts (rate refusals and shadow refusals by
     policy); without it, every rate refusal is the implicit policy "default"'s."""
 
@@ -42,6 +46,7 @@ class AdmissionCollector:
         windows: dict[str, Window],
         draining: Callable[[], bool],
         storage_errors: Callable[[], int] = lambda: 0,
+        storage_degraded: Callable[[], bool] = lambda: False,
         policies: PolicyCounts | None = None,
     ) -> None:
         self.stats = stats
@@ -50,6 +55,7 @@ class AdmissionCollector:
         self.policies = policies
         self.draining = draining
         self.storage_errors = storage_errors
+        self.storage_degraded = storage_degraded
 
     def collect(self) -> Iterator[Metric]:
         """collect yields every admission metric family."""
@@ -122,6 +128,11 @@ class AdmissionCollector:
             "Rate-limit store calls that failed.",
             value=self.storage_errors(),
         )
+        yield GaugeMetricFamily(
+            "admission_storage_degraded",
+            "1 while the rate-limit store fails and ADMISSION_ON_STORAGE_ERROR answers instead.",
+            value=int(self.storage_degraded()),
+        )
         yield HistogramMetricFamily(
             "admission_request_duration_seconds",
             "Time from admission to the end of the response, admitted requests.",
@@ -135,3 +146,12 @@ def render(collector: AdmissionCollector) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     return generate_latest(registry)
+
+
+def otel_export(meter_provider: MeterProvider | None = None) -> OtelExport:
+    """otel_export imports OpenTelemetry, the first time it is asked for, and makes admission's
+    histogram on `meter_provider` (OpenTelemetry's global one when None); its `observe` then
+    exports an `AdmissionCollector` (`ADMISSION_METRICS=otel` or `both`)."""
+    from admission.observe.otel import OtelExport
+
+    return OtelExport(meter_provider)
