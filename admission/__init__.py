@@ -22,6 +22,7 @@ from admission.lifecycle.context import (
 )
 from admission.lifetime import Lifetime
 from admission.middleware import AdmissionMiddleware
+from admission.ratelimit.decorator import limit
 from admission.refusal import Refusal, refusal
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "StorageTimeout",
     "deadline",
     "draining",
+    "limit",
     "refusal",
     "request_lifetime",
     "service_lifetime",

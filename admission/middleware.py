@@ -16,14 +16,14 @@ from admission.errors import ConfigError, StackError
 from admission.lifecycle.service import Service
 from admission.observe.endpoints import METHODS, Endpoints
 from admission.observe.metrics import AdmissionCollector, otel_export
-from admission.ratelimit.gate import rate_gate
+from admission.ratelimit.gate import rate_gate, with_route_limits
 from admission.reasons import Reason
 from admission.refusal import Refusal
 from admission.request.body import Budget, buffer_body
 from admission.request.exchange import Exchange, Shared, TimedExchange, Timeouts
 from admission.request.responses import answer_refusal, send_problem
 from admission.stats import Stats
-from admission.stores import GuardedStore, Store, open_store
+from admission.stores import GuardedStore, MemoryStore, Store, open_store
 from admission.types import ASGIApp, Receive, Scope, Send, route_path
 
 if TYPE_CHECKING:
@@ -242,7 +242,7 @@ class AdmissionMiddleware:
         if not self._stacked and scope["type"] in ("lifespan", "http", "websocket"):
             # Once, at the first call: Starlette builds its middleware stack only then.
             self._stacked = True
-            self._config_error = self._config_error or _twice(self)
+            self._config_error = self._config_error or _twice(self) or self._limit_routes()
         if self._config_error is not None:
             await self._refuse_to_start(scope, receive, send)
         elif scope["type"] == "lifespan":
@@ -309,6 +309,27 @@ class AdmissionMiddleware:
                     policy,
                     pattern,
                 )
+
+    def _limit_routes(self) -> ConfigError | None:
+        """_limit_routes adds a policy for every route the application marked with `@limit`,
+        once, at the first call (Starlette's stack and router are complete then): the rate
+        gate is built anew with them, on a store opened for them if no limit needed one
+        before. A policy that can't be (its name taken) is the start-up's error."""
+        try:
+            settings = with_route_limits(self.settings, self.app)
+        except ConfigError as exc:
+            return exc
+        if settings is None:
+            return None
+        if self.store is None or type(self.store) is MemoryStore:
+            # Nothing held yet: a memory store keeps keys as long as the slowest limit needs.
+            self.store = open_store(settings, None)
+            assert self.store is not None
+            self.service.use_store(self.store)
+        self.settings = self.service.settings = settings
+        self.gate = rate_gate(settings, self.store)
+        self.collector.policies = self.gate
+        return None
 
     async def _refuse_to_start(self, scope: Scope, receive: Receive, send: Send) -> None:
         """_refuse_to_start answers every call of a middleware whose settings were bad (or whose

@@ -101,20 +101,29 @@ def _find(routes: Sequence[Any], scope: dict[str, Any], match: Any, *, any_metho
     return False
 
 
-def _paths(routes: Sequence[Any], base: str) -> Iterator[tuple[str, bool]]:
-    """_paths yields every route's path as written, mounts' prefixes joined, and whether it
-    covers everything below it (a mount of an application that is not a router)."""
+def walk(routes: Sequence[Any], base: str = "") -> list[tuple[Any, str]]:
+    """walk is every route below `routes` that is not itself a router, with its full path:
+    mounts' prefixes and the prefix FastAPI's included routers were given joined."""
+    out: list[tuple[Any, str]] = []
     for route in routes:
         included = getattr(route, "original_router", None)
         if included is not None:
             # FastAPI's included router: its routes hold their full paths, past the prefix
             # given to include_router.
             prefix = str(getattr(getattr(route, "include_context", None), "prefix", ""))
-            yield from _paths(getattr(included, "routes", []), base + prefix)
+            out += walk(getattr(included, "routes", []), base + prefix)
             continue
         path = base + str(getattr(route, "path", ""))
         inner = getattr(route, "routes", None)
         if isinstance(inner, list) and inner:
-            yield from _paths(inner, path)
+            out += walk(inner, path)
         else:
-            yield path, hasattr(route, "routes") or not hasattr(route, "endpoint")
+            out.append((route, path))
+    return out
+
+
+def _paths(routes: Sequence[Any], base: str) -> Iterator[tuple[str, bool]]:
+    """_paths yields every route's path as written, and whether it covers everything below it
+    (a mount of an application that is not a router)."""
+    for route, path in walk(routes, base):
+        yield path, hasattr(route, "routes") or not hasattr(route, "endpoint")

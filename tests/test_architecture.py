@@ -146,7 +146,15 @@ def test_the_asgi_core_imports_nothing_of_a_server() -> None:
 
 # What the request path runs: a store's kind is found out when things are built (`__init__`,
 # the factories), never per request.
-BUILDERS = {"__init__", "rate_gate", "open_store", "bucket_for", "__post_init__"}
+BUILDERS = {
+    "__init__",
+    "rate_gate",
+    "open_store",
+    "bucket_for",
+    "__post_init__",
+    "_limit_routes",
+    "use_store",
+}
 
 
 def _asks_a_store_what_it_is(node: ast.AST) -> bool:

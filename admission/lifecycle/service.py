@@ -56,6 +56,12 @@ class Service:
         self.lifespan = Lifespan(self.drain, startup, served)
         self.signals = SignalDrain(self.drain, self.lifespan) if handle_signals else None
 
+    def use_store(self, store: Store) -> None:
+        """use_store makes `store` the one the drain closes last and a reopen reconnects (the
+        store start-up opened for limits declared on routes)."""
+        self.drain.last = store.close
+        self._reopen_store = store.reopen if isinstance(store, ReopenableStore) else None
+
     @property
     def closed(self) -> bool:
         """closed: has a drain run to the end (everything released)?"""

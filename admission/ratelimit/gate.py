@@ -11,6 +11,7 @@ request, keyed by the one factory of client keys (`admission.ratelimit.keys.key_
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
@@ -18,6 +19,8 @@ from admission.bucket import Decision
 from admission.config.fields import Network, PolicySet
 from admission.config.policies import DEFAULT, Policy
 from admission.config.settings import Settings
+from admission.errors import PolicyError
+from admission.ratelimit.decorator import route_policies
 from admission.ratelimit.fields import policy_header, ratelimit_header, retry_after_seconds
 from admission.ratelimit.keys import key_function
 from admission.ratelimit.limiter import PolicyLimiter
@@ -34,6 +37,7 @@ __all__ = [
     "default_policy",
     "rate_gate",
     "resolved_policies",
+    "with_route_limits",
 ]
 
 # Named tuples built directly, skipping their Python-level __new__ (as in admission.bucket).
@@ -137,6 +141,25 @@ class SingleRate:
 
 def _not_synchronous(key: str, now: float) -> Decision:
     raise TypeError("only a memory store decides requests synchronously")
+
+
+def with_route_limits(settings: Settings, app: object) -> Settings | None:
+    """with_route_limits is `settings` with a policy for every route of `app` that `@limit`
+    marked (`route_policies`), after the policies already set; None when there is none."""
+    found = route_policies(app)
+    if not found:
+        return None
+    given = tuple(settings.policies) if isinstance(settings.policies, PolicySet) else ()
+    names = {p.name for p in given} | ({DEFAULT} if settings.rate is not None else set())
+    for policy in found:
+        if policy.name in names:
+            raise PolicyError(
+                "@limit",
+                repr(policy.name),
+                "name",
+                "another policy has this name: give the route's its own, @limit(..., name=...)",
+            )
+    return dataclasses.replace(settings, policies=(*given, *found))
 
 
 def default_policy(settings: Settings) -> Policy | None:

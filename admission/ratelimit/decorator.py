@@ -1,0 +1,107 @@
+"""admission.ratelimit.decorator: limits declared on the route, `@limit("5/minute")`.
+
+`limit` marks an endpoint and returns it unchanged (its signature intact for FastAPI). At
+start-up `route_policies` finds every marked endpoint in the application's Starlette router
+(mounts and included routers too) and makes its route a policy, named after the route, which
+the middleware enforces before the handler with every other matching policy, all or nothing.
+The policy follows the route it was declared on: its path as the router sees it, every
+method it serves (`HEAD` with `GET`), whatever a client writes.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple, TypeVar
+
+from admission.config.policies import CostSpec, KeySpec, Policy
+from admission.served import routes_of, walk
+
+__all__ = ["limit", "route_policies"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+MARK = "__admission_limit__"
+# A path convertor that takes the rest of the path, whatever its slashes ("{name:path}").
+_REST = re.compile(r"\{[^}:]+:path\}$")
+_PARAM = re.compile(r"\{[^}]*\}")
+_NAME_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+class RouteLimit(NamedTuple):
+    """RouteLimit is what `@limit` says of an endpoint: its rates and the policy's fields."""
+
+    limits: tuple[str, ...]
+    key: KeySpec
+    cost: CostSpec
+    burst: int | None
+    name: str | None
+
+
+def limit(
+    *limits: str,
+    key: KeySpec = "ip",
+    cost: CostSpec = 1,
+    burst: int | None = None,
+    name: str | None = None,
+) -> Callable[[F], F]:
+    """limit makes the route of the decorated endpoint a route policy of `limits` (rates in
+    limits notation, all of which must admit), keyed by `key` ("ip", "global",
+    "header:<Name>" or a callable), each request costing `cost`, every bucket holding `burst`
+    (default: each rate's amount). The policy is named `name`, else after the route
+    ("route.<route name>"). Put it under the route decorator or above it: either way the
+    endpoint is returned unchanged. The fields are checked at once: a bad rate raises here."""
+    spec = RouteLimit(tuple(limits), key, cost, burst, name)
+    # Checked now, with a stand-in path: a typo fails where it was written, not at start-up.
+    _policy(spec, "route.check", ["GET /"])
+
+    def mark(endpoint: F) -> F:
+        setattr(endpoint, MARK, spec)
+        return endpoint
+
+    return mark
+
+
+def route_policies(app: object) -> tuple[Policy, ...]:
+    """route_policies is a policy per route of `app`'s router whose endpoint `@limit` marked,
+    in route order; empty when there is no router or no mark."""
+    routes = routes_of(app)
+    if routes is None:
+        return ()
+    found: list[Policy] = []
+    seen: set[str] = set()
+    for route, path in walk(routes):
+        spec = getattr(getattr(route, "endpoint", None), MARK, None)
+        if not isinstance(spec, RouteLimit):
+            continue
+        methods = getattr(route, "methods", None) or {"GET"}
+        pattern = _pattern(path)
+        match = [f"{m} {pattern}" for m in sorted(methods) if m != "HEAD"] or [f"GET {pattern}"]
+        name = spec.name or "route." + _NAME_CHARS.sub("_", str(getattr(route, "name", path)))
+        base, n = name, 1
+        while name in seen:
+            n += 1
+            name = f"{base}.{n}"
+        seen.add(name)
+        found.append(_policy(spec, name[:64], match))
+    return tuple(found)
+
+
+def _policy(spec: RouteLimit, name: str, match: Sequence[str]) -> Policy:
+    return Policy(
+        name=name,
+        match=tuple(match),
+        limits=spec.limits,
+        key=spec.key,
+        burst=spec.burst,
+        cost=spec.cost,
+        source="@limit",
+    )
+
+
+def _pattern(path: str) -> str:
+    """_pattern is a route's path as a policy pattern: `{name:path}` at its end is a prefix,
+    and a segment holding a parameter is a `{name}` segment."""
+    if _REST.search(path):
+        return _REST.sub("", path) + "*"
+    segments = ["{p}" if "{" in segment else segment for segment in (path or "/").split("/")]
+    return "/".join(segments) or "/"
