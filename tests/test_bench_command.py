@@ -111,3 +111,9 @@ def test_a_short_sweep_writes_json_and_a_png_that_agree_with_what_it_printed(
     assert document["explanation"].endswith(".") and ". " not in document["explanation"]
     assert all(0.0 <= r["rejected_ratio"] <= 1.0 for r in document["rows"])
     assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    timeout = document["recommended_request_timeout_s"]
+    if document["recommended_window"] is not None:
+        # Between 1.3 and 1.8 times the p99 measured at the recommended window.
+        (row,) = [r for r in document["rows"] if r["window"] == document["recommended_window"]]
+        assert 1.3 <= timeout * 1000 / row["p99_ms"] <= 1.8
+        assert f"ADMISSION_REQUEST_TIMEOUT={timeout:g}" in done.stdout

@@ -202,6 +202,7 @@ def test_json_document_has_the_documented_keys(tmp_path: Path) -> None:
     assert set(document) == {
         "rows",
         "recommended_window",
+        "recommended_request_timeout_s",
         "explanation",
         "target",
         "path",
@@ -301,3 +302,22 @@ def test_the_plot_stands_alone_every_window_refusals_and_the_reason_on_it() -> N
     assert "Recommended window: 60." in texts and "98% of the best" in texts
     labels = [t.get_text() for t in top.get_legend().get_texts()]
     assert "recommended: 60" in labels and "can't fill with 64 clients" in labels
+
+
+@pytest.mark.parametrize("p99_ms", [0.7, 5.0, 12.3, 89.0, 205.0, 999.0, 1234.0, 20_000.0])
+def test_the_recommended_request_timeout_is_about_one_and_a_half_p99(p99_ms: float) -> None:
+    from admission.bench.recommend import request_timeout_s
+
+    timeout = request_timeout_s(p99_ms)
+    assert timeout is not None
+    assert 1.5 <= timeout * 1000 / p99_ms <= 1.8
+    # Two significant digits, no float noise: what an operator would type.
+    from decimal import Decimal
+
+    assert len(Decimal(str(timeout)).normalize().as_tuple().digits) <= 2
+
+
+def test_no_p99_no_timeout() -> None:
+    from admission.bench.recommend import request_timeout_s
+
+    assert request_timeout_s(None) is None

@@ -331,6 +331,14 @@ def _print_report(report: BenchReport, out: TextIO) -> None:
     shown = "none" if report.recommended_window is None else str(report.recommended_window)
     print(f"recommended window: {shown}", file=out)
     print(report.explanation, file=out)
+    timeout = report.recommended_request_timeout_s
+    if timeout is not None:
+        p99 = next(r.p99_ms for r in report.rows if r.window == report.recommended_window)
+        print(
+            f"recommended request timeout: ADMISSION_REQUEST_TIMEOUT={timeout:g} "
+            f"(1.5 x the {p99:.0f} ms p99 at window {shown}, rounded up)",
+            file=out,
+        )
 
 
 def _write_files(

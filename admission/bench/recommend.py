@@ -230,3 +230,20 @@ def next_probe(rows: Sequence[Row], concurrency: int | None = None) -> int | Non
             return knee
     middle = (lower + chosen) // 2
     return middle if middle not in known else None
+
+
+#: The request timeout recommended, as a multiple of the p99 at the recommended window: room
+#: for the slowest normal request, not for a stuck one to hold its slot many times longer.
+TIMEOUT_P99_MULTIPLE = 1.5
+
+
+def request_timeout_s(p99_ms: float | None) -> float | None:
+    """request_timeout_s is the `ADMISSION_REQUEST_TIMEOUT` to recommend for a service whose
+    p99 is `p99_ms` at the recommended window: 1.5 times it, rounded up to two significant
+    digits (so at most 1.55 times it), at least 1 ms; None without a p99."""
+    if p99_ms is None or p99_ms <= 0:
+        return None
+    seconds = TIMEOUT_P99_MULTIPLE * p99_ms / 1000
+    scale = 10 ** (math.floor(math.log10(seconds)) - 1)
+    rounded: float = round(math.ceil(seconds / scale - 1e-9) * scale, 6)
+    return max(0.001, rounded)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from admission.bench.recommend import GOOD_ENOUGH, Row
+from admission.bench.recommend import GOOD_ENOUGH, Row, request_timeout_s
 
 
 @dataclass(frozen=True)
@@ -28,11 +28,21 @@ class BenchReport:
     duration_s: float
     notes: Sequence[str] = ()
 
+    @property
+    def recommended_request_timeout_s(self) -> float | None:
+        """recommended_request_timeout_s is the request timeout for the recommended window:
+        1.5 times its p99, rounded up (`recommend.request_timeout_s`); None without one."""
+        chosen = [r for r in self.rows if r.window == self.recommended_window]
+        if self.recommended_window is None or not chosen:
+            return None
+        return request_timeout_s(chosen[0].p99_ms)
+
     def as_dict(self) -> dict[str, Any]:
         """as_dict returns the JSON document `--json` writes."""
         return {
             "rows": [row.as_dict() for row in self.rows],
             "recommended_window": self.recommended_window,
+            "recommended_request_timeout_s": self.recommended_request_timeout_s,
             "explanation": self.explanation,
             "target": self.target,
             "path": self.path,
