@@ -205,3 +205,35 @@ def rejected_after(url: str, port: int, socks: list[socket.socket]) -> int:
 
     wait_until(lambda: all(settled(sock) for sock in socks), 15, "every body answered or read")
     return int(rejected(url, "buffers_full"))
+
+
+def test_two_hundred_stalled_bodies_within_the_default_budget_and_healthz_answers() -> None:
+    # 200 connections each announce a 1 MiB body, send half of it and stall, against a window
+    # of 8 and the default ADMISSION_BUFFER_BODY_TOTAL (32 MiB): the bodies held stay within
+    # it, resident memory within 96 MiB of where it was, and /healthz answers meanwhile.
+    env = {
+        "ADMISSION_WINDOW": "8",
+        "ADMISSION_READ_TIMEOUT": "30",
+        "ADMISSION_BUFFER_BODY": "1048576",
+    }
+    with run_server(admission_serve(), env) as server:
+        before = _rss_bytes(server.process.pid)
+        socks = []
+        try:
+            for _ in range(200):
+                sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+                sock.sendall(
+                    b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1048576\r\n\r\n"
+                    + b"x" * HALF
+                )
+                socks.append(sock)
+            refused = rejected_after(server.url, server.port, socks)
+            held = _rss_bytes(server.process.pid) - before
+            health = httpx.get(server.url + "/healthz", timeout=5)
+        finally:
+            for sock in socks:
+                sock.close()
+    print(f"\n200 stalled bodies: {refused} refused, RSS +{held >> 20} MiB")
+    assert health.status_code == 200
+    assert refused == 200 - 64  # 64 halves of 512 KiB fill the 32 MiB
+    assert held <= 96 * 1024 * 1024
