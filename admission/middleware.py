@@ -170,7 +170,10 @@ class AdmissionMiddleware:
         kind = scope["type"]
         if kind not in ADMITTED or not self._serving:
             return await self._other(scope, receive, send)
-        path = route_path(scope)
+        path = scope["path"]
+        if scope.get("root_path"):
+            # Mounted below a root path (`--root-path`): matched as the router sees it.
+            path = route_path(scope)
         websocket = kind == "websocket"
         if path in self._endpoint_paths and not websocket and scope["method"] in METHODS:
             return await self.endpoints.answer(path, send, scope["method"])
