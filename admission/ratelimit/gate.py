@@ -104,18 +104,24 @@ class SingleRate:
         # keep `decide`, which they may override.
         memory = store if type(store) is MemoryStore else None
         self.synchronous = memory is not None
-        self._decide_at: Callable[[str, float], Decision] = _not_synchronous
-        self._clock: Callable[[], float] = float
+        self.decide_now: Callable[[Scope], Outcome] = _not_synchronous
         if memory is not None:
-            self._decide_at = memory.decide_at
-            self._clock = memory.clock
+            self.decide_now = self._deciding_now(memory)
 
-    def decide_now(self, scope: Scope) -> Outcome:
-        """decide_now is `decide` without a coroutine (`synchronous` only)."""
-        decision = self._decide_at(self.key(scope), self._clock())
-        if decision.allowed:
-            return _new_tuple(Outcome, (None, [self.field, ratelimit_header(decision)]))
-        return self._refused(decision)
+    def _deciding_now(self, memory: MemoryStore) -> Callable[[Scope], Outcome]:
+        """_deciding_now is `decide_now` for `memory`: `decide` without a coroutine, a closure
+        over what it reads, since it runs for every rate-limited request (about 300
+        instructions fewer than a method's attribute reads, benchmarks/instructions.py)."""
+        decide_at, clock, key, field = memory.decide_at, memory.clock, self.key, self.field
+        refused = self._refused
+
+        def decide_now(scope: Scope) -> Outcome:
+            decision = decide_at(key(scope), clock())
+            if decision.allowed:
+                return _new_tuple(Outcome, (None, [field, ratelimit_header(decision)]))
+            return refused(decision)
+
+        return decide_now
 
     async def decide(self, scope: Scope) -> Outcome:
         """decide is the request's outcome under the one limit."""
@@ -139,7 +145,7 @@ class SingleRate:
         return Outcome(Refusal("rate", 429, self.name, decision, headers, RATE), headers)
 
 
-def _not_synchronous(key: str, now: float) -> Decision:
+def _not_synchronous(scope: Scope) -> Outcome:
     raise TypeError("only a memory store decides requests synchronously")
 
 
