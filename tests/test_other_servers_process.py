@@ -191,3 +191,11 @@ async def test_five_drains_under_a_light_load_lose_no_connection(name: str) -> N
     ended = totals["refused at connect"] + totals["reset at connect"]
     assert ended == DRAINS * LOAD_CONNECTIONS, totals
     assert totals["503"] > 0, "no request arrived during the drain"
+
+
+def test_hypercorn_under_its_supervisor_is_warned_of() -> None:
+    # `--workers 1`, hypercorn's default: its supervisor stops the worker without a signal.
+    argv = [a for a in plain_hypercorn(APP) if a not in ("--workers", "0")]
+    with run_server(argv, start_timeout_s=START_S) as server:
+        log = server.log()
+    assert "Run hypercorn with --workers 0" in log, log

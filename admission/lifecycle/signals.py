@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import signal
 import threading
 from collections.abc import Callable
@@ -56,6 +57,14 @@ class SignalChain:
         if threading.current_thread() is not threading.main_thread():
             return False
         self._loop = loop = asyncio.get_running_loop()
+        if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and multiprocessing.parent_process():
+            # What hypercorn's supervisor does to its workers (`--workers 1` and more): they
+            # are stopped by a flag shared with it, not by a signal.
+            log.warning(
+                "SIGINT is ignored in this worker process: its supervisor may stop it without a "
+                "signal (hypercorn with --workers 1 or more), and the server then shuts down "
+                "before admission drains. Run hypercorn with --workers 0 (docs/deployment.md)"
+            )
         unreachable = []
         for sig in HANDLED:
             in_loop = _loop_handler(loop, sig)
