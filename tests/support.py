@@ -101,6 +101,33 @@ def plain_uvicorn(app: str, *extra: str) -> list[str]:
     return [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", "{port}", *extra]
 
 
+def plain_hypercorn(app: str, *extra: str) -> list[str]:
+    """plain_hypercorn is the argv of the hypercorn command docs/deployment.md gives: one
+    process (`--workers 0`), whose event loop hears the signals admission chains."""
+    bind = "127.0.0.1:{port}"
+    return [sys.executable, "-m", "hypercorn", app, "--bind", bind, "--workers", "0", *extra]
+
+
+def plain_granian(app: str, *extra: str) -> list[str]:
+    """plain_granian is the argv of the granian command docs/deployment.md gives: ASGI with
+    lifespan, on asyncio's event loop."""
+    return [
+        sys.executable,
+        "-m",
+        "granian",
+        "--interface",
+        "asgi",
+        "--loop",
+        "asyncio",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+        *extra,
+        app,
+    ]
+
+
 @dataclass
 class RedisServer:
     """RedisServer is a redis-server this test started on its own port."""

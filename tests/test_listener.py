@@ -8,6 +8,7 @@ import socket
 
 import pytest
 
+from admission.lifecycle.listening import listening_tcp_sockets
 from admission.server.listener import refuse_new_connections, stop_listening
 
 
@@ -74,3 +75,16 @@ def test_a_handshake_under_way_when_the_socket_refuses_still_completes() -> None
         assert accepted.recv(64).startswith(b"GET / ")
         accepted.close()
         client.close()
+
+
+def test_the_process_s_listening_sockets_are_found_and_no_other() -> None:
+    # What admission lets go of under hypercorn and granian, which don't hand theirs out.
+    with socket.socket() as listener, socket.socket() as bound, socket.socket() as client:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        bound.bind(("127.0.0.1", 0))
+        client.connect(listener.getsockname())
+        found = listening_tcp_sockets()
+        assert listener.fileno() in found
+        assert bound.fileno() not in found
+        assert client.fileno() not in found

@@ -4,10 +4,12 @@ to the whole process group) and through the supervisor's relay counts once."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 from types import FrameType
 
 from admission.lifecycle.signals import SignalChain
+from tests.asgi import until
 
 
 def counting_chain() -> tuple[SignalChain, list[int]]:
@@ -83,3 +85,26 @@ async def test_an_installed_chain_receives_the_relay() -> None:
             signal.signal(sig, handler)
         signals._installed = None
     await asyncio.sleep(0)
+
+
+async def test_a_handler_the_server_gave_the_loop_runs_only_when_the_chain_forwards() -> None:
+    from admission.lifecycle import signals
+
+    # hypercorn (--workers 0) and granian's workers hand SIGTERM to the loop this way.
+    loop = asyncio.get_running_loop()
+    heard: list[str] = []
+    loop.add_signal_handler(signal.SIGTERM, heard.append, "server")
+    chain, seen = counting_chain()
+    previous_int = signal.getsignal(signal.SIGINT)
+    try:
+        assert chain.install()
+        assert chain.in_loop(signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)
+        await until(lambda: seen == [signal.SIGTERM], what="the chain hears SIGTERM")
+        assert heard == []
+        chain.forward(signal.SIGTERM, None)
+        assert heard == ["server"]
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+        signal.signal(signal.SIGINT, previous_int)
+        signals._installed = None

@@ -14,6 +14,7 @@ from types import FrameType
 
 from admission.lifecycle.drain import Drain
 from admission.lifecycle.lifespan import Lifespan
+from admission.lifecycle.listening import SETTLE_S, listening_tcp_sockets, stop_taking_connections
 from admission.lifecycle.signals import SignalChain
 
 log = logging.getLogger("admission")
@@ -60,4 +61,9 @@ class SignalDrain:
         else:
             # No lifespan (the server runs with it off): nothing else would release them.
             await self.drain.run()
+        if self.signals.in_loop(sig):
+            # hypercorn and granian close their listening socket the moment they hear the
+            # signal, resetting the connections still queued on it: have the kernel take no new
+            # one first, and the server accept (and the drain refuse) those already queued.
+            await stop_taking_connections(listening_tcp_sockets(), settle_s=SETTLE_S)
         self.signals.forward(sig, frame)

@@ -4,6 +4,13 @@ The handler installed here runs the drain first and only then calls the handler 
 (uvicorn's, gunicorn's worker's, or the default), so the server starts its own shutdown once
 nothing is in flight. A second signal during the drain hurries it.
 
+A server may instead have handed the signals to the event loop (`loop.add_signal_handler`:
+hypercorn without a supervisor, granian's workers). The loop then runs its handler whatever
+Python-level handler is set, so the chain takes the loop's place: its own handler goes into
+the loop, and the server's is called when the drain is over. That needs asyncio's loop, whose
+table of handlers can be read; uvloop's can't, and there the server keeps its handler (a
+warning says so).
+
 Under `admission serve --workers` a worker also hears of the supervisor's stop signals, relayed
 by count (see `admission.server.uvicorn.StopRelay`). A signal sent to the whole process group
 reaches the worker both ways; the chain counts max(signals received, stops relayed), so that
@@ -14,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import signal
 import threading
 from collections.abc import Callable
@@ -48,10 +56,35 @@ class SignalChain:
             return True
         if threading.current_thread() is not threading.main_thread():
             return False
-        self._loop = asyncio.get_running_loop()
+        self._loop = loop = asyncio.get_running_loop()
+        if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and multiprocessing.parent_process():
+            # What hypercorn's supervisor does to its workers (`--workers 1` and more): they
+            # are stopped by a flag shared with it, not by a signal.
+            log.warning(
+                "SIGINT is ignored in this worker process: its supervisor may stop it without a "
+                "signal (hypercorn with --workers 1 or more), and the server then shuts down "
+                "before admission drains. Run hypercorn with --workers 0 (docs/deployment.md)"
+            )
+        unreachable = []
         for sig in HANDLED:
-            self._previous[sig] = signal.getsignal(sig)
+            in_loop = _loop_handler(loop, sig)
+            if in_loop is not None:
+                self._previous[sig] = in_loop
+                loop.add_signal_handler(sig, self._received_one, sig, None)
+                continue
+            self._previous[sig] = previous = signal.getsignal(sig)
+            if getattr(previous, "__self__", None) is loop:
+                unreachable.append(signal.Signals(sig).name)
+                continue
             signal.signal(sig, self._handle)
+        if unreachable:
+            log.warning(
+                "the server lets the event loop (%s) handle %s, and admission can't reach its "
+                "handlers there: the server will shut down before admission drains. Run it on "
+                "asyncio's loop (granian --loop asyncio; hypercorn's default asyncio worker)",
+                type(loop).__name__,
+                " and ".join(unreachable),
+            )
         self.installed = True
         global _installed
         _installed = self
@@ -77,9 +110,19 @@ class SignalChain:
             self._counted += 1
             self.on_signal(sig, frame)
 
+    def in_loop(self, sig: int) -> bool:
+        """in_loop is True when the server's handler for `sig` is one the chain took from the
+        event loop (hypercorn, granian)."""
+        return isinstance(self._previous.get(sig), asyncio.Handle)
+
     def forward(self, sig: int, frame: FrameType | None) -> None:
         """forward passes `sig` to the handler that was there before ours."""
         previous = self._previous.get(sig, signal.SIG_DFL)
+        if isinstance(previous, asyncio.Handle):
+            # The server's handler in the loop (see `_loop_handler`), with its own arguments.
+            if not previous.cancelled():
+                previous._run()
+            return
         server: Any = getattr(previous, "__self__", None)
         if getattr(previous, "__name__", "") == "handle_exit" and hasattr(server, "should_exit"):
             # uvicorn's Server (also under gunicorn's uvicorn workers): its own handler would
@@ -91,6 +134,16 @@ class SignalChain:
         elif previous == signal.SIG_DFL:
             signal.signal(sig, signal.SIG_DFL)
             signal.raise_signal(sig)
+
+
+def _loop_handler(loop: asyncio.AbstractEventLoop, sig: int) -> asyncio.Handle | None:
+    """_loop_handler is the handler a server gave asyncio's loop for `sig`
+    (`loop.add_signal_handler`), or None: none given, or a loop whose table can't be read."""
+    handlers = getattr(loop, "_signal_handlers", None)
+    if not isinstance(handlers, dict):
+        return None
+    handle = handlers.get(sig)
+    return handle if isinstance(handle, asyncio.Handle) else None
 
 
 def relay(count: int, sig: int) -> bool:
