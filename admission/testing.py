@@ -27,7 +27,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from admission.middleware import AdmissionMiddleware
-from admission.ratelimit.gate import SingleRate
 from admission.ratelimit.limiter import PolicyLimiter
 from admission.stores import GuardedStore, MemoryStore
 
@@ -269,16 +268,13 @@ def _reset_local(middleware: AdmissionMiddleware) -> None:
 
 def _clock_holders(middleware: AdmissionMiddleware) -> list[tuple[Any, str]]:
     """_clock_holders is every (object, attribute) a memory-store decision reads the clock
-    from: the store's own, and the copy the rate gate keeps so as not to look it up per
-    request."""
+    from: the store's own, and the policy limiter's (for its shadow log)."""
     holders: list[tuple[Any, str]] = []
     store = middleware.store
     if isinstance(store, MemoryStore):
         holders.append((store, "clock"))
     gate = middleware.gate
-    if isinstance(gate, SingleRate) and gate.synchronous:
-        holders.append((gate, "_clock"))
-    elif isinstance(gate, PolicyLimiter) and isinstance(store, MemoryStore):
+    if isinstance(gate, PolicyLimiter) and isinstance(store, MemoryStore):
         holders.append((gate, "clock"))
     return holders
 
