@@ -102,7 +102,8 @@ class AdmissionMiddleware:
         self.stats = Stats() if otel is None else otel.stats()
         self.concurrency = c = Concurrency(s, self.stats)
         # Read on every request: attributes of the middleware, one lookup each.
-        self.window = c.http
+        self.window = c.slots
+        self._client = c.client
         self.websocket_window = c.websocket
         self.adaptive = c.adaptive
         self._priority = c.priority
@@ -148,7 +149,7 @@ class AdmissionMiddleware:
         self.endpoints = Endpoints(
             self.drain_state,
             self.ledger,
-            self.window,
+            c.http,
             degraded,
             self.collector,
             paths={path: kind for kind, path in endpoints if path is not None},
@@ -191,8 +192,11 @@ class AdmissionMiddleware:
         window = self.websocket_window if websocket else self.window
         if window is not None:
             priority = DEFAULT if self._priority is None or websocket else self._priority(scope)
-            if not window.try_take(priority) and not await window.take(self._queue_s, priority):
-                reason = self.concurrency.refusal(window, priority)
+            client = None if websocket or self._client is None else self._client(scope)
+            if not window.try_take(priority, client) and not await window.take(
+                self._queue_s, priority, client
+            ):
+                reason = self.concurrency.refusal(window, priority, client)
                 return await self._refuse(scope, receive, send, reason)
         try:
             extra: Sequence[tuple[bytes, bytes]] = ()
@@ -214,7 +218,7 @@ class AdmissionMiddleware:
                 self.concurrency.sample(exchange)
         finally:
             if window is not None:
-                window.give()
+                window.give(client)
 
     async def _read_ahead(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         """_read_ahead reads the request's body ahead (`ADMISSION_BUFFER_BODY`) and is the

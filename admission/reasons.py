@@ -57,6 +57,25 @@ SHED = Reason(
     "the indicated delay.",
     (RETRY_1,),
 )
+# One client holds ADMISSION_CLIENT_WINDOW requests in flight already (nginx's limit_conn): the
+# client, not the service, is the cause, so always 429.
+CLIENT_WINDOW = Reason(
+    "client_window",
+    429,
+    1013,
+    "Too many requests in flight from this client; retry after one of them completes.",
+    (RETRY_1,),
+)
+# The window is contended and this client holds more than its fair share of it: the slots went
+# to clients holding fewer. Answered with the window's status, as a full window is.
+FAIR_SHARE = Reason(
+    "fair_share",
+    429,
+    1013,
+    "The service is at capacity and this client holds more than its share of it; retry "
+    "after the indicated delay.",
+    (RETRY_1,),
+)
 # The rate-limit store failed and ADMISSION_ON_STORAGE_ERROR=deny: the service, not the client,
 # is the cause, so 503 rather than 429.
 STORAGE = Reason(
@@ -129,6 +148,8 @@ ALL = (
     STORAGE,
     WINDOW,
     SHED,
+    CLIENT_WINDOW,
+    FAIR_SHARE,
     BUFFERS_FULL,
     DRAINING,
     READ_TIMEOUT,

@@ -33,6 +33,7 @@ FIRST_BAD = {
     "priority": "cookie:x",
     "shed_at": "sheddable:1.5",
     "websocket_window": "0",
+    "client_window": "0",
     "read_timeout": "0",
     "buffer_body": "0",
     "buffer_body_total": "0",

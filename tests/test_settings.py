@@ -96,6 +96,7 @@ BAD: dict[str, list[str]] = {
     "queue_timeout": ["-0.1", "nan", "inf", "later", "1e-300", "3601", "+1"],
     "max_waiters": ["-1", "2.5", "x", "1000001"],
     "websocket_window": ["0", "-1", "x", "9" * 20],
+    "client_window": ["0", "-1", "x", "2.5", "1000001"],
     "read_timeout": ["0", "-1", "inf", "x", "1e-300", "86401", "\u0663"],
     "buffer_body": ["0", "-1", "x", "1.5", "1e3", "1073741825"],
     "ws_message_rate": ["fast", "100", "0/second", "1/second;2/minute", "1000000001/second"],
@@ -172,6 +173,7 @@ GOOD: dict[str, list[tuple[str, object]]] = {
     "queue_timeout": [("0.1", 0.1), ("0", 0.0), ("3600", 3600.0)],
     "max_waiters": [("1", 1), ("10", 10)],
     "websocket_window": [("8", 8)],
+    "client_window": [("2", 2), ("1", 1)],
     "read_timeout": [("5", 5.0)],
     "buffer_body": [("65536", 65536), (" 1 ", 1), ("", None)],
     "ws_message_rate": [("10/minute", "10/minute"), ("5 per 1 second", "5 per 1 second")],
@@ -388,6 +390,7 @@ RANGES: dict[str, tuple[float, float]] = {
     "queue_timeout": (0, 3600),
     "max_waiters": (0, 1_000_000),
     "websocket_window": (1, 1_000_000),
+    "client_window": (1, 1_000_000),
     "read_timeout": (0.001, 86400),
     "write_timeout": (0.001, 86400),
     "idle_timeout": (0.001, 86400),
@@ -522,6 +525,16 @@ def test_a_zero_rate_says_the_amount_must_be_at_least_1() -> None:
             "ADMISSION_MAX_WAITERS",
             "no request ever waits",
         ),
+        (
+            {"ADMISSION_CLIENT_WINDOW": "2", "ADMISSION_KEY": "global"},
+            "ADMISSION_CLIENT_WINDOW",
+            "every request is one client's",
+        ),
+        (
+            {"ADMISSION_CLIENT_WINDOW": "8", "ADMISSION_WINDOW": "8"},
+            "ADMISSION_CLIENT_WINDOW",
+            "as large as ADMISSION_WINDOW=8 does nothing",
+        ),
     ],
 )
 def test_a_setting_that_would_do_nothing_or_everything_is_refused_with_its_reason(
@@ -648,3 +661,10 @@ def test_announce_logs_the_summary_and_warns_once_when_code_overrides_the_enviro
     with caplog.at_level(logging.INFO, logger="admission.test.announce"):
         announce(Settings.from_env(), in_code=False, log=log)
     assert [r.levelno for r in caplog.records] == [logging.INFO]
+
+
+def test_a_client_window_needs_no_window_and_fits_below_one() -> None:
+    # nginx's limit_conn caps each client without any total: so does ADMISSION_CLIENT_WINDOW.
+    assert Settings.from_env({"ADMISSION_CLIENT_WINDOW": "2"}).client_window == 2
+    assert Settings(client_window=7, window=8).client_window == 7
+    assert Settings(client_window=50, window="auto").client_window == 50

@@ -212,6 +212,8 @@ async def test_critical_slots_are_not_for_untrusted_clients() -> None:
         priority="header:X-Priority",
         shed_at="sheddable:0.5,default:0.5",
         trusted_proxies=PROXY,
+        # One client for the window's shares: here only the classes decide who gets a slot.
+        key="global",
     )
     assert settings.client_chosen() == []
     app = AdmissionMiddleware(_held_app(), settings=settings, handle_signals=False)

@@ -9,6 +9,8 @@ import math
 from collections import deque
 from collections.abc import Mapping
 
+from admission.concurrency.fairness import Clients, heaviest, pick
+
 # Priority classes, most important first; a class is its index into per-class tables.
 CRITICAL = 0
 DEFAULT = 1
@@ -49,6 +51,14 @@ class Window:
     (`lifo=True`: under overload the newest waiter's client is the likeliest still to be
     there), so a newcomer can't overtake someone who waited. `resize(size)` changes the size
     (the adaptive window); slots in use beyond a smaller size are given back as usual.
+
+    Each call may name the request's `client` (see admission.concurrency.fairness): its slots
+    are then counted in `clients`, a client at `client_cap` is refused at once, and with
+    `fair` the slots are shared: a client holding its equal share or more takes another only
+    while a free slot stays for each other client, a freed slot goes to the waiter, within the
+    most important class that may have it, whose client holds the fewest slots, and a newcomer
+    refused a place among the waiters takes the place of a waiter of a client holding more
+    than its own. Without clients (None), the window is first come, first served.
     """
 
     def __init__(
@@ -58,6 +68,8 @@ class Window:
         max_waiters: int = 0,
         shed_at: Mapping[str, float] | None = None,
         lifo: bool = False,
+        client_cap: int | None = None,
+        fair: bool = True,
     ) -> None:
         if size < 1:
             raise ValueError(f"Window size must be >= 1, got {size}")
@@ -69,6 +81,9 @@ class Window:
         # timed out or was cancelled leaves its deque when it runs again).
         self._queues: tuple[deque[asyncio.Future[None]], ...] = (deque(), deque(), deque())
         self._queued = 0
+        # The client of each waiter that has one, while it waits.
+        self._owners: dict[asyncio.Future[None], str] = {}
+        self.clients = Clients(client_cap, size if fair else None)
         self.size = size
         self._limits = shed_limits(size, self.shed_at)
 
@@ -82,27 +97,47 @@ class Window:
         """waiting is how many requests wait for a slot now."""
         return sum(1 for q in self._queues for w in q if not w.done())
 
-    def try_take(self, priority: int = DEFAULT) -> bool:
-        """try_take takes a slot if one is free to `priority`, without waiting. It never
-        overtakes a live waiter of its own or a more important class: `give` and `resize` hand
-        every slot such a waiter may use straight to it, so while one waits, `used` is at or
-        above that class's limit, and so at or above this one's."""
-        if self.used < self._limits[priority]:
+    def try_take(self, priority: int = DEFAULT, client: str | None = None) -> bool:
+        """try_take takes a slot if one is free to `priority`, without waiting, and counts it
+        for `client` (refused at the client's cap). It never overtakes a live waiter of its
+        own or a more important class: `give` and `resize` hand every slot such a waiter may
+        use straight to it, so while one waits, `used` is at or above that class's limit, and
+        so at or above this one's."""
+        limit = self._limits[priority]
+        if self.used < limit:
+            if client is not None:
+                # Clients.take, inline: this is every request's path.
+                clients = self.clients
+                held = clients.held.get(client, 0)
+                if held:
+                    if not clients._more(held, self.used, limit):
+                        return False
+                elif clients.away:
+                    clients.away.pop(client, None)
+                clients.held[client] = held + 1
+                clients.taken += 1
             self.used += 1
             return True
         return False
 
-    async def take(self, timeout_s: float, priority: int = DEFAULT) -> bool:
-        """take takes a slot, waiting at most `timeout_s`; False if none came in time."""
-        if self.try_take(priority):
+    async def take(
+        self, timeout_s: float, priority: int = DEFAULT, client: str | None = None
+    ) -> bool:
+        """take takes a slot for `client`, waiting at most `timeout_s`; False if none came in
+        time. A client at its cap is refused at once: only its own requests can free it."""
+        if self.try_take(priority, client):
             return True
-        if timeout_s <= 0 or not self._make_room(priority):
-            return False
+        if timeout_s <= 0 or (client is not None and self.clients.capped(client)):
+            return self._refused(client)
+        if not self._make_room(priority, client):
+            return self._refused(client)
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[None] = loop.create_future()
         queue = self._queues[priority]
         queue.append(waiter)
         self._queued += 1
+        if client is not None:
+            self._owners[waiter] = client
         timer = loop.call_later(timeout_s, _time_out, waiter)
         try:
             await waiter
@@ -110,19 +145,29 @@ class Window:
             # Granted and cancelled in the same instant: the slot is ours, pass it on. A waiter
             # that timed out in that instant holds nothing and must give nothing back.
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self.give()
+                self.give(client)
             raise
         except TimeoutError:
-            return False
+            return self._refused(client)
         finally:
             timer.cancel()
+            if client is not None:
+                del self._owners[waiter]
             if not waiter.done() or waiter.cancelled() or waiter.exception() is not None:
                 self._remove(queue, waiter)
         return True
 
-    def _make_room(self, priority: int) -> bool:
+    def _refused(self, client: str | None) -> bool:
+        """_refused notes that `client` got no slot (see `Clients.turned_away`); False."""
+        if client is not None:
+            self.clients.turned_away(client)
+        return False
+
+    def _make_room(self, priority: int, client: str | None) -> bool:
         """_make_room says whether a waiter of `priority` may queue: below the cap, or by
-        refusing the waiter served last of a less important class."""
+        refusing the waiter served last of a less important class, or else of its own class
+        the waiter served last of the client holding the most slots, if that is more than
+        `client` holds."""
         if self._queued < self.max_waiters:
             return True
         for p in range(len(self._queues) - 1, priority, -1):
@@ -134,13 +179,27 @@ class Window:
                 if not victim.done():
                     victim.set_exception(TimeoutError())
                     return True
-        return False
+        if client is None:
+            return False
+        queue = self._queues[priority]
+        index = heaviest(
+            queue, self._owners, self.clients, self.clients.held.get(client, 0), self.lifo
+        )
+        if index is None:
+            return False
+        victim = queue[index]
+        del queue[index]
+        self._queued -= 1
+        victim.set_exception(TimeoutError())
+        return True
 
-    def give(self) -> None:
-        """give returns a slot: to the most important live waiter whose class may have it,
-        else to the pool."""
+    def give(self, client: str | None = None) -> None:
+        """give returns a slot `client` held: to the live waiter that may have it (see the
+        class's docstring), else to the pool."""
         if self.used <= 0:
             raise RuntimeError("a window slot was given back more often than taken")
+        if client is not None:
+            self.clients.give(client)
         self.used -= 1
         if self._queued:
             # Taken again at once by a waiter if one may have it: `used` is back where it was.
@@ -154,6 +213,8 @@ class Window:
             return
         self.size = size
         self._limits = shed_limits(size, self.shed_at)
+        if self.clients.memory:
+            self.clients.resize(size)
         while self._queued and self._grant_one():
             pass
 
@@ -161,13 +222,25 @@ class Window:
         for limit, queue in zip(self._limits, self._queues, strict=True):
             if self.used >= limit:
                 continue
-            while queue:
-                waiter = queue.pop() if self.lifo else queue.popleft()
+            # Waiters that timed out or were refused, at the end served next: dropped here.
+            while queue and (queue[-1] if self.lifo else queue[0]).done():
+                queue.pop() if self.lifo else queue.popleft()
                 self._queued -= 1
-                if not waiter.done():
-                    waiter.set_result(None)
-                    self.used += 1
-                    return True
+            if not queue:
+                continue
+            index = pick(queue, self._owners, self.clients, self.used, limit, self.lifo)
+            if index is None:
+                # Every live waiter of this class is of a client at its cap.
+                continue
+            waiter = queue[index]
+            del queue[index]
+            self._queued -= 1
+            client = self._owners.get(waiter)
+            if client is not None:
+                self.clients.take(client, self.used, limit)
+            waiter.set_result(None)
+            self.used += 1
+            return True
         return False
 
     def _remove(self, queue: deque[asyncio.Future[None]], waiter: asyncio.Future[None]) -> None:

@@ -118,6 +118,25 @@ RULES: tuple[Rule, ...] = (
         ),
     ),
     Rule(
+        ("client_window", "key"),
+        lambda s: (
+            "with ADMISSION_KEY=global every request is one client's: set ADMISSION_WINDOW instead"
+            if s.client_window is not None and s.key == "global"
+            else None
+        ),
+    ),
+    Rule(
+        ("client_window", "window"),
+        lambda s: (
+            f"a client window as large as ADMISSION_WINDOW={s.window} does nothing: the window "
+            "already caps every client there"
+            if s.client_window is not None
+            and isinstance(s.window, int)
+            and s.client_window >= s.window
+            else None
+        ),
+    ),
+    Rule(
         ("priority", "window"),
         lambda s: (
             "priority classes do nothing without ADMISSION_WINDOW: they share out its slots"

@@ -195,6 +195,11 @@ class Settings:
         None, PriorityFrom(), "where a request's class (critical, default, sheddable) is read"
     )
     shed_at: str = setting(SHED_AT_DEFAULT, ShedAt(), "share of the window each class may fill")
+    client_window: int | None = setting(
+        None,
+        Whole(1, 1_000_000, "requests", unset="for none"),
+        "max requests in flight per client key (ADMISSION_KEY)",
+    )
     ws_message_rate: str | None = setting(
         None, Rate(), "messages one websocket connection may send (limits notation)"
     )

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import ipaddress
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from admission.config.fields import Network
 from admission.config.settings import Settings
@@ -47,7 +48,18 @@ def key_function(
     `header:<Name>`: that header's value; a request without it, or with it more than once
     (which value is the client's is then anyone's guess), is keyed by its address, so such
     clients are not lumped into one shared bucket.
+
+    The same arguments give the same function, and one that reads headers remembers the key of
+    the last request it keyed: the window's fair shares and the rate limit key a request once
+    between them, whatever walking a forwarded header costs.
     """
+    return _shared_key_function(spec, tuple(networks), forwarded_header)
+
+
+@functools.lru_cache(maxsize=256)
+def _shared_key_function(
+    spec: str, networks: tuple[Network, ...], forwarded_header: str
+) -> KeyFunc:
     if spec == "global":
         return lambda scope: "global"
 
@@ -58,7 +70,7 @@ def key_function(
         if not networks:
             # No proxy is trusted: the peer is the client, with nothing to parse.
             return _peer_key
-        return address
+        return _remembering(address)
     header = spec[len("header:") :].lower().encode("latin-1")
 
     def by_header(scope: Scope) -> str:
@@ -69,7 +81,23 @@ def key_function(
                 return "h:" + bounded(text)
         return address(scope)
 
-    return by_header
+    return _remembering(by_header)
+
+
+def _remembering(compute: KeyFunc) -> KeyFunc:
+    """_remembering is `compute` answering again for the same scope object without computing:
+    a server makes a new scope for every request, and holding the last one alive costs one
+    request's headers."""
+    last: list[Any] = [None, ""]
+
+    def key(scope: Scope) -> str:
+        if scope is last[0]:
+            return str(last[1])
+        value = compute(scope)
+        last[0], last[1] = scope, value
+        return value
+
+    return key
 
 
 def client_key_of(value: str) -> str:
