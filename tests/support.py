@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -489,3 +490,19 @@ async def read_stream_response(
         headers[name.strip().lower()] = value.strip()
     body = await reader.readexactly(int(headers.get("content-length", "0")))
     return status, headers, body
+
+
+def assert_hurried(
+    status: int | None, exited: float, hurried: float, replies: list[Any], log: str
+) -> None:
+    """assert_hurried checks a drain a second signal hurried: the process exited 0 within 5 s
+    of it, and each request in flight was cut short with 503 `drain_deadline` (or its
+    connection closed), as the log says."""
+    assert exited - hurried < 5.0, "the second signal did not cut the 60 s drain short"
+    assert status == 0, log
+    for reply in replies:
+        assert reply.error is None or reply.error.startswith("closed"), reply
+        if reply.error is None:
+            assert (reply.status, reply.reason) == (503, "drain_deadline"), reply
+    assert "again: cancelling what is still in flight" in log
+    assert "cancelled 2 request(s)" in log
