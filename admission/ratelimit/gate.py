@@ -24,12 +24,10 @@ from admission.ratelimit.decorator import route_policies
 from admission.ratelimit.fields import policy_header, ratelimit_header, retry_after_seconds
 from admission.ratelimit.keys import key_function
 from admission.ratelimit.limiter import PolicyLimiter
-from admission.ratelimit.outcome import Outcome
-from admission.reasons import RATE, STORAGE
-from admission.refusal import Refusal
+from admission.ratelimit.outcome import Outcome, refused
 from admission.stores import MemoryStore, Store
 from admission.stores.guard import StorageDenial
-from admission.types import RawHeaders, Scope
+from admission.types import Scope
 
 __all__ = [
     "RateGate",
@@ -137,13 +135,9 @@ class SingleRate:
 
     def _refused(self, decision: Decision) -> Outcome:
         retry = retry_after_seconds(decision.retry_after_s, self._fallback_s)
-        headers: RawHeaders = [(b"retry-after", str(retry).encode())]
-        if type(decision) is StorageDenial:
-            # The store failed: nothing is known of the client's bucket to tell it.
-            return Outcome(Refusal("storage", 503, self.name, decision, headers, STORAGE), headers)
-        self.refusals[self.name] += 1
-        headers += (self.field, ratelimit_header(decision))
-        return Outcome(Refusal("rate", 429, self.name, decision, headers, RATE), headers)
+        if type(decision) is not StorageDenial:
+            self.refusals[self.name] += 1
+        return refused(decision, self.name, retry, (self.field, ratelimit_header(decision)))
 
 
 def _not_synchronous(scope: Scope) -> Outcome:

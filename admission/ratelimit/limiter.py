@@ -26,10 +26,8 @@ from admission.config.fields import Network
 from admission.config.policies import Limit, Policy
 from admission.ratelimit.fields import policy_item, ratelimit_header, retry_after_seconds
 from admission.ratelimit.keys import XFF, bounded, from_trusted_peer, key_function, single_header
-from admission.ratelimit.outcome import Outcome
+from admission.ratelimit.outcome import Outcome, refused
 from admission.ratelimit.routes import Router
-from admission.reasons import RATE, STORAGE
-from admission.refusal import Refusal
 from admission.served import unserved
 from admission.stores.base import ChargesStore, Store
 from admission.stores.guard import GuardedStore, StorageDenial
@@ -390,14 +388,9 @@ class PolicyLimiter:
         limit = applied[closest]
         policy = limit.policy.name
         retry = retry_after_seconds(decision.retry_after_s, limit.bucket.fill_time_s)
-        if isinstance(decision, StorageDenial):
-            # The store failed and ADMISSION_ON_STORAGE_ERROR=deny: nothing is known of the
-            # client's buckets to tell it, and it is no rate refusal of the policy's.
-            headers = [(b"retry-after", str(retry).encode())]
-            return Outcome(Refusal("storage", 503, policy, decision, headers, STORAGE), headers)
-        self.refusals[policy] += 1
-        headers.insert(0, (b"retry-after", str(retry).encode()))
-        return Outcome(Refusal("rate", 429, policy, decision, headers, RATE), headers)
+        if type(decision) is not StorageDenial:
+            self.refusals[policy] += 1
+        return refused(decision, policy, retry, headers)
 
     def _policy_field(self, applied: Sequence[_Applied], shadow: bool) -> tuple[bytes, bytes]:
         """_policy_field is the RateLimit-Policy field listing the enforced limits applied.

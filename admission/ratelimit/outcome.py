@@ -3,12 +3,16 @@ the `Refusal` (admission.refusal) when it refused."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
+from admission.bucket import Decision
+from admission.reasons import RATE, STORAGE
 from admission.refusal import Refusal
+from admission.stores.guard import StorageDenial
 from admission.types import RawHeaders
 
-__all__ = ["Outcome"]
+__all__ = ["Outcome", "refused"]
 
 
 class Outcome(NamedTuple):
@@ -17,3 +21,19 @@ class Outcome(NamedTuple):
 
     refusal: Refusal | None
     headers: RawHeaders
+
+
+def refused(
+    decision: Decision, policy: str, retry_s: int, fields: Sequence[tuple[bytes, bytes]]
+) -> Outcome:
+    """refused is the Outcome of a request the limit of `policy` refused with `decision`,
+    `retry_s` seconds its Retry-After: the one storage-failure answer of every rate limit
+    when the store failed (`StorageDenial`: 503, Retry-After alone, since nothing is known of
+    the client's buckets to tell it), else a rate refusal (429) with Retry-After first, then
+    the RateLimit `fields`."""
+    retry = (b"retry-after", str(retry_s).encode())
+    if type(decision) is StorageDenial:
+        headers: RawHeaders = [retry]
+        return Outcome(Refusal("storage", 503, policy, decision, headers, STORAGE), headers)
+    headers = [retry, *fields]
+    return Outcome(Refusal("rate", 429, policy, decision, headers, RATE), headers)
