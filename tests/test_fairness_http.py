@@ -317,7 +317,10 @@ async def scripted_load(settings: Settings, heavy: int, seconds: float) -> tuple
 
     tasks = [asyncio.create_task(heavy_connection()) for _ in range(heavy)]
     # The heavy client first, so that it holds the whole window when the light ones arrive.
-    await asyncio.sleep(0.05)
+    window = mw.window
+    assert window is not None
+    held = min(heavy, window.size)
+    await until(lambda: window.used >= held, what="the heavy client holding the window")
     tasks += [asyncio.create_task(light_client(n)) for n in range(16)]
     await asyncio.wait_for(asyncio.gather(*tasks), seconds + 5)
     served = sorted(latency for ok, latency in light if ok)
