@@ -117,6 +117,7 @@ class AdmissionMiddleware:
             stats=self.stats,
             on_refuse=s.on_refuse,
             ws_messages=s.ws_message_bucket,
+            times_service=c.adaptive is not None,
         )
         self._buffer_body = s.buffer_body
         # Every body read ahead shares ADMISSION_BUFFER_BODY_TOTAL.

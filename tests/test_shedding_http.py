@@ -217,14 +217,14 @@ async def test_a_freed_slot_goes_to_the_critical_waiter_before_earlier_default_o
 # --- the adaptive window -------------------------------------------------------------------
 
 
-async def test_auto_window_starts_at_its_minimum_and_shows_its_size_in_readyz_and_metrics() -> None:
+async def test_auto_window_starts_at_four_and_shows_its_size_in_readyz_and_metrics() -> None:
     service = Service(window="auto", window_min=2, window_max=50)
     async with service.client() as client:
         ready = (await client.get("/readyz")).json()
         metrics = samples((await client.get("/metrics")).text)
-    assert ready["window"] == 2
-    assert metrics[("admission_window_limit", ())] == 2
-    assert metrics[("admission_window_size", (("kind", "http"),))] == 2
+    assert ready["window"] == 4
+    assert metrics[("admission_window_limit", ())] == 4
+    assert metrics[("admission_window_size", (("kind", "http"),))] == 4
     # Websockets keep a fixed window: the adaptive one's maximum.
     assert service.middleware.websocket_window is not None
     assert service.middleware.websocket_window.size == 50
@@ -237,7 +237,9 @@ async def test_completed_requests_feed_latency_deadlines_feed_drops_hang_ups_not
     adaptive = service.middleware.adaptive
     assert adaptive is not None
     seen: list[tuple[str, float]] = []
-    monkeypatch.setattr(adaptive, "record", lambda latency_s, now: seen.append(("ok", latency_s)))
+    monkeypatch.setattr(
+        adaptive, "record", lambda service_s, now, key, at: seen.append(("ok", service_s))
+    )
     monkeypatch.setattr(adaptive, "drop", lambda now: seen.append(("drop", 0.0)))
     async with service.client() as client:
         assert (await client.get("/")).status_code == 200
@@ -252,7 +254,7 @@ async def test_a_client_that_hangs_up_feeds_nothing(monkeypatch: pytest.MonkeyPa
     adaptive = service.middleware.adaptive
     assert adaptive is not None
     seen: list[str] = []
-    monkeypatch.setattr(adaptive, "record", lambda latency_s, now: seen.append("ok"))
+    monkeypatch.setattr(adaptive, "record", lambda service_s, now, key, at: seen.append("ok"))
     monkeypatch.setattr(adaptive, "drop", lambda now: seen.append("drop"))
     disconnected = asyncio.Event()
 
@@ -300,7 +302,7 @@ async def test_a_failing_application_feeds_nothing(monkeypatch: pytest.MonkeyPat
     adaptive = service.middleware.adaptive
     assert adaptive is not None
     seen: list[str] = []
-    monkeypatch.setattr(adaptive, "record", lambda latency_s, now: seen.append("ok"))
+    monkeypatch.setattr(adaptive, "record", lambda service_s, now, key, at: seen.append("ok"))
 
     async def boom(scope: dict[str, Any], receive: Any, send: Any) -> None:
         raise RuntimeError("boom")

@@ -87,8 +87,8 @@ def test_window_of_ten_sheds_sheddable_at_8_default_at_9_and_gives_critical_the_
 def test_adaptive_window_shrinks_to_a_small_downstream_and_says_so() -> None:
     env = {"ADMISSION_WINDOW": "auto", "ADMISSION_WINDOW_MIN": "1", "ADMISSION_WINDOW_MAX": "64"}
     with run_server(admission_serve(), env) as proc:
-        assert httpx.get(proc.url + "/readyz", timeout=2).json()["window"] == 1
-        assert metric(proc, "admission_window_limit") == 1
+        assert httpx.get(proc.url + "/readyz", timeout=2).json()["window"] == 4
+        assert metric(proc, "admission_window_limit") == 4
         stop = threading.Event()
 
         def client() -> None:
@@ -101,16 +101,21 @@ def test_adaptive_window_shrinks_to_a_small_downstream_and_says_so() -> None:
         for thread in threads:
             thread.start()
         try:
-            # It starts at its minimum, 1, grows (slow start) until the downstream queues, and
-            # comes back down: each move of more than 20 % is logged.
+            # It starts at 4, grows (slow start) until the downstream queues, and comes back
+            # down: each move of more than 20 % is logged. The first baselines, measured at 4
+            # in flight on 2 slots, are measured again at the minimum 10 s after the slow start,
+            # and from then on the window sits at the downstream's 2 slots.
             wait_until(lambda: shrank(proc.log()), SETTLE_S, "a logged shrink of the window")
+            wait_until(
+                lambda: metric(proc, "admission_window_limit") <= 3, 2 * SETTLE_S, "the 2 slots"
+            )
         finally:
             stop.set()
             for thread in threads:
                 thread.join(10)
         moves = MOVE.findall(proc.log())
-        assert moves[0][0] == "1"
-        assert max(int(after) for _, after in moves) <= 8  # 4x the 2 slots, at its peak
+        assert moves[0][0] == "4"
+        assert max(int(after) for _, after in moves) <= 16  # 8x the 2 slots, at its peak
         limit = metric(proc, "admission_window_limit")
         assert 1 <= limit <= 4
         assert httpx.get(proc.url + "/readyz", timeout=2).json()["window"] == limit

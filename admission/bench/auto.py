@@ -2,7 +2,7 @@
 static sweep: what the adaptive window got done, and what size it settled on.
 
 The target is served once more on a fresh process with `ADMISSION_WINDOW=auto`, warmed up
-for at least `AUTO_WARMUP_S` (the window starts at ADMISSION_WINDOW_MIN and must first find
+for at least `AUTO_WARMUP_S` (the window starts at 4 and must first find
 the capacity: a second or two, longer when refused clients stay away for their Retry-After);
 while the load runs, a thread reads `/readyz`'s `"window"` every 100 ms. The window "settles"
 on the median of the readings in the last half of the run, and the range of that half says

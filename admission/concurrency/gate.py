@@ -15,6 +15,7 @@ from typing import Protocol
 
 from admission import reasons
 from admission.concurrency.adaptive import AdaptiveLimit, LimitParams
+from admission.concurrency.baselines import class_of
 from admission.concurrency.fairness import NO_CAP
 from admission.concurrency.priority import priority_from
 from admission.concurrency.window import DEFAULT, Window
@@ -34,7 +35,11 @@ class Sample(Protocol):
     reason: Reason | None
     disconnected: bool
     latency_s: float
+    status: int
+    scope: Scope
     clock: Callable[[], float]
+
+    def service_s(self) -> float: ...
 
 
 class Concurrency:
@@ -109,8 +114,9 @@ class Concurrency:
 
     def sample(self, exchange: Sample) -> None:
         """sample gives the adaptive window what an admitted request says about capacity: its
-        latency if it completed, a drop if it hit its deadline, nothing if the client went away
-        or admission cut it short for another reason (a slow client, the drain)."""
+        service time if it completed, of its class (the route the application served it on
+        and its status), a drop if it hit its deadline, nothing if the client went away or
+        admission cut it short for another reason (a slow client, the drain)."""
         adaptive = self.adaptive
         if adaptive is None:
             return
@@ -119,6 +125,7 @@ class Concurrency:
         reason = exchange.reason
         if reason is None:
             if not exchange.disconnected:
-                adaptive.record(exchange.latency_s, now)
+                key = class_of(exchange.scope.get("endpoint"), exchange.status)
+                adaptive.record(exchange.service_s(), now, key, now - exchange.latency_s)
         elif reason is reasons.DEADLINE:
             adaptive.drop(now)

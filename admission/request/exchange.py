@@ -67,7 +67,8 @@ class Shared:
     runs before its client is watched for going away. `drop_connection` drops a client's
     connection outright (a client that stopped reading would never take a closing answer); it
     says False where the server doesn't allow it. `on_refuse` (`Settings.on_refuse`) answers a
-    request cut short before its response began, as it answers every refusal.
+    request cut short before its response began, as it answers every refusal. With
+    `times_service`, each exchange notes its `service_s` (see `Exchange`).
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class Shared:
         drop_connection: Callable[[Send], bool] = abort_connection,
         on_refuse: ASGIApp | None = None,
         ws_messages: Bucket | None = None,
+        times_service: bool = False,
     ) -> None:
         self.timeouts = timeouts
         self.drain = drain
@@ -96,6 +98,9 @@ class Shared:
         self.on_refuse = on_refuse
         # Each websocket connection's own message budget (ADMISSION_WS_MESSAGE_RATE).
         self.ws_messages = ws_messages
+        # Whether exchanges note when the body ended and the response started (the adaptive
+        # window's service time): two clock reads a request that nothing else needs.
+        self.times_service = times_service
         # Without a timeout the ticker only starts the disconnect watch: twice per watch delay.
         self.ticker = Ticker(
             self.ledger,
@@ -116,7 +121,9 @@ class Exchange:
     is the clock every time of the exchange is read on (the loop's, unless the shared state
     gives one). `begun_at` is the time of admission on `Shared.latency_clock` (perf_counter
     unless the shared state gives a clock), `latency_s` the time from there to the end of the
-    request, once it ended. `deadline` is the loop time at which the handler is cancelled (None:
+    request, once it ended. Under `Shared.times_service`, `service_s()` is the service time:
+    from admission, or the end of the body if later, to the response's start; `status` the
+    response's status. `deadline` is the loop time at which the handler is cancelled (None:
     no deadline); `draining()` says whether the service has begun to drain. `lifetime` is
     created on first use by `admission.lifecycle.context.request_lifetime` and closed when the
     request ends. Made on the event loop the request runs on, from within its task. An Exchange
@@ -134,6 +141,7 @@ class Exchange:
         "_watcher",
         "_ws_tat",
         "begun_at",
+        "body_at",
         "body_done",
         "clock",
         "completed",
@@ -145,8 +153,10 @@ class Exchange:
         "reason",
         "running",
         "scope",
+        "served_at",
         "shared",
         "started",
+        "status",
         "task",
         "websocket",
     )
@@ -177,6 +187,8 @@ class Exchange:
         self.completed = False
         self.disconnected = False
         self.body_done: bool | None = None
+        self.body_at = self.served_at = 0.0
+        self.status = 0
         self._ws_tat: float | None = None
         self.lifetime: Lifetime | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -260,6 +272,16 @@ class Exchange:
             answer = answer_refusal(self.scope, self.receive, send, refusal, self.shared.on_refuse)
             await asyncio.wait_for(answer, self.shared.timeouts.write_s or ANSWER_TIMEOUT_S)
 
+    def service_s(self) -> float:
+        """service_s is how long the application took to start answering once it had the
+        request: from admission, or from the end of its body when that came later (a slow
+        upload is the client's time, not the service's), to the response's start; the whole
+        latency when the response never started."""
+        if not self.served_at:
+            return self.latency_s
+        begun = self.body_at if self.served_at >= self.body_at > self.begun_at else self.begun_at
+        return self.served_at - begun
+
     def tick(self, now: float, watch_before: float) -> None:
         """tick starts the disconnect watch if the request began before `watch_before` (a
         TimedExchange first aborts the application if a timeout fell due by `now`)."""
@@ -324,6 +346,8 @@ class Exchange:
         if kind == "http.request":
             if not message.get("more_body", False):
                 self.body_done = True
+                if self.shared.times_service:
+                    self.body_at = self.shared.latency_clock()
         elif kind == "http.disconnect" or kind == "websocket.disconnect":
             self.disconnected = True
 
@@ -335,7 +359,11 @@ class Exchange:
         kind = message["type"]
         if kind == "http.response.start":
             self.started = True
-            draining = self.shared.drain.begun
+            shared = self.shared
+            if shared.times_service:
+                self.served_at = shared.latency_clock()
+                self.status = message["status"]
+            draining = shared.drain.begun
             if self._extra_headers or draining:
                 # Connection: close while draining: keep-alive clients reconnect, and so reach
                 # an instance that is not draining.
