@@ -117,3 +117,5 @@ def test_a_short_sweep_writes_json_and_a_png_that_agree_with_what_it_printed(
         (row,) = [r for r in document["rows"] if r["window"] == document["recommended_window"]]
         assert 1.3 <= timeout * 1000 / row["p99_ms"] <= 1.8
         assert f"ADMISSION_REQUEST_TIMEOUT={timeout:g}" in done.stdout
+        assert document["recommended_timeouts"]["request_s"] == timeout
+        assert "ADMISSION_READ_TIMEOUT and ADMISSION_WRITE_TIMEOUT" in done.stdout

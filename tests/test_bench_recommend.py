@@ -209,6 +209,8 @@ def test_json_document_has_the_documented_keys(tmp_path: Path) -> None:
         "concurrency",
         "duration_s",
         "notes",
+        "recommended_timeouts",
+        "attacks",
     }
     assert document["rows"] == [
         {"window": 4, "throughput_rps": 100.0, "p50_ms": 1.0, "p99_ms": 2.0, "rejected_ratio": 0.0}

@@ -14,10 +14,17 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from admission.bench.auto import format_auto, measure_auto
+from admission.bench.attacks import ATTACKS, Attacked, format_attacks, measure_attacked
+from admission.bench.auto import AUTO_WARMUP_S, AutoResult, format_auto, measure_auto
 from admission.bench.loadgen import LoadError, LoadResult
 from admission.bench.recommend import Row, next_probe, recommend
-from admission.bench.report import BenchReport, format_table, write_json, write_plot
+from admission.bench.report import (
+    READ_WRITE,
+    BenchReport,
+    format_table,
+    write_json,
+    write_plot,
+)
 from admission.bench.sweep import (
     ADMISSION_SERVE,
     BenchError,
@@ -118,6 +125,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=(
             "skip the last run, with ADMISSION_WINDOW=auto, that the sweep is compared with "
             "(what the adaptive window gets done and the size it settles on)"
+        ),
+    )
+    parser.add_argument(
+        "--attacks",
+        action="store_true",
+        help=(
+            "then measure the load again beside one hostile client, for auto and for the "
+            "recommended window: 100 random-path requests every 3 s, and 10 slowly trickled "
+            "uploads a second (four more runs)"
         ),
     )
     parser.add_argument(
@@ -304,6 +320,7 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print("admission bench: the same load with ADMISSION_WINDOW=auto", file=err, flush=True)
         auto = measure_auto(target, plan)
     window, explanation = recommend(rows, plan.concurrency)
+    attacked = _attacks(args, target, plan, window, rows, auto, err)
     report = BenchReport(
         rows=rows,
         recommended_window=window,
@@ -313,15 +330,47 @@ def _run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         concurrency=plan.concurrency,
         duration_s=plan.duration_s,
         notes=tuple(notes),
+        attacks=tuple(attacked),
     )
     _print_report(report, out)
     if auto is not None:
         print(file=out)
         print(format_auto(auto, rows, window), file=out)
+    if attacked:
+        print(file=out)
+        print(format_attacks(attacked), file=out)
     _write_files(args, report, notes, out)
     for note in notes:
         print(note, file=out)
     return EXIT_OK
+
+
+def _attacks(
+    args: argparse.Namespace,
+    target: str,
+    plan: LoadPlan,
+    window: int | None,
+    rows: list[Row],
+    auto: AutoResult | None,
+    err: TextIO,
+) -> list[Attacked]:
+    """_attacks measures the runs under attack (`--attacks`): auto and the recommended static
+    window, beside each attack in turn; none for a URL target or without the flag."""
+    if not getattr(args, "attacks", False) or _is_url(target):
+        return []
+    pairs: list[tuple[int | None, Row, float]] = []
+    if auto is not None:
+        pairs.append((None, auto.row, AUTO_WARMUP_S))
+    static = next((r for r in rows if r.window == window), None)
+    if window is not None and static is not None:
+        pairs.append((window, static, plan.warmup_s))
+    runs = []
+    for size, alone, warmup_s in pairs:
+        for attack in ATTACKS:
+            name = "auto" if size is None else f"window {size}"
+            print(f"admission bench: {name} beside {ATTACKS[attack]}", file=err, flush=True)
+            runs.append(measure_attacked(target, size, attack, plan, alone, warmup_s))
+    return runs
 
 
 def _print_report(report: BenchReport, out: TextIO) -> None:
@@ -339,6 +388,7 @@ def _print_report(report: BenchReport, out: TextIO) -> None:
             f"(1.5 x the {p99:.0f} ms p99 at window {shown}, rounded up)",
             file=out,
         )
+        print(f"  {READ_WRITE}", file=out)
 
 
 def _write_files(

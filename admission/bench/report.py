@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from admission.bench.attacks import ATTACKS, Attacked
 from admission.bench.recommend import GOOD_ENOUGH, Row, request_timeout_s
 
 
@@ -17,6 +18,7 @@ class BenchReport:
     """BenchReport is everything one bench run found, and how it was run.
 
     `recommended_window` is None when it is unknown (a URL target not reporting its window).
+    `attacks` are the runs under attack (`--attacks`), none without.
     """
 
     rows: Sequence[Row]
@@ -27,6 +29,7 @@ class BenchReport:
     concurrency: int
     duration_s: float
     notes: Sequence[str] = ()
+    attacks: Sequence[Attacked] = ()
 
     @property
     def recommended_request_timeout_s(self) -> float | None:
@@ -43,14 +46,30 @@ class BenchReport:
             "rows": [row.as_dict() for row in self.rows],
             "recommended_window": self.recommended_window,
             "recommended_request_timeout_s": self.recommended_request_timeout_s,
+            # The same, beside what the others are set from: the read and write timeouts
+            # bound the client's pace, which the bench's loopback clients can't measure.
+            "recommended_timeouts": {
+                "request_s": self.recommended_request_timeout_s,
+                "read_s": None,
+                "write_s": None,
+                "read_write": READ_WRITE,
+            },
             "explanation": self.explanation,
             "target": self.target,
             "path": self.path,
             "concurrency": self.concurrency,
             "duration_s": self.duration_s,
             "notes": list(self.notes),
+            "attacks": [run.as_dict() for run in self.attacks],
         }
 
+
+#: What the bench says of the read and write timeouts, which it does not measure.
+READ_WRITE = (
+    "ADMISSION_READ_TIMEOUT and ADMISSION_WRITE_TIMEOUT bound the client's pace, not the "
+    "handler's: set them from the largest body you accept and your slowest clients' "
+    "bandwidth (docs/tuning.md), not from this latency"
+)
 
 _HEADERS = ("window", "throughput (req/s)", "p50 (ms)", "p99 (ms)", "rejected")
 
@@ -128,9 +147,16 @@ def plot_figure(report: BenchReport) -> Any:
 
     slots = list(range(len(rows)))
     windows = [r.window or 0 for r in rows]
-    figure, (top, middle, bottom) = plt.subplots(
-        3, 1, sharex=True, figsize=(8.0, 9.0), height_ratios=(3, 3, 2)
-    )
+    if report.attacks:
+        figure, axes = plt.subplots(4, 1, figsize=(8.0, 12.0), height_ratios=(3, 3, 2, 3))
+        top, middle, bottom, attacked = axes
+        middle.sharex(top)
+        bottom.sharex(top)
+        _plot_attacks(attacked, report.attacks)
+    else:
+        figure, (top, middle, bottom) = plt.subplots(
+            3, 1, sharex=True, figsize=(8.0, 9.0), height_ratios=(3, 3, 2)
+        )
     best = max(r.throughput_rps for r in rows)
     top.plot(slots, [r.throughput_rps for r in rows], marker="o", color="tab:blue", label="2xx")
     top.axhline(
@@ -199,3 +225,40 @@ def plot_figure(report: BenchReport) -> Any:
     lines = caption.count("\n") + 1
     figure.tight_layout(rect=(0, 0.025 + 0.018 * lines, 1, 1))
     return figure
+
+
+def _plot_attacks(axis: Any, runs: Sequence[Attacked]) -> None:
+    """_plot_attacks draws the runs under attack as bars, one group per window (auto and the
+    recommended static one): the honest throughput without an attack, then under each."""
+    windows = list(dict.fromkeys(run.window for run in runs))
+    attacks = [name for name in ATTACKS if any(run.attack == name for run in runs)]
+    width = 0.8 / (len(attacks) + 1)
+    colors = ("tab:gray", "tab:red", "tab:blue", "tab:orange")
+    for slot, window in enumerate(windows):
+        mine = [run for run in runs if run.window == window]
+        bars = [mine[0].alone.throughput_rps] + [
+            next((r.row.throughput_rps for r in mine if r.attack == name), 0.0) for name in attacks
+        ]
+        for i, value in enumerate(bars):
+            label = ("no attack" if i == 0 else ATTACKS[attacks[i - 1]]) if slot == 0 else None
+            x = slot + (i - len(attacks) / 2) * width
+            axis.bar(x, value, width, color=colors[i % len(colors)], label=label)
+            if i:
+                axis.text(
+                    x,
+                    value,
+                    f"{value / bars[0]:.0%}" if bars[0] else "-",
+                    ha="center",
+                    va="bottom",
+                    fontsize="small",
+                )
+    axis.set_xticks(range(len(windows)))
+    axis.set_xticklabels(["auto" if w is None else f"static {w}" for w in windows])
+    axis.set_ylabel("throughput (req/s)")
+    top = max((run.alone.throughput_rps for run in runs), default=0.0)
+    top = max([top] + [run.row.throughput_rps for run in runs])
+    # Headroom above the bars for the legend.
+    axis.set_ylim(0, top * 1.45 if top > 0 else 1.0)
+    axis.set_title("the same load beside one hostile client", fontsize="medium")
+    axis.legend(loc="upper left", fontsize="small", ncol=len(attacks) + 1)
+    axis.grid(True, axis="y", alpha=0.3)
