@@ -1,5 +1,13 @@
 """The fenced code blocks of README.md and docs/*.md, and how each one is run.
 
+By its language (tests/test_docs.py): `python` is executed in a fresh directory, its `app`, if
+it makes one, started with a request to admission's `/healthz`; `toml` is a policy file, read by
+admission's policy loader; `json` is parsed; `sh` and `console` lines run: `admission config`
+as a process, `admission serve` and `admission bench` parsed as those commands parse their
+flags with the settings their variables give and their app imported, `uvicorn` parsed by
+uvicorn with its app started, and lines of variables alone (`export ADMISSION_X=...`) built
+into `Settings`, so a typo fails. Any other block, or command, needs a mark.
+
 A block may be preceded, in the Markdown source, by HTML comments (invisible on the page) that
 say how it runs:
 
@@ -8,10 +16,13 @@ say how it runs:
   the page is this one);
 - `<!-- given: CODE -->`: Python run first, in the block's namespace (stand-ins for what the
   page leaves to the reader, such as `app` or `fetch`);
-- `<!-- then: CODE -->`: Python run after a Python block, with its namespace and `client`, an
-  open `TestClient` on its `app`: what the block is meant to do, checked;
+- `<!-- then: CODE -->`: Python run after a Python block, with its namespace and, when it
+  made an `app`, `client`, an open `TestClient` on it: what the block is meant to do, checked;
 - `<!-- after: CODE -->`: Python run once the `app`'s lifespan has shut down (what the
   shutdown released, checked);
+- `<!-- peer: MODULE -->`: the block shows another library (a migration page's "before"): its
+  `app` is started and its `then:` run without admission in front; skipped where MODULE
+  isn't installed (it comes with the `bench` extra, which CI installs);
 - `<!-- output of: COMMAND -->`: the block is what COMMAND prints; the command runs and each
   line of the block must be a line of its output (a line ending in ` ...` a prefix of one);
 - `<!-- run by: tests/FILE.py::TEST -->`: another test runs what the block shows;
@@ -30,7 +41,7 @@ PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 FENCE = re.compile(r"^(?P<indent> *)(?P<fence>```+|~~~+)(?P<lang>[^`\s]*)\s*$")
 MARK = re.compile(r"<!--\s*(?P<kind>[a-z ]+):(?P<value>.*?)-->", re.DOTALL)
-KINDS = {"file", "given", "then", "after", "output of", "run by", "not run"}
+KINDS = {"file", "given", "then", "after", "peer", "output of", "run by", "not run"}
 
 
 @dataclass(frozen=True)
