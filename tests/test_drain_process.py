@@ -302,7 +302,10 @@ async def test_sigterm_drains_every_worker(argv: list[str], starts_file: Path) -
     else:
         assert late.error.startswith("refused"), late
     last = max(r.at for r in replies)
-    assert exited - last < 1.0, f"exit {exited - last:.2f}s after the last response"
+    # The process exits once drained, not at the drain timeout (30 s): within the
+    # supervisor's 0.5 s poll and two interpreters' teardown, which take over a second on a
+    # loaded machine.
+    assert exited - last < 3.0, f"exit {exited - last:.2f}s after the last response"
     assert last - signalled < SLOW_MS / 1000 + 1.5
     assert status == 0, log
     assert log.count("(0 cancelled)") == 2, log
