@@ -24,7 +24,7 @@ from admission.request.exchange import Exchange, Shared, TimedExchange, Timeouts
 from admission.request.responses import answer_refusal, send_problem
 from admission.stats import Stats
 from admission.stores import GuardedStore, MemoryStore, Store, open_store
-from admission.types import ASGIApp, Receive, Scope, Send, route_path
+from admission.types import ASGIApp, Receive, Scope, Send, layers, route_path
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -372,24 +372,15 @@ def _twice(middleware: AdmissionMiddleware) -> StackError | None:
     """_twice is the error of an application stack where `middleware` wraps another
     AdmissionMiddleware (`add_middleware` called twice): each would limit, drain and answer
     its endpoints apart, with two RateLimit pairs on every response. None if it doesn't."""
-    chain: list[object] = [middleware]
-    app: object = middleware.app
-    for _ in range(_MAX_STACK):
-        if app is None:
-            break
-        chain.append(app)
-        if isinstance(app, AdmissionMiddleware):
-            names = " > ".join(type(layer).__name__ for layer in chain)
+    chain = list(layers(middleware))
+    for depth, layer in enumerate(chain[1:], start=2):
+        if isinstance(layer, AdmissionMiddleware):
+            names = " > ".join(type(one).__name__ for one in chain[:depth])
             return StackError(
                 f"AdmissionMiddleware is in this application's stack twice ({names} ...): "
                 "add it once"
             )
-        app = getattr(app, "app", None)
     return None
-
-
-# How far down `.app` attributes (middleware wrapping middleware) another admission is sought.
-_MAX_STACK = 64
 
 
 def _ensure_logging() -> None:

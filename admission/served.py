@@ -17,9 +17,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from admission.config.policies import Policy, split_pattern
+from admission.types import layers
 
-# How far down `.app` attributes (middleware wrapping middleware) the router is looked for.
-_MAX_DEPTH = 32
 # Values a template's `{name}` segment is filled with: one of them fits each of Starlette's
 # convertors (str, path, int, float, uuid).
 _SAMPLES = ("1", "x", "00000000-0000-0000-0000-000000000000")
@@ -29,13 +28,10 @@ _PARAM = re.compile(r"\{[^}]*\}")
 def routes_of(app: object) -> Sequence[Any] | None:
     """routes_of is the route list of the first router found in `app` or the apps it wraps
     (`.app`, as middleware hold them); None when there is none."""
-    for _ in range(_MAX_DEPTH):
-        if app is None:
-            return None
-        routes = getattr(app, "routes", None)
+    for layer in layers(app):
+        routes = getattr(layer, "routes", None)
         if isinstance(routes, list):
             return routes
-        app = getattr(app, "app", None)
     return None
 
 

@@ -1,8 +1,9 @@
-"""admission.types: the ASGI types every layer speaks, defined once."""
+"""admission.types: the ASGI types every layer speaks, defined once, and two readings of them:
+a request's path below its root path, and the layers of an application stack."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 Message = MutableMapping[str, Any]
@@ -26,3 +27,17 @@ def route_path(scope: Scope) -> str:
     if len(path) == len(root):
         return ""
     return path[len(root) :] if path[len(root)] == "/" else path
+
+
+# How far down `.app` attributes (middleware wrapping middleware) a stack is followed.
+MAX_LAYERS = 64
+
+
+def layers(app: object) -> Iterator[object]:
+    """layers yields `app` and each application it wraps, outermost first, through the `.app`
+    attribute middleware hold them in (Starlette's, admission's), at most MAX_LAYERS deep."""
+    for _ in range(MAX_LAYERS):
+        if app is None:
+            return
+        yield app
+        app = getattr(app, "app", None)
