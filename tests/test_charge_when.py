@@ -111,6 +111,19 @@ def test_a_charge_after_the_response_is_taken_in_full_even_below_empty() -> None
     assert decision.retry_after_s == pytest.approx(55.0)
 
 
+def test_the_memory_store_keeps_a_bucket_that_owes_past_its_idle_forgetting() -> None:
+    """The memory store forgets every key once idle for a fill time after its most recent use;
+    a bucket charged below empty is full again only later, and is kept until then."""
+    clock = ManualClock(0.0)
+    store = MemoryStore(MINUTE_3, clock=clock)
+    owes = Charge("ip:a", "login::0", MINUTE_3, 1)
+    store.charge_at([owes] * 8, 0.0)  # 160 s ahead: 5 tokens owed
+    store.decide_at("ip:b", 10.0)  # the most recent use, full again at 90
+    decided = store.decide_charges_at([owes._replace(peek=True)], 100.0)
+    assert not decided.admitted
+    assert decided.decisions[0].retry_after_s == pytest.approx(20.0)
+
+
 # --- every store -------------------------------------------------------------------------
 
 
