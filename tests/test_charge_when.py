@@ -382,6 +382,11 @@ def test_a_shadow_policy_with_charge_when_counts_would_be_refusals_of_failures()
     with TestClient(middleware) as client:
         assert [client.post("/login", headers=RIGHT).status_code for _ in range(4)] == [200] * 4
         assert [client.post("/login", headers=WRONG).status_code for _ in range(4)] == [401] * 4
+        assert middleware.gate.shadow_refusals == {"login": 2}  # type: ignore[union-attr]
+        # The two it would have refused took nothing after their responses either: a minute
+        # later the bucket is full again, and the next failure is one it would admit.
+        clock.now += 60.0
+        assert client.post("/login", headers=WRONG).status_code == 401
     assert middleware.gate.shadow_refusals == {"login": 2}  # type: ignore[union-attr]
 
 
