@@ -402,3 +402,21 @@ def test_limit_on_the_route_takes_charge_when() -> None:
         assert [c.post("/sign-in").status_code for _ in range(3)] == [401, 401, 429]
     with pytest.raises(PolicyError, match="charge_when"):
         limit("2/minute", charge_when=["4x"])
+
+
+async def test_charges_after_responses_over_several_cluster_slots(redis_cluster_url: str) -> None:
+    """In Redis Cluster, charges of clients in distinct slots go one call per slot, each
+    bucket charged once."""
+    store = RedisStore.from_uri(
+        redis_cluster_url, Bucket(60.0, 1), timeout_s=5.0, prefix=f"cw{uuid.uuid4().hex[:8]}"
+    )
+    try:
+        clients = [f"ip:10.0.0.{i}" for i in range(12)]
+        charges = [Charge(c, "login::0", MINUTE_3, 1) for c in clients]
+        await store.charge([*charges, charges[0]])
+        verdict = await store.decide_charges([c._replace(peek=True, cost=0) for c in charges])
+        assert [d.remaining for d in verdict.decisions] == [1] + [2] * 11
+        keys = [store.redis_key(c) for c in clients]
+        assert len({store.client.get_node_from_key(k).port for k in keys}) > 1
+    finally:
+        await store.close()
