@@ -3,9 +3,8 @@
 A policy says which requests it covers (`match`), how many of them a client may make (one or
 more `limits`, every one of which must admit), who the client is (`key`), and optionally a
 burst, a cost per request, limits per client class, shadow mode, and the response statuses
-that alone are charged (`charge_when`). `load_policies` reads
-the file `ADMISSION_POLICIES` names; any mistake in it is one `PolicyError` line naming the
-file, the policy and the field.
+that alone are charged (`charge_when`). `load_policies` reads the file `ADMISSION_POLICIES`
+names; any mistake in it is one `PolicyError` line naming the file, the policy and the field.
 """
 
 from __future__ import annotations

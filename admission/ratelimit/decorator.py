@@ -52,8 +52,8 @@ def limit(
     (default: each rate's amount). The policy is named `name`, else after the route
     ("route.<route name>"). `charge_when` (statuses such as "401" or classes such as "4xx")
     charges a request only when its response has one of them, as the policy field does. Put
-    it under the route decorator or above it: either way the
-    endpoint is returned unchanged. The fields are checked at once: a bad rate raises here."""
+    it under the route decorator or above it: either way the endpoint is returned unchanged.
+    The fields are checked at once: a bad rate or status raises here."""
     when = (charge_when,) if isinstance(charge_when, (str, int)) else tuple(charge_when)
     spec = RouteLimit(tuple(limits), key, cost, burst, name, when)
     # Checked now, with a stand-in path: a typo fails where it was written, not at start-up.
