@@ -58,3 +58,23 @@ def test_the_login_example_under_admission_serve(
         assert len(keys) == 1
         client.delete(*keys)
         client.close()
+
+
+def test_a_bad_charge_when_stops_admission_serve_with_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    policies = tmp_path / "login.toml"
+    policies.write_text(docs_login_policy().replace('["4xx"]', '["4xx", "6xx"]'))
+    result = subprocess.run(
+        [sys.executable, "-m", "admission", "serve", "tests.apps.login:app", "--port", "1"],
+        env={"ADMISSION_POLICIES": str(policies), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"{policies}: policy 'login': charge_when: '6xx' is not a status" in lines[0]
