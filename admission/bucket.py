@@ -106,6 +106,17 @@ class Bucket:
         retry = new_tat - self._limit_s - now
         return tat, Decision(False, self._remaining(base, now), retry, max(0.0, base - now))
 
+    def charge(self, tat: float | None, now: float, cost: int = 1) -> float:
+        """charge is the TAT after taking `cost` tokens at `now` whether or not the bucket
+        holds them: a response's outcome, already served, is counted in full (a policy's
+        `charge_when`). The bucket may go below empty, by at most what the requests admitted
+        before the charge cost; it is then refused until it is paid back. A cost of 0 leaves
+        the TAT as it is (or `now`, for a full bucket)."""
+        if cost < 0:
+            raise ValueError(f"cost must be >= 0, got {cost}")
+        base = now if tat is None or tat < now else tat
+        return base + cost * self.interval_s
+
     def outcome(self, allowed: bool, ahead_s: float, cost: int = 1) -> Decision:
         """outcome is the decision `decide` returns when, at `now`, the key's TAT stood `ahead_s`
         seconds ahead of `now` (0 for a full bucket) and the request was `allowed` or not.

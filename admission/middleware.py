@@ -209,6 +209,9 @@ class AdmissionMiddleware:
                     return await self._refuse(scope, receive, send, outcome.refusal)
                 if self._fields_on_admitted:
                     extra = outcome.headers
+                if outcome.after is not None:
+                    # A policy's charge_when: charged by the response's status, as it starts.
+                    send = outcome.after(send)
             if not drain.accepting:
                 # It waited for a slot or for Redis while the drain began: it must not start.
                 return await self._refuse(scope, receive, send, reasons.DRAINING)

@@ -2,9 +2,9 @@
 
 A policy says which requests it covers (`match`), how many of them a client may make (one or
 more `limits`, every one of which must admit), who the client is (`key`), and optionally a
-burst, a cost per request, limits per client class and shadow mode. `load_policies` reads
-the file `ADMISSION_POLICIES` names; any mistake in it is one `PolicyError` line naming the
-file, the policy and the field.
+burst, a cost per request, limits per client class, shadow mode, and the response statuses
+that alone are charged (`charge_when`). `load_policies` reads the file `ADMISSION_POLICIES`
+names; any mistake in it is one `PolicyError` line naming the file, the policy and the field.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ FIELDS = (
     "class_header",
     "classes",
     "enforce",
+    "charge_when",
 )
 # A policy file is a few kilobytes; reading stops here (a path to /dev/zero must not hang).
 MAX_FILE_BYTES = 1 << 20
@@ -58,6 +59,9 @@ ACCEPTED_LIMIT = (
     "1000000000 per period, a period of at most a year"
 )
 _RATE = Rate()
+# A status ("401") or a class of statuses ("4xx"), as `charge_when` lists them.
+_STATUS = re.compile(r"^([1-5])(\d\d|xx)$")
+ACCEPTED_STATUS = "a status such as '401' or a class such as '4xx', from 100 to 599"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +87,9 @@ class Policy:
     limit's amount). `cost`: tokens per request, or a callable (scope) -> int. `class_header`
     and `classes`: limits per client class, named by that header; an unlisted or missing class
     uses `limits`. `enforce=False` is shadow mode: would-be refusals are counted, not made.
+    `charge_when`: statuses ("401") or classes ("4xx"); when set, a request is admitted if the
+    policy's buckets hold its cost now, and charged only once its response starts with one
+    of them (empty: every request is charged before the handler, as usual).
     Validated at construction: a bad field raises `PolicyError`. `source` says where the
     policy was written, for that error.
     """
@@ -96,6 +103,7 @@ class Policy:
     class_header: str | None = None
     classes: Mapping[str, Sequence[str] | str] = dataclasses.field(default_factory=dict)
     enforce: bool = True
+    charge_when: Sequence[str | int] | str = ()
     source: str = dataclasses.field(default="Settings.policies", compare=False)
 
     def __post_init__(self) -> None:
@@ -138,6 +146,7 @@ class Policy:
         set_(self, "classes", classes)
         if not isinstance(self.enforce, bool):
             self._fail("enforce", f"{self.enforce!r} is not true or false")
+        set_(self, "charge_when", self._statuses())
         if not callable(cost):
             for field, texts in (("limits", self.limits), *classes.items()):
                 for limit in self.resolve(texts):
@@ -178,6 +187,22 @@ class Policy:
             out.append(item.strip())
         return tuple(out)
 
+    def _statuses(self) -> tuple[str, ...]:
+        raw = self.charge_when
+        if raw is None:
+            return ()
+        items = [raw] if isinstance(raw, (str, int)) else raw
+        if not isinstance(items, Sequence):
+            self._fail("charge_when", f"expected a list of statuses: {ACCEPTED_STATUS}")
+        out: list[str] = []
+        for item in items:
+            text = str(item).strip().lower() if isinstance(item, (str, int)) else ""
+            if isinstance(item, bool) or not _STATUS.match(text):
+                self._fail("charge_when", f"{item!r} is not {ACCEPTED_STATUS}")
+            if text not in out:
+                out.append(text)
+        return tuple(out)
+
     def _key(self, key: object) -> str:
         accepted = "expected 'ip', 'global' or 'header:<Header-Name>'"
         if not isinstance(key, str):
@@ -213,6 +238,8 @@ class Policy:
             for cls, texts in self.classes.items():
                 parts.append(f"class {cls}={','.join(texts)}")
         parts.append(f"enforce={'true' if self.enforce else 'false (shadow)'}")
+        if self.charge_when:
+            parts.append(f"charge_when={','.join(map(str, self.charge_when))}")
         return " ".join(parts)
 
 
@@ -233,6 +260,20 @@ def parse_limit(text: str, burst: int | None) -> Limit | None:
     window = int(item.get_expiry())
     capacity = burst if burst is not None else item.amount
     return Limit(rate, item.amount, window, Bucket(window / item.amount, capacity))
+
+
+def status_set(texts: Sequence[str | int] | str) -> frozenset[int]:
+    """status_set is every status that `charge_when` texts (already validated) name: "401"
+    itself, "4xx" each of 400 to 499; empty for none."""
+    out: set[int] = set()
+    for item in (texts,) if isinstance(texts, str) else texts:
+        text = str(item)
+        if text.endswith("xx"):
+            first = int(text[0]) * 100
+            out.update(range(first, first + 100))
+        else:
+            out.add(int(text))
+    return frozenset(out)
 
 
 def split_pattern(pattern: str) -> tuple[str | None, str]:
@@ -316,6 +357,11 @@ def _from_table(source: str, index: int, table: Any) -> Policy:
     for field in ("name", "match", "limits"):
         if field not in table:
             raise PolicyError(source, label, field, "missing: every policy needs it")
+    if table.get("charge_when") == []:
+        # Written but empty: most likely a list half filled in, not "charge every request".
+        raise PolicyError(
+            source, label, "charge_when", f"expected one or more statuses: {ACCEPTED_STATUS}"
+        )
     return Policy(**table, source=source)
 
 

@@ -35,6 +35,7 @@ class RouteLimit(NamedTuple):
     cost: CostSpec
     burst: int | None
     name: str | None
+    charge_when: tuple[str | int, ...] = ()
 
 
 def limit(
@@ -43,14 +44,18 @@ def limit(
     cost: CostSpec = 1,
     burst: int | None = None,
     name: str | None = None,
+    charge_when: Sequence[str | int] | str = (),
 ) -> Callable[[F], F]:
     """limit makes the route of the decorated endpoint a route policy of `limits` (rates in
     limits notation, all of which must admit), keyed by `key` ("ip", "global",
     "header:<Name>" or a callable), each request costing `cost`, every bucket holding `burst`
     (default: each rate's amount). The policy is named `name`, else after the route
-    ("route.<route name>"). Put it under the route decorator or above it: either way the
-    endpoint is returned unchanged. The fields are checked at once: a bad rate raises here."""
-    spec = RouteLimit(tuple(limits), key, cost, burst, name)
+    ("route.<route name>"). `charge_when` (statuses such as "401" or classes such as "4xx")
+    charges a request only when its response has one of them, as the policy field does. Put
+    it under the route decorator or above it: either way the endpoint is returned unchanged.
+    The fields are checked at once: a bad rate or status raises here."""
+    when = (charge_when,) if isinstance(charge_when, (str, int)) else tuple(charge_when)
+    spec = RouteLimit(tuple(limits), key, cost, burst, name, when)
     # Checked now, with a stand-in path: a typo fails where it was written, not at start-up.
     _policy(spec, "route.check", ["GET /"])
 
@@ -94,6 +99,7 @@ def _policy(spec: RouteLimit, name: str, match: Sequence[str]) -> Policy:
         key=spec.key,
         burst=spec.burst,
         cost=spec.cost,
+        charge_when=spec.charge_when,
         source="@limit",
     )
 

@@ -117,7 +117,7 @@ class SingleRate:
             # The store's clock read from it each time: a test may give it another.
             decision = decide_at(key(scope), memory.clock())
             if decision.allowed:
-                return _new_tuple(Outcome, (None, [field, ratelimit_header(decision)]))
+                return _new_tuple(Outcome, (None, [field, ratelimit_header(decision)], None))
             return refused(decision)
 
         return decide_now
@@ -126,7 +126,7 @@ class SingleRate:
         """decide is the request's outcome under the one limit."""
         decision = await self.store.decide(self.key(scope))
         if decision.allowed:
-            return _new_tuple(Outcome, (None, [self.field, ratelimit_header(decision)]))
+            return _new_tuple(Outcome, (None, [self.field, ratelimit_header(decision)], None))
         return self._refused(decision)
 
     def unserved(self, app: object) -> list[tuple[str, str]]:

@@ -9,8 +9,11 @@ and on a refusal the `Refusal`: the policy that refused, the decision and the he
 With the memory store, a request whose policies are all enforced and of a fixed cost is first
 tried in one pass (`MemoryStore.take_all_at`) on data worked out once per policy, class and
 tuple of matching policies (`_Plan`): no Charge or Decision per limit. When a bucket refuses,
-or a shadow policy or a cost callable is involved, the request takes the general path
-(`charges`, `decide_charges_at`, `outcome`), which decides the same.
+or a shadow policy, a cost callable or a policy's `charge_when` is involved, the request takes
+the general path (`charges`, `decide_charges_at`, `outcome`), which decides the same.
+
+A policy with `charge_when` is a peek in that decision; an admitted request then carries the
+charge its response may make (`Outcome.after`, `admission.ratelimit.charge_when`).
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ from typing import cast
 from admission.bucket import Decision
 from admission.charges import ENFORCED, Charge, Verdict
 from admission.config.fields import Network
-from admission.config.policies import Limit, Policy
+from admission.config.policies import Limit, Policy, status_set
+from admission.ratelimit.charge_when import ChargeOnStatus
 from admission.ratelimit.fields import policy_item, ratelimit_header, retry_after_seconds
 from admission.ratelimit.keys import XFF, bounded, from_trusted_peer, key_function, single_header
 from admission.ratelimit.outcome import Outcome, refused
 from admission.ratelimit.routes import Router
 from admission.served import unserved
-from admission.stores.base import ChargesStore, Store
+from admission.stores.base import ChargeAfterStore, ChargesStore, Store
 from admission.stores.guard import GuardedStore, StorageDenial
 from admission.stores.memory import BucketSpec, MemoryStore, bucket_spec
 from admission.types import RawHeaders, Scope, route_path
@@ -38,7 +42,7 @@ log = logging.getLogger("admission")
 
 # Shadow refusals of one policy are logged at most this often.
 SHADOW_LOG_INTERVAL_S = 60.0
-ADMIT_PLAIN = Outcome(None, [])
+ADMIT_PLAIN = Outcome(None, [], None)
 _FIELD_CACHE_MAX = 4096
 # Named tuples built directly, skipping their Python-level __new__ (as in admission.bucket).
 _new_tuple = tuple.__new__
@@ -80,6 +84,9 @@ class _Compiled:
         cost = policy.cost
         self.cost_fn: Callable[[Scope], int] | None = cost if callable(cost) else None
         self.cost = cost if isinstance(cost, int) else 1
+        # charge_when: the statuses that are charged after the response; none: charged now.
+        self.statuses = status_set(policy.charge_when)
+        self.peek = bool(self.statuses)
         header = policy.class_header
         self.class_header = header.lower().encode("latin-1") if header else None
         self.limits: dict[str, list[_Applied]] = {"": self._applied("", policy.limits)}
@@ -130,18 +137,19 @@ class _Plan:
     """_Plan is how the memory store's one pass decides requests matching one tuple of
     policies (`PolicyLimiter.decide_now`), worked out the first time that tuple matches.
 
-    `general`: a shadow policy or a cost callable is among them, and every such request takes
-    the general path. Else `field` is their RateLimit-Policy field when it is the same for
-    every request (no classes, no key callable that may skip a policy), and `key`, when every
-    one of them is keyed by that same key function (and `field` is set), makes a request one
-    run of `specs`, the limits of them all. Otherwise `policies` are walked per request.
+    `general`: a shadow policy, a cost callable or a `charge_when` is among them, and every
+    such request takes the general path. Else `field` is their RateLimit-Policy field when it
+    is the same for every request (no classes, no key callable that may skip a policy), and
+    `key`, when every one of them is keyed by that same key function (and `field` is set),
+    makes a request one run of `specs`, the limits of them all. Otherwise `policies` are
+    walked per request.
     """
 
     __slots__ = ("field", "general", "key", "policies", "specs")
 
     def __init__(self, policies: tuple[_Compiled, ...]) -> None:
         self.policies = policies
-        self.general = any(not p.enforce or p.cost_fn is not None for p in policies)
+        self.general = any(not p.enforce or p.cost_fn is not None or p.peek for p in policies)
         fixed = not self.general and not any(
             p.class_header or callable(p.policy.key) for p in policies
         )
@@ -184,6 +192,13 @@ class PolicyLimiter:
                 f"(decide_charges); {type(inner).__name__} does not"
             )
         self.store: ChargesStore = cast(ChargesStore, store)
+        # A policy with charge_when: admitted requests may be charged after their response.
+        self._charge_when = any(p.charge_when for p in self.policies)
+        if self._charge_when and not isinstance(inner, ChargeAfterStore):
+            raise TypeError(
+                f"charge_when needs a store that charges after a response (charge); "
+                f"{type(inner).__name__} does not"
+            )
         # The memory store's own clock, so that its buckets and the shadow log agree.
         # The memory store decides synchronously (`decide_now`); its subclasses keep `decide`.
         memory = store if type(store) is MemoryStore else None
@@ -240,8 +255,10 @@ class PolicyLimiter:
             cost = policy.cost if policy.cost_fn is None else _checked_cost(policy, scope)
             limits = policy.limits[policy.class_of(scope)] if policy.class_header else policy.plain
             group = policy.group
+            peek = policy.peek
             for limit in limits:
-                charges.append(_new_tuple(Charge, (client, limit.name, limit.bucket, cost, group)))
+                charge = (client, limit.name, limit.bucket, cost, group, peek)
+                charges.append(_new_tuple(Charge, charge))
             applied += limits
         return charges, applied
 
@@ -253,6 +270,8 @@ class PolicyLimiter:
         if not charges:
             return ADMIT_PLAIN
         verdict = await self.store.decide_charges(charges)
+        if self._charge_when and verdict.admitted:
+            return self._after(charges, applied, verdict)
         return self.outcome(applied, verdict)
 
     def decide_now(self, scope: Scope) -> Outcome:
@@ -278,7 +297,10 @@ class PolicyLimiter:
             if not charges:
                 return ADMIT_PLAIN
             assert self._sync is not None
-            return self.outcome(applied, self._sync(charges, self.clock()))
+            verdict = self._sync(charges, self.clock())
+            if self._charge_when and verdict.admitted:
+                return self._after(charges, applied, verdict)
+            return self.outcome(applied, verdict)
         else:
             runs, field = self._runs(plan, scope)
             if not runs:
@@ -289,7 +311,7 @@ class PolicyLimiter:
             return self._decide_runs(runs, now)
         decision, limit = found
         headers = [field, ratelimit_header(decision, limit.label)]
-        return _new_tuple(Outcome, (None, headers))
+        return _new_tuple(Outcome, (None, headers, None))
 
     def _plan(self, matched: tuple[_Compiled, ...]) -> _Plan:
         """_plan is the plan of a tuple of policies, worked out once. A few tuples recur (one
@@ -340,11 +362,30 @@ class PolicyLimiter:
         for client, specs in runs:
             for spec in specs:
                 limit = spec[6]
-                charge = (client, limit.name, limit.bucket, limit.policy.cost, ENFORCED)
+                charge = (client, limit.name, limit.bucket, limit.policy.cost, ENFORCED, False)
                 charges.append(_new_tuple(Charge, charge))
                 applied.append(limit)
         assert self._sync is not None
         return self.outcome(applied, self._sync(charges, now))
+
+    def _after(
+        self, charges: Sequence[Charge], applied: Sequence[_Applied], verdict: Verdict
+    ) -> Outcome:
+        """_after is the outcome of an admitted request, carrying the charges its response may
+        make: each peek of a group that was charged (a shadow policy that would have refused
+        takes nothing, now or later), with its policy's statuses."""
+        outcome = self.outcome(applied, verdict)
+        refused = verdict.refused_groups
+        pending = [
+            (charge, limit.policy.statuses)
+            for charge, limit in zip(charges, applied, strict=True)
+            if charge.peek and charge.group not in refused
+        ]
+        if not pending:
+            return outcome
+        # Only a ChargeAfterStore has charge_when policies (checked when built).
+        charge = cast(ChargeAfterStore, self.store).charge
+        return outcome._replace(after=ChargeOnStatus(pending, charge).wrap)
 
     def outcome(self, applied: Sequence[_Applied], verdict: Verdict) -> Outcome:
         """outcome turns a store's verdict into headers, counters and, if refused, a Refusal."""
@@ -384,7 +425,7 @@ class PolicyLimiter:
             ratelimit_header(decision, applied[closest].label),
         ]
         if admitted:
-            return _new_tuple(Outcome, (None, headers))
+            return _new_tuple(Outcome, (None, headers, None))
         limit = applied[closest]
         policy = limit.policy.name
         retry = retry_after_seconds(decision.retry_after_s, limit.bucket.fill_time_s)

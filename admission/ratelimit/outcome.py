@@ -3,24 +3,27 @@ the `Refusal` (admission.refusal) when it refused."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from admission.bucket import Decision
 from admission.reasons import RATE, STORAGE
 from admission.refusal import Refusal
 from admission.stores.guard import StorageDenial
-from admission.types import RawHeaders
+from admission.types import RawHeaders, Send
 
 __all__ = ["Outcome", "refused"]
 
 
 class Outcome(NamedTuple):
     """Outcome is a request's answer from the policies: `refusal` is None when admitted;
-    `headers` are the RateLimit fields for an admitted response."""
+    `headers` are the RateLimit fields for an admitted response. `after`, for a request that
+    a policy's `charge_when` may charge once its response starts, wraps the response's `send`
+    to do so (`admission.ratelimit.charge_when`); None for every other request."""
 
     refusal: Refusal | None
     headers: RawHeaders
+    after: Callable[[Send], Send] | None
 
 
 def refused(
@@ -34,6 +37,6 @@ def refused(
     retry = (b"retry-after", str(retry_s).encode())
     if type(decision) is StorageDenial:
         headers: RawHeaders = [retry]
-        return Outcome(Refusal("storage", 503, policy, decision, headers, STORAGE), headers)
+        return Outcome(Refusal("storage", 503, policy, decision, headers, STORAGE), headers, None)
     headers = [retry, *fields]
-    return Outcome(Refusal("rate", 429, policy, decision, headers, RATE), headers)
+    return Outcome(Refusal("rate", 429, policy, decision, headers, RATE), headers, None)

@@ -1,9 +1,10 @@
 """admission.stores.base: what a store can do, as typed capabilities.
 
 Every store is a `Store`. One that decides all of a request's charges at once is also a
-`ChargesStore` (route policies need one); the memory store is a `SyncStore` too, deciding
-without a coroutine. One that can serve again after `close()` is a `ReopenableStore`. Callers
-find out which once, when they are built, never per request."""
+`ChargesStore` (route policies need one), and one that takes charges after a response a
+`ChargeAfterStore` (a policy's `charge_when` needs one); the memory store is a `SyncStore`
+too, deciding without a coroutine. One that can serve again after `close()` is a
+`ReopenableStore`. Callers find out which once, when they are built, never per request."""
 
 from __future__ import annotations
 
@@ -37,6 +38,14 @@ class ChargesStore(Store, Protocol):
     or nothing, in one call (`admission.charges`)."""
 
     async def decide_charges(self, charges: Sequence[Charge]) -> Verdict: ...
+
+
+@runtime_checkable
+class ChargeAfterStore(ChargesStore, Protocol):
+    """ChargeAfterStore is a store that can also take charges after a response, in full
+    (`charge`; a policy's `charge_when`): every store of admission's own."""
+
+    async def charge(self, charges: Sequence[Charge]) -> None: ...
 
 
 class SyncStore(ChargesStore, Protocol):

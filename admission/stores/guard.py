@@ -11,7 +11,7 @@ from typing import Literal, cast
 from admission.bucket import Bucket, Decision
 from admission.charges import ENFORCED, Charge, Verdict
 from admission.errors import StorageError
-from admission.stores.base import ChargesStore, ReopenableStore, Store
+from admission.stores.base import ChargeAfterStore, ChargesStore, ReopenableStore, Store
 from admission.stores.memory import MemoryStore
 
 log = logging.getLogger("admission.store")
@@ -109,6 +109,24 @@ class GuardedStore:
             for c in charges
         ]
         return Verdict(not enforced, decisions, frozenset({ENFORCED}) if enforced else frozenset())
+
+    async def charge(self, charges: Sequence[Charge]) -> None:
+        """charge takes charges after a response (a policy's `charge_when`) from the store, or,
+        while it fails, by the policy: `local` charges the per-process buckets that decide
+        meanwhile; `allow` and `deny` drop the charge (`deny` refuses every request anyway
+        while the store fails). Never raises a StorageError: the response is already going
+        out, and a failure here counts as an outage as a decision's would."""
+        if self._clock() >= self._retry_at:
+            try:
+                await cast(ChargeAfterStore, self.store).charge(charges)
+            except StorageError as exc:
+                self._outage(exc)
+            else:
+                if self._down_since is not None:
+                    self._recovered()
+                return
+        if self.policy == "local":
+            self._local.charge_at(charges, self._clock())
 
     def _fallback(self, key: str, cost: int) -> Decision:
         self._fallback_count += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import mmap
 import os
 import sys
@@ -12,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from admission.bucket import _EPSILON_S, Bucket, Decision, _floor
-from admission.charges import Charge, Verdict, decide_charges
+from admission.charges import Charge, Verdict, charge_after, decide_charges
 
 log = logging.getLogger("admission.store")
 
@@ -165,6 +166,9 @@ class MemoryStore:
         self._older = _zeros(4 * n).cast("i")
         self._count = 0
         self._overflowing = False
+        # The latest TAT a charge after a response left (`charge_at`): it may lie further
+        # ahead than a fill time, so the idle check waits for it too.
+        self._charged_until = -math.inf
         # One tuple unpacked per decision: cheaper than five attribute reads.
         self._arrays = (self._index, self._digests, self._tats, self._newer, self._older)
 
@@ -258,6 +262,31 @@ class MemoryStore:
         verdict, new_tats = decide_charges(charges, tats, now)
         self._keep(keys, found, new_tats, now)
         return verdict
+
+    def charge_at(self, charges: Sequence[Charge], now: float) -> None:
+        """charge_at takes each charge's cost from its bucket at `now`, in full, whether or not
+        the bucket holds it (`admission.charges.charge_after`): the charge of a response whose
+        status a policy's `charge_when` names, after the request was admitted by a peek. Each
+        bucket is moved to the most recent end, as a decision's are."""
+        if now >= self._check_at:
+            self._check(now)
+        held = self._tats
+        keys: list[int] = []
+        found: list[int] = []
+        tats: list[float | None] = []
+        for charge in charges:
+            digest = digest_of(charge.client) ^ _name_digest(charge.name)
+            entry = self._find(digest)
+            keys.append(digest)
+            found.append(entry)
+            tats.append(held[entry] if entry else None)
+        new_tats = charge_after(charges, tats, now)
+        self._keep(keys, found, new_tats, now)
+        self._charged_until = max([self._charged_until, *new_tats])
+
+    async def charge(self, charges: Sequence[Charge]) -> None:
+        """charge takes the charges after a response, now (see `charge_at`)."""
+        self.charge_at(charges, self.clock())
 
     def take_all_at(
         self, runs: Sequence[tuple[str, Sequence[BucketSpec[T]]]], now: float
@@ -421,7 +450,11 @@ class MemoryStore:
     def _check(self, now: float) -> None:
         """_check, once a fill time, forgets every key if every bucket is full again."""
         self._check_at = now + self.bucket.fill_time_s
-        if self._count and now >= self._tats[self._older[0]] + self._idle_s:
+        if (
+            self._count
+            and now >= self._tats[self._older[0]] + self._idle_s
+            and now >= self._charged_until
+        ):
             self._reset()
 
     def _insert(self, digest: int, tat: float, now: float) -> None:

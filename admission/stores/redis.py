@@ -35,6 +35,8 @@ log = logging.getLogger("admission.store")
 GCRA = Script.load("gcra.lua")
 # One request's charges against several buckets, all or nothing (admission.charges).
 GCRA_MANY = Script.load("gcra_many.lua")
+# Charges after a response, in full (a policy's charge_when).
+CHARGE = Script.load("charge.lua")
 # Bounds how long one script call holds Redis's single thread.
 MAX_BATCH = 256
 
@@ -272,6 +274,7 @@ class RedisStore:
                 b"%d" % bucket.capacity,
                 b"%d" % c.cost,
                 b"%d" % c.group,
+                b"1" if c.peek else b"0",
             )
         reply = await self._eval_many(keys, args)
         decisions = [_parse_many(reply, i) for i in range(len(charges))]
@@ -286,6 +289,36 @@ class RedisStore:
         each request's charges are their own call."""
         reply = await self._run(self._client_line, GCRA_MANY, keys, args)
         return reply  # type: ignore[no-any-return]
+
+    async def charge(self, charges: Sequence[Charge]) -> None:
+        """charge takes each charge's cost from its bucket after a response, in full, whether or
+        not the bucket holds it (charge.lua; `admission.charges.charge_after`), in one round
+        trip (one per slot in Redis Cluster), within `timeout_s` or StorageError."""
+        if self._closed:
+            raise StorageError("the Redis store is closed")
+        keys = [bucket_key(self.prefix, self.secret, c.client, c.name) for c in charges]
+        args = [
+            arg
+            for c in charges
+            for arg in (repr(c.bucket.interval_s * 1e6).encode(), b"%d" % c.cost)
+        ]
+        if not self.cluster:
+            await self._run(self._client_line, CHARGE, keys, args)
+            return
+        slots: dict[int, list[int]] = defaultdict(list)
+        for i, key in enumerate(keys):
+            slots[key_slot(key)].append(i)
+        await asyncio.gather(
+            *(
+                self._run(
+                    self._client_line,
+                    CHARGE,
+                    [keys[i] for i in m],
+                    [a for i in m for a in args[2 * i : 2 * i + 2]],
+                )
+                for m in slots.values()
+            )
+        )
 
     async def check(self) -> None:
         """check pings Redis within `timeout_s`, raising StorageError if it can't."""
