@@ -16,7 +16,7 @@ from admission.errors import ConfigError, StackError
 from admission.lifecycle.service import Service
 from admission.observe.endpoints import METHODS, Endpoints
 from admission.observe.metrics import AdmissionCollector, otel_export
-from admission.ratelimit.gate import rate_gate, with_route_limits
+from admission.ratelimit.gate import message_limiter, rate_gate, with_route_limits
 from admission.reasons import Reason
 from admission.refusal import Refusal
 from admission.request.body import Budget, buffer_body
@@ -118,6 +118,7 @@ class AdmissionMiddleware:
             on_refuse=s.on_refuse,
             ws_messages=s.ws_message_bucket,
             times_service=c.adaptive is not None,
+            messages=message_limiter(s, self.store),
         )
         self._buffer_body = s.buffer_body
         # Every body read ahead shares ADMISSION_BUFFER_BODY_TOTAL.
@@ -135,6 +136,7 @@ class AdmissionMiddleware:
             storage_errors=(lambda: guard.errors) if guard is not None else (lambda: 0),
             storage_degraded=degraded,
             policies=self.gate,
+            messages=self.shared.messages,
         )
         if metrics_registry is not None:
             # Admission's metrics join the application's, on its endpoint and on ours.
@@ -340,6 +342,7 @@ class AdmissionMiddleware:
         self.settings = self.service.settings = settings
         self.gate = rate_gate(settings, self.store)
         self.collector.policies = self.gate
+        self.shared.messages = self.collector.messages = message_limiter(settings, self.store)
         return None
 
     async def _refuse_to_start(self, scope: Scope, receive: Receive, send: Send) -> None:

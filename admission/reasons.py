@@ -124,6 +124,11 @@ DISCONNECT = Reason("disconnect", None, 1011, "The client went away.")
 WS_MESSAGE_RATE = Reason(
     "ws_message_rate", None, 1008, "Too many messages on this websocket; slow down."
 )
+# A route policy's `message_limits`: a client sent more messages than the policy allows it,
+# across all its websockets. 1008, as for ADMISSION_WS_MESSAGE_RATE; the metrics name the policy.
+WS_MESSAGE_LIMIT = Reason(
+    "ws_message_limit", None, 1008, "Too many messages from this client; slow down."
+)
 DRAIN_DEADLINE = Reason(
     "drain_deadline",
     503,
@@ -158,5 +163,6 @@ ALL = (
     DEADLINE,
     DISCONNECT,
     WS_MESSAGE_RATE,
+    WS_MESSAGE_LIMIT,
     DRAIN_DEADLINE,
 )

@@ -25,7 +25,8 @@ def test_every_reason_either_answers_with_a_problem_or_says_why_not(reason: Reas
     if reason.status is None:
         # Nothing to answer: the client is gone, or will never read an answer, or the reason
         # is a websocket's alone (closed with its code).
-        assert reason.label in ("disconnect", "write_timeout", "ws_message_rate")
+        websocket_only = ("ws_message_rate", "ws_message_limit")
+        assert reason.label in ("disconnect", "write_timeout", *websocket_only)
         assert reason.drop_connection == (reason.label == "write_timeout")
         return
     doc = json.loads(problem_body(reason, reason.status))

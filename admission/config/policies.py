@@ -44,6 +44,7 @@ FIELDS = (
     "name",
     "match",
     "limits",
+    "message_limits",
     "key",
     "burst",
     "cost",
@@ -90,13 +91,17 @@ class Policy:
     `charge_when`: statuses ("401") or classes ("4xx"); when set, a request is admitted if the
     policy's buckets hold its cost now, and charged only once its response starts with one
     of them (empty: every request is charged before the handler, as usual).
-    Validated at construction: a bad field raises `PolicyError`. `source` says where the
-    policy was written, for that error.
+    `message_limits`: rates every one of which must admit each message a client sends on a
+    websocket the policy matches, counted per client key across its sockets (each rate's
+    amount is its capacity: `burst`, `cost`, `classes` and `charge_when` are the requests').
+    A policy needs `limits`, `message_limits` or both; one without `limits` limits no
+    request. Validated at construction: a bad field raises `PolicyError`. `source` says where
+    the policy was written, for that error.
     """
 
     name: str
     match: Sequence[str] | str
-    limits: Sequence[str] | str
+    limits: Sequence[str] | str = ()
     key: KeySpec = "ip"
     burst: int | None = None
     cost: CostSpec = 1
@@ -104,6 +109,7 @@ class Policy:
     classes: Mapping[str, Sequence[str] | str] = dataclasses.field(default_factory=dict)
     enforce: bool = True
     charge_when: Sequence[str | int] | str = ()
+    message_limits: Sequence[str] | str = ()
     source: str = dataclasses.field(default="Settings.policies", compare=False)
 
     def __post_init__(self) -> None:
@@ -120,7 +126,15 @@ class Policy:
             or not 1 <= self.burst <= MAX_RATE_AMOUNT
         ):
             self._fail("burst", f"{self.burst!r} is not a whole number of tokens from 1 to 1e9")
-        set_(self, "limits", self._limit_texts("limits", self.limits))
+        message_limits = self.message_limits
+        if not message_limits:
+            set_(self, "limits", self._limit_texts("limits", self.limits))
+            set_(self, "message_limits", ())
+        else:
+            set_(self, "message_limits", self._limit_texts("message_limits", message_limits))
+            # Messages alone: the policy limits no request, and so needs no `limits`.
+            given = self.limits
+            set_(self, "limits", self._limit_texts("limits", given) if given else ())
         key = self.key
         if not callable(key):
             set_(self, "key", self._key(key))
@@ -147,6 +161,11 @@ class Policy:
         if not isinstance(self.enforce, bool):
             self._fail("enforce", f"{self.enforce!r} is not true or false")
         set_(self, "charge_when", self._statuses())
+        if not self.limits:
+            # A policy of message_limits alone: nothing of it applies to requests.
+            for field, given in (("classes", classes), ("charge_when", self.charge_when)):
+                if given:
+                    self._fail(field, "needs limits: message_limits alone limit no request")
         if not callable(cost):
             for field, texts in (("limits", self.limits), *classes.items()):
                 for limit in self.resolve(texts):
@@ -179,7 +198,8 @@ class Policy:
     def _limit_texts(self, field: str, raw: object) -> tuple[str, ...]:
         items = [raw] if isinstance(raw, str) else raw
         if not isinstance(items, Sequence) or not items:
-            self._fail(field, f"expected one or more rates, {ACCEPTED_LIMIT}")
+            also = " (or message_limits for websocket messages)" if field == "limits" else ""
+            self._fail(field, f"expected one or more rates{also}, {ACCEPTED_LIMIT}")
         out = []
         for item in items:
             if not isinstance(item, str) or parse_limit(item, 1) is None:
@@ -228,7 +248,7 @@ class Policy:
         """describe is the policy on one line, as `admission config` prints it."""
         parts = [
             f"match={','.join(self.match)}",
-            f"limits={','.join(self.limits)}",
+            f"limits={','.join(self.limits) or '(none: messages only)'}",
             f"key={self.key if isinstance(self.key, str) else _callable_name(self.key)}",
             f"burst={self.burst if self.burst is not None else '(each limit amount)'}",
             f"cost={self.cost if isinstance(self.cost, int) else _callable_name(self.cost)}",
@@ -237,6 +257,8 @@ class Policy:
             parts.append(f"class_header={self.class_header}")
             for cls, texts in self.classes.items():
                 parts.append(f"class {cls}={','.join(texts)}")
+        if self.message_limits:
+            parts.append(f"message_limits={','.join(self.message_limits)}")
         parts.append(f"enforce={'true' if self.enforce else 'false (shadow)'}")
         if self.charge_when:
             parts.append(f"charge_when={','.join(map(str, self.charge_when))}")
@@ -354,9 +376,13 @@ def _from_table(source: str, index: int, table: Any) -> Policy:
             raise PolicyError(
                 source, label, field, "unknown field; known fields: " + ", ".join(FIELDS)
             )
-    for field in ("name", "match", "limits"):
+    for field in ("name", "match"):
         if field not in table:
             raise PolicyError(source, label, field, "missing: every policy needs it")
+    if "limits" not in table and "message_limits" not in table:
+        raise PolicyError(
+            source, label, "limits", "missing: every policy needs limits, message_limits or both"
+        )
     if table.get("charge_when") == []:
         # Written but empty: most likely a list half filled in, not "charge every request".
         raise PolicyError(
@@ -379,8 +405,19 @@ def check_policies(
     return tuple(policies)
 
 
+def message_buckets(policy: Policy) -> tuple[tuple[str, Limit], ...]:
+    """message_buckets names each limit of `policy.message_limits` among its client's buckets:
+    `<policy>:@msg:<i>`. A request limit's name is `<policy>:<class>:<i>`, and no class name
+    holds "@", so a message bucket never shares a request's (the policy's `limits` count the
+    websocket handshakes, its `message_limits` the messages). Starting with the policy's name,
+    `admission reset KEY --policy NAME` clears them with the rest. Each holds its own amount."""
+    limits = (parse_limit(text, None) for text in policy.message_limits)
+    return tuple((f"{policy.name}:@msg:{i}", limit) for i, limit in enumerate(limits) if limit)
+
+
 def generation_bucket(policies: Sequence[Policy]) -> Bucket:
-    """generation_bucket is a bucket that fills as slowly as the slowest limit of `policies`:
+    """generation_bucket is a bucket that fills as slowly as the slowest limit of `policies`
+    (their message limits included):
     a memory store built on it keeps each generation of keys that long, so no key is
     forgotten before its bucket is full again (the bucket itself decides nothing)."""
     slowest = 1.0
@@ -388,4 +425,6 @@ def generation_bucket(policies: Sequence[Policy]) -> Bucket:
         for texts in (policy.limits, *policy.classes.values()):
             for limit in policy.resolve(texts):
                 slowest = max(slowest, limit.bucket.fill_time_s)
+        for _, limit in message_buckets(policy):
+            slowest = max(slowest, limit.bucket.fill_time_s)
     return Bucket(slowest, 1)

@@ -32,12 +32,21 @@ class PolicyCounts(Protocol):
     shadow_refusals: dict[str, int]
 
 
+class MessageCounts(Protocol):
+    """MessageCounts is what the message limiter counts: websocket messages refused, and those
+    shadow policies would have refused, by policy."""
+
+    refusals: dict[str, int]
+    shadow_refusals: dict[str, int]
+
+
 class AdmissionCollector:
     """AdmissionCollector reads `Stats`, the ledger, the windows, the drain and the store's
     failure count and state (`storage_errors` and `storage_degraded`, functions: the store
     keeps them) when scraped.
     `policies` holds the route policies' own counts (rate refusals and shadow refusals by
-    policy); without it, every rate refusal is the implicit policy "default"'s."""
+    policy); without it, every rate refusal is the implicit policy "default"'s. `messages`
+    holds the policies' websocket message refusals (`message_limits`) by policy."""
 
     def __init__(
         self,
@@ -48,11 +57,13 @@ class AdmissionCollector:
         storage_errors: Callable[[], int] = lambda: 0,
         storage_degraded: Callable[[], bool] = lambda: False,
         policies: PolicyCounts | None = None,
+        messages: MessageCounts | None = None,
     ) -> None:
         self.stats = stats
         self.ledger = ledger
         self.windows = windows
         self.policies = policies
+        self.messages = messages
         self.draining = draining
         self.storage_errors = storage_errors
         self.storage_degraded = storage_degraded
@@ -97,8 +108,13 @@ class AdmissionCollector:
             labels=["reason", "policy"],
         )
         policies = self.policies
+        messages = self.messages
         for reason, count in s.rejected.items():
-            if reason != "rate":
+            if reason == "ws_message_limit":
+                # By policy, as rate refusals are: the policy whose message_limits refused.
+                for policy, refused in messages.refusals.items() if messages is not None else ():
+                    rejected.add_metric([reason, policy], refused)
+            elif reason != "rate":
                 rejected.add_metric([reason, ""], count)
             elif policies is None:
                 rejected.add_metric([reason, "default"], count)
@@ -119,9 +135,13 @@ class AdmissionCollector:
             "Requests a shadow policy (enforce = false) would have refused, by policy.",
             labels=["policy"],
         )
-        if policies is not None:
-            for policy, refused in policies.shadow_refusals.items():
-                shadow.add_metric([policy], refused)
+        shadows = dict(policies.shadow_refusals) if policies is not None else {}
+        if messages is not None:
+            # A shadow policy's would-be refusals of messages add to its requests'.
+            for policy, refused in messages.shadow_refusals.items():
+                shadows[policy] = shadows.get(policy, 0) + refused
+        for policy, refused in shadows.items():
+            shadow.add_metric([policy], refused)
         yield shadow
         yield CounterMetricFamily(
             "admission_storage_errors",

@@ -36,6 +36,7 @@ class RouteLimit(NamedTuple):
     burst: int | None
     name: str | None
     charge_when: tuple[str | int, ...] = ()
+    message_limits: tuple[str, ...] = ()
 
 
 def limit(
@@ -45,17 +46,21 @@ def limit(
     burst: int | None = None,
     name: str | None = None,
     charge_when: Sequence[str | int] | str = (),
+    message_limits: Sequence[str] | str = (),
 ) -> Callable[[F], F]:
     """limit makes the route of the decorated endpoint a route policy of `limits` (rates in
     limits notation, all of which must admit), keyed by `key` ("ip", "global",
     "header:<Name>" or a callable), each request costing `cost`, every bucket holding `burst`
     (default: each rate's amount). The policy is named `name`, else after the route
     ("route.<route name>"). `charge_when` (statuses such as "401" or classes such as "4xx")
-    charges a request only when its response has one of them, as the policy field does. Put
-    it under the route decorator or above it: either way the endpoint is returned unchanged.
-    The fields are checked at once: a bad rate or status raises here."""
+    charges a request only when its response has one of them, as the policy field does.
+    `message_limits` (rates too) limit the messages a client sends on a websocket route,
+    across all its sockets; with them, `limits` may be left out (the handshakes are then not
+    limited). Put it under the route decorator or above it: either way the endpoint is
+    returned unchanged. The fields are checked at once: a bad rate or status raises here."""
     when = (charge_when,) if isinstance(charge_when, (str, int)) else tuple(charge_when)
-    spec = RouteLimit(tuple(limits), key, cost, burst, name, when)
+    messages = (message_limits,) if isinstance(message_limits, str) else tuple(message_limits)
+    spec = RouteLimit(tuple(limits), key, cost, burst, name, when, messages)
     # Checked now, with a stand-in path: a typo fails where it was written, not at start-up.
     _policy(spec, "route.check", ["GET /"])
 
@@ -100,6 +105,7 @@ def _policy(spec: RouteLimit, name: str, match: Sequence[str]) -> Policy:
         burst=spec.burst,
         cost=spec.cost,
         charge_when=spec.charge_when,
+        message_limits=spec.message_limits,
         source="@limit",
     )
 

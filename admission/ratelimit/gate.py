@@ -24,6 +24,7 @@ from admission.ratelimit.decorator import route_policies
 from admission.ratelimit.fields import policy_header, ratelimit_header, retry_after_seconds
 from admission.ratelimit.keys import key_function
 from admission.ratelimit.limiter import PolicyLimiter
+from admission.ratelimit.messages import MessageLimiter
 from admission.ratelimit.outcome import Outcome, refused
 from admission.stores import MemoryStore, Store
 from admission.stores.guard import StorageDenial
@@ -33,6 +34,7 @@ __all__ = [
     "RateGate",
     "SingleRate",
     "default_policy",
+    "message_limiter",
     "rate_gate",
     "resolved_policies",
     "with_route_limits",
@@ -72,6 +74,22 @@ def rate_gate(settings: Settings, store: Store | None) -> RateGate | None:
             return None
         return SingleRate(default, store, trusted=trusted, forwarded_header=forwarded)
     return PolicyLimiter(policies, store, trusted=trusted, forwarded_header=forwarded)
+
+
+def message_limiter(settings: Settings, store: Store | None) -> MessageLimiter | None:
+    """message_limiter is the limiter of every policy's `message_limits` (websocket messages),
+    deciding through `store`, the rate gate's; None when no policy has any."""
+    if store is None:
+        return None
+    policies = [p for p in resolved_policies(settings) if p.message_limits]
+    if not policies:
+        return None
+    return MessageLimiter(
+        policies,
+        store,
+        trusted=settings.trusted_networks,
+        forwarded_header=settings.forwarded_header,
+    )
 
 
 class SingleRate:

@@ -217,9 +217,11 @@ class PolicyLimiter:
                 group = shadow
             key = keys.get(policy.key)
             if key is None:
-                key = keys[policy.key] = _key_function(policy.key, trusted, forwarded_header)
+                key = keys[policy.key] = policy_key_function(policy.key, trusted, forwarded_header)
             compiled.append(_Compiled(policy, group, key, trusted))
-        self._router: Router[_Compiled] = Router([(c, c.policy.match) for c in compiled])
+        # A policy of message limits alone limits no request: it is the MessageLimiter's.
+        routed = [(c, c.policy.match) for c in compiled if c.policy.limits]
+        self._router: Router[_Compiled] = Router(routed)
         self._sync = memory.decide_charges_at if memory is not None else None
         self._take = memory.take_all_at if memory is not None else _no_take
         self.synchronous = self._sync is not None
@@ -466,10 +468,10 @@ class PolicyLimiter:
                     )
 
 
-def _key_function(
+def policy_key_function(
     spec: object, trusted: Sequence[Network], forwarded_header: str
 ) -> Callable[[Scope], str | None]:
-    """_key_function is the client key of a policy's `key`: a callable's answer (None: the
+    """policy_key_function is the client key of a policy's `key`: a callable's answer (None: the
     policy does not apply), bounded in length, or the ADMISSION_KEY-style key it names."""
     if callable(spec):
         custom = spec

@@ -20,7 +20,7 @@ import sys
 from asyncio import current_task, get_running_loop
 from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from admission.bucket import Bucket
 from admission.ledger import Ledger
@@ -41,6 +41,10 @@ from admission.request.responses import answer_refusal
 from admission.request.timeouts import DISCONNECT_WATCH_DELAY_S, NEVER, TICK_S, Ticker, Timeouts
 from admission.stats import Stats
 from admission.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from admission.charges import Charge
+    from admission.ratelimit.messages import MessageLimiter
 
 __all__ = ["Exchange", "Shared", "TimedExchange", "Timeouts"]
 
@@ -68,7 +72,9 @@ class Shared:
     connection outright (a client that stopped reading would never take a closing answer); it
     says False where the server doesn't allow it. `on_refuse` (`Settings.on_refuse`) answers a
     request cut short before its response began, as it answers every refusal. With
-    `times_service`, each exchange notes its `service_s` (see `Exchange`).
+    `times_service`, each exchange notes its `service_s` (see `Exchange`). `ws_messages` is
+    each websocket connection's own bucket of messages (`ADMISSION_WS_MESSAGE_RATE`),
+    `messages` the route policies' `message_limits`, per client (None: no such limit).
     """
 
     def __init__(
@@ -84,6 +90,7 @@ class Shared:
         on_refuse: ASGIApp | None = None,
         ws_messages: Bucket | None = None,
         times_service: bool = False,
+        messages: MessageLimiter | None = None,
     ) -> None:
         self.timeouts = timeouts
         self.drain = drain
@@ -101,6 +108,8 @@ class Shared:
         # Whether exchanges note when the body ended and the response started (the adaptive
         # window's service time): two clock reads a request that nothing else needs.
         self.times_service = times_service
+        # The route policies' message limits, per client across its websockets.
+        self.messages = messages
         # Without a timeout the ticker only starts the disconnect watch: twice per watch delay.
         self.ticker = Ticker(
             self.ledger,
@@ -139,6 +148,7 @@ class Exchange:
         "_send",
         "_unread",
         "_watcher",
+        "_ws_charges",
         "_ws_tat",
         "begun_at",
         "body_at",
@@ -190,6 +200,7 @@ class Exchange:
         self.body_at = self.served_at = 0.0
         self.status = 0
         self._ws_tat: float | None = None
+        self._ws_charges: tuple[Charge, ...] | None = None
         self.lifetime: Lifetime | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._unread: list[Message] | None = None
@@ -328,16 +339,33 @@ class Exchange:
 
     async def _count_message(self) -> None:
         """_count_message takes a websocket message from the connection's budget
-        (`ADMISSION_WS_MESSAGE_RATE`); over it, the socket is closed with 1008 and the message
-        never reaches the application."""
-        bucket = self.shared.ws_messages
-        if bucket is None:
+        (`ADMISSION_WS_MESSAGE_RATE`), then from its client's under the route policies'
+        `message_limits` (one store call, none awaited on the memory store); over either, the
+        socket is closed with 1008 and the message never reaches the application."""
+        shared = self.shared
+        bucket = shared.ws_messages
+        reason: Reason | None = None
+        if bucket is not None:
+            tat, decision = bucket.decide(self._ws_tat, self.clock())
+            if decision.allowed:
+                self._ws_tat = tat
+            else:
+                reason = WS_MESSAGE_RATE
+        messages = shared.messages
+        if reason is None and messages is not None:
+            charges = self._ws_charges
+            if charges is None:
+                # Which buckets, for which client: worked out at the first message, once.
+                charges = self._ws_charges = messages.charges(self.scope)
+            if charges:
+                reason = (
+                    messages.take_now(charges)
+                    if messages.synchronous
+                    else await messages.take(charges)
+                )
+        if reason is None:
             return
-        tat, decision = bucket.decide(self._ws_tat, self.clock())
-        if decision.allowed:
-            self._ws_tat = tat
-            return
-        self.abort(WS_MESSAGE_RATE)
+        self.abort(reason)
         # The abort's cancellation lands here, before the message is handed over.
         await asyncio.sleep(0)
 
