@@ -11,6 +11,7 @@ from typing import Any
 
 import fakeredis.aioredis
 import pytest
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
@@ -107,6 +108,19 @@ def store_settings(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
         return
     url = request.getfixturevalue("redis_url")
     yield {"storage": url, "key_prefix": prefix, "on_storage_error": "deny"}
+    _delete_keys(url, prefix)
+
+
+def _delete_keys(url: str, prefix: str) -> list[bytes]:
+    """_delete_keys deletes the keys under `prefix` from the Redis at `url`; it answers them."""
+    client = redis.Redis.from_url(url)
+    try:
+        keys = sorted(client.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+        return keys
+    finally:
+        client.close()
 
 
 def _on(store_settings: dict[str, Any], *policies: Policy) -> AdmissionMiddleware:
@@ -353,3 +367,60 @@ def test_message_buckets_are_named_apart_from_every_request_bucket() -> None:
     assert [name for name, _ in message_buckets(policy)] == ["chat:@msg:0", "chat:@msg:1"]
     # A memory store keeps keys as long as the slowest message limit needs.
     assert generation_bucket([policy]).fill_time_s == 3600.0
+
+
+def test_each_message_is_one_store_call_for_every_limit_it_meets(redis_url: str) -> None:
+    prefix = f"admission-test-{uuid.uuid4().hex}"
+    room = Policy(name="room", match="/chat*", key="header:X-Client", message_limits="50/minute")
+    _, app = _app(
+        chat(message_limits=["3/minute", "100/hour"]),
+        room,
+        storage=redis_url,
+        key_prefix=prefix,
+        on_storage_error="deny",
+    )
+    calls: list[int] = []
+    redis_store: Any = app.store.store  # type: ignore[union-attr]
+    original = redis_store._eval_many
+
+    async def counted(keys: list[bytes], args: list[Any]) -> Any:
+        calls.append(len(keys))
+        return await original(keys, args)
+
+    redis_store._eval_many = counted
+    with (
+        TestClient(app) as client,
+        client.websocket_connect("/chat", headers={"X-Client": "alice"}) as socket,
+    ):
+        exchange(socket, 3)
+        assert closed_by_next(socket).code == 1008
+    # One script call per message, its three buckets in it: chat's two and room's one.
+    assert calls == [3] * 4
+    names = [key.rsplit(b"}:", 1)[1] for key in _delete_keys(redis_url, prefix)]
+    assert sorted(names) == [b"chat:@msg:0", b"chat:@msg:1", b"room:@msg:0"]
+
+
+def test_the_memory_store_decides_each_message_without_a_coroutine() -> None:
+    _, app = _app(chat())
+    limiter: Any = app.shared.messages
+    assert limiter is not None and limiter.synchronous
+    calls: list[int] = []
+    decide = limiter._sync
+
+    def counted(charges: Any, now: float) -> Any:
+        calls.append(len(charges))
+        return decide(charges, now)
+
+    limiter._sync = counted
+
+    async def no_coroutine(charges: Any) -> Any:
+        raise AssertionError("the memory store's decisions are not awaited")
+
+    limiter.take = no_coroutine
+    with (
+        TestClient(app) as client,
+        client.websocket_connect("/chat", headers={"X-Client": "alice"}) as socket,
+    ):
+        exchange(socket, 3)
+        assert closed_by_next(socket).code == 1008
+    assert calls == [1] * 4
