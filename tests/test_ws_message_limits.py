@@ -424,3 +424,37 @@ def test_the_memory_store_decides_each_message_without_a_coroutine() -> None:
         exchange(socket, 3)
         assert closed_by_next(socket).code == 1008
     assert calls == [1] * 4
+
+
+def test_message_refusals_reach_opentelemetry_under_the_refusals_twin() -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    reader = InMemoryMetricReader()
+    inner, _ = _app()
+    app = AdmissionMiddleware(
+        inner,
+        settings=Settings(policies=[chat()], ws_message_rate="5/minute", metrics="otel"),
+        handle_signals=False,
+        meter_provider=MeterProvider(metric_readers=[reader]),
+    )
+    with TestClient(app) as client:
+        for who in ("alice", "bob"):
+            with client.websocket_connect("/chat", headers={"X-Client": who}) as socket:
+                exchange(socket, 3)
+                assert closed_by_next(socket).reason == "ws_message_limit"
+        with client.websocket_connect("/other") as socket:
+            exchange(socket, 5)
+            assert closed_by_next(socket).reason == "ws_message_rate"
+    data = reader.get_metrics_data()
+    assert data is not None
+    refused = {}
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                if metric.name == "admission.requests.refused":
+                    for point in metric.data.data_points:
+                        refused[tuple(sorted(point.attributes.items()))] = point.value
+    by_policy = (("admission.policy", "chat"), ("admission.reason", "ws_message_limit"))
+    assert refused[by_policy] == 2
+    assert refused[(("admission.reason", "ws_message_rate"),)] == 1

@@ -104,7 +104,7 @@ class AdmissionCollector:
         rejected = CounterMetricFamily(
             "admission_rejected",
             "Requests refused or interrupted by admission, by reason, and by policy for the "
-            "rate limits (empty for other reasons).",
+            "rate limits and websocket message limits (empty for other reasons).",
             labels=["reason", "policy"],
         )
         policies = self.policies
@@ -132,7 +132,8 @@ class AdmissionCollector:
         yield shed
         shadow = CounterMetricFamily(
             "admission_shadow_refusals",
-            "Requests a shadow policy (enforce = false) would have refused, by policy.",
+            "Requests and websocket messages a shadow policy (enforce = false) would have "
+            "refused, by policy.",
             labels=["policy"],
         )
         shadows = dict(policies.shadow_refusals) if policies is not None else {}
