@@ -404,14 +404,18 @@ def test_the_memory_store_decides_each_message_without_a_coroutine() -> None:
     _, app = _app(chat())
     limiter: Any = app.shared.messages
     assert limiter is not None and limiter.synchronous
-    calls: list[int] = []
-    decide = limiter._sync
+    calls: list[str] = []
+    take, decide = limiter._take, limiter._sync
 
-    def counted(charges: Any, now: float) -> Any:
-        calls.append(len(charges))
+    def taken(runs: Any, now: float) -> Any:
+        calls.append("take_all_at")
+        return take(runs, now)
+
+    def decided(charges: Any, now: float) -> Any:
+        calls.append("decide_charges_at")
         return decide(charges, now)
 
-    limiter._sync = counted
+    limiter._take, limiter._sync = taken, decided
 
     async def no_coroutine(charges: Any) -> Any:
         raise AssertionError("the memory store's decisions are not awaited")
@@ -423,7 +427,8 @@ def test_the_memory_store_decides_each_message_without_a_coroutine() -> None:
     ):
         exchange(socket, 3)
         assert closed_by_next(socket).code == 1008
-    assert calls == [1] * 4
+    # Each admitted message in the one pass; the refused one is told in the general path.
+    assert calls == ["take_all_at"] * 4 + ["decide_charges_at"]
 
 
 def test_message_refusals_reach_opentelemetry_under_the_refusals_twin() -> None:

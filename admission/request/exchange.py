@@ -43,8 +43,7 @@ from admission.stats import Stats
 from admission.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from admission.charges import Charge
-    from admission.ratelimit.messages import MessageLimiter
+    from admission.ratelimit.messages import MessageLimiter, Meter
 
 __all__ = ["Exchange", "Shared", "TimedExchange", "Timeouts"]
 
@@ -148,7 +147,7 @@ class Exchange:
         "_send",
         "_unread",
         "_watcher",
-        "_ws_charges",
+        "_ws_meter",
         "_ws_tat",
         "begun_at",
         "body_at",
@@ -200,7 +199,7 @@ class Exchange:
         self.body_at = self.served_at = 0.0
         self.status = 0
         self._ws_tat: float | None = None
-        self._ws_charges: tuple[Charge, ...] | None = None
+        self._ws_meter: Meter | None = None
         self.lifetime: Lifetime | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._unread: list[Message] | None = None
@@ -353,15 +352,13 @@ class Exchange:
                 reason = WS_MESSAGE_RATE
         messages = shared.messages
         if reason is None and messages is not None:
-            charges = self._ws_charges
-            if charges is None:
+            meter = self._ws_meter
+            if meter is None:
                 # Which buckets, for which client: worked out at the first message, once.
-                charges = self._ws_charges = messages.charges(self.scope)
-            if charges:
+                meter = self._ws_meter = messages.meter(self.scope)
+            if meter.charges:
                 reason = (
-                    messages.take_now(charges)
-                    if messages.synchronous
-                    else await messages.take(charges)
+                    messages.take_now(meter) if messages.synchronous else await messages.take(meter)
                 )
         if reason is None:
             return
