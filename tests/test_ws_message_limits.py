@@ -463,3 +463,30 @@ def test_message_refusals_reach_opentelemetry_under_the_refusals_twin() -> None:
     by_policy = (("admission.policy", "chat"), ("admission.reason", "ws_message_limit"))
     assert refused[by_policy] == 2
     assert refused[(("admission.reason", "ws_message_rate"),)] == 1
+
+
+async def test_admission_reset_of_a_policy_clears_its_message_buckets_too() -> None:
+    from admission.charges import Charge
+    from admission.stores.reset import reset_client
+
+    policy = chat(limits="5/minute", message_limits="3/minute")
+    store = RedisStore(
+        fakeredis.aioredis.FakeRedis(), Bucket(60.0, 1), timeout_s=1.0, prefix="reset-test"
+    )
+    ((name, limit),) = message_buckets(policy)
+    handshake = Charge("h:alice", "chat::0", policy.resolve(policy.limits)[0].bucket, 1)
+    for _ in range(3):
+        assert (await store.decide_charges([Charge("h:alice", name, limit.bucket, 1)])).admitted
+    assert (await store.decide_charges([handshake])).admitted
+    assert not (await store.decide_charges([Charge("h:alice", name, limit.bucket, 1)])).admitted
+    # The handshakes' bucket and the messages' one, both the policy's.
+    assert await reset_client(store, "h:alice", "chat") == 2
+    assert (await store.decide_charges([Charge("h:alice", name, limit.bucket, 1)])).admitted
+    await store.close()
+
+
+def test_a_policy_needs_limits_or_message_limits() -> None:
+    with pytest.raises(PolicyError, match="limits: expected one or more rates"):
+        Policy(name="chat", match="/chat")
+    with pytest.raises(PolicyError, match="message_limits: 'often' is not a rate"):
+        Policy(name="chat", match="/chat", message_limits=["often"])
