@@ -333,7 +333,10 @@ class Exchange:
         message = self._unread.pop(0) if self._unread else await self._receive()
         self._received(message)
         if self.websocket and message["type"] == "websocket.receive":
-            await self._count_message()
+            shared = self.shared
+            # No coroutine per message where no message is limited.
+            if shared.ws_messages is not None or shared.messages is not None:
+                await self._count_message()
         return message
 
     async def _count_message(self) -> None:
@@ -343,25 +346,28 @@ class Exchange:
         socket is closed with 1008 and the message never reaches the application."""
         shared = self.shared
         bucket = shared.ws_messages
-        reason: Reason | None = None
         if bucket is not None:
             tat, decision = bucket.decide(self._ws_tat, self.clock())
-            if decision.allowed:
-                self._ws_tat = tat
-            else:
-                reason = WS_MESSAGE_RATE
+            if not decision.allowed:
+                return await self._close_for(WS_MESSAGE_RATE)
+            self._ws_tat = tat
         messages = shared.messages
-        if reason is None and messages is not None:
-            meter = self._ws_meter
-            if meter is None:
-                # Which buckets, for which client: worked out at the first message, once.
-                meter = self._ws_meter = messages.meter(self.scope)
-            if meter.charges:
-                reason = (
-                    messages.take_now(meter) if messages.synchronous else await messages.take(meter)
-                )
-        if reason is None:
+        if messages is None:
             return
+        meter = self._ws_meter
+        if meter is None:
+            # Which buckets, for which client: worked out at the first message, once.
+            meter = self._ws_meter = messages.meter(self.scope)
+        if meter.charges:
+            reason = (
+                messages.take_now(meter) if messages.synchronous else await messages.take(meter)
+            )
+            if reason is not None:
+                await self._close_for(reason)
+
+    async def _close_for(self, reason: Reason) -> None:
+        """_close_for aborts the application for a message over a limit: the socket is closed
+        for `reason` and the message is never handed over."""
         self.abort(reason)
         # The abort's cancellation lands here, before the message is handed over.
         await asyncio.sleep(0)
