@@ -490,3 +490,14 @@ def test_a_policy_needs_limits_or_message_limits() -> None:
         Policy(name="chat", match="/chat")
     with pytest.raises(PolicyError, match="message_limits: 'often' is not a rate"):
         Policy(name="chat", match="/chat", message_limits=["often"])
+    # What applies to requests alone needs request limits.
+    with pytest.raises(PolicyError, match="charge_when: needs limits"):
+        Policy(name="chat", match="/chat", message_limits="1/second", charge_when="4xx")
+    with pytest.raises(PolicyError, match="classes: needs limits"):
+        Policy(
+            name="chat",
+            match="/chat",
+            message_limits="1/second",
+            class_header="X-Plan",
+            classes={"pro": "5/second"},
+        )

@@ -163,9 +163,10 @@ class Policy:
         set_(self, "charge_when", self._statuses())
         if not self.limits:
             # A policy of message_limits alone: nothing of it applies to requests.
-            for field, given in (("classes", classes), ("charge_when", self.charge_when)):
-                if given:
-                    self._fail(field, "needs limits: message_limits alone limit no request")
+            if classes:
+                self._fail("classes", "needs limits: message_limits alone limit no request")
+            if self.charge_when:
+                self._fail("charge_when", "needs limits: message_limits alone limit no request")
         if not callable(cost):
             for field, texts in (("limits", self.limits), *classes.items()):
                 for limit in self.resolve(texts):

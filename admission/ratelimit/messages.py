@@ -41,7 +41,6 @@ log = logging.getLogger("admission")
 
 # Shadow refusals of one policy's messages are logged at most this often.
 SHADOW_LOG_INTERVAL_S = 60.0
-_new_tuple = tuple.__new__
 
 
 class Meter:
@@ -134,7 +133,7 @@ class MessageLimiter:
             if client is None:
                 continue
             for name, limit in policy.buckets:
-                charges.append(_new_tuple(Charge, (client, name, limit.bucket, 1, policy.group)))
+                charges.append(Charge(client, name, limit.bucket, 1, policy.group))
             if policy.group != ENFORCED or self._take is None:
                 runs = None
             elif runs is not None:
