@@ -105,6 +105,7 @@ class AdmissionMiddleware:
         self.window = c.slots
         self._client = c.client
         self.websocket_window = c.websocket
+        self._websocket_clients = c.websocket_clients
         self.adaptive = c.adaptive
         self._priority = c.priority
         self.timeouts = Timeouts(s.read_timeout, s.idle_timeout, s.write_timeout, s.request_timeout)
@@ -195,7 +196,11 @@ class AdmissionMiddleware:
         window = self.websocket_window if websocket else self.window
         if window is not None:
             priority = DEFAULT if self._priority is None or websocket else self._priority(scope)
-            client = None if websocket or self._client is None else self._client(scope)
+            client = (
+                None
+                if self._client is None or (websocket and not self._websocket_clients)
+                else self._client(scope)
+            )
             if not window.try_take(priority, client) and not await window.take(
                 self._queue_s, priority, client
             ):

@@ -251,28 +251,60 @@ async def test_rotating_keys_leave_no_count_and_never_more_clients_than_slots() 
     assert_nothing_held(window)
 
 
-async def test_websocket_connections_are_not_counted_per_client() -> None:
+def open_socket(mw: AdmissionMiddleware, name: str) -> tuple[Client, asyncio.Task[None]]:
+    scope = ws_scope()
+    scope["headers"].append((b"x-client", name.encode()))
+    client = Client([{"type": "websocket.connect"}])
+    client.websocket = True
+    return client, asyncio.create_task(mw(scope, client.receive, client.send))
+
+
+@pytest.mark.parametrize("window", [8, None])
+async def test_a_client_window_caps_each_client_s_open_sockets_apart_from_its_requests(
+    window: int | None,
+) -> None:
     app = App()
-    mw = middleware(app, window=8, client_window=1, key="header:X-Client")
-    sockets = []
-    for _ in range(3):
-        scope = ws_scope()
-        scope["headers"].append((b"x-client", b"a"))
-        client = Client([{"type": "websocket.connect"}])
-        client.websocket = True
-        sockets.append((client, asyncio.create_task(mw(scope, client.receive, client.send))))
-    await until(lambda: app.sockets == 3, what="three open websockets of one client")
-    assert mw.window is not None and mw.window.clients.held == {}
-    assert mw.websocket_window is not None and mw.websocket_window.clients.held == {}
-    app.release.set()
-    ok, task = start(mw, as_client("a"))
+    mw = middleware(app, window=window, client_window=2, key="header:X-Client")
+    sockets = [open_socket(mw, "a") for _ in range(2)]
+    await until(lambda: app.sockets == 2, what="two open websockets of one client")
+    # Its third is closed at the handshake, "try again later", counted as client_window...
+    third, task = open_socket(mw, "a")
     await finish(task)
-    assert ok.status == 200
+    assert third.sent == [{"type": "websocket.close", "code": 1013, "reason": "client_window"}]
+    assert mw.stats.rejected["client_window"] == 1
+    # ...while another client opens one, and the first still has its HTTP requests: the
+    # sockets are not counted against them, nor they against the sockets.
+    sockets.append(open_socket(mw, "b"))
+    await until(lambda: app.sockets == 3, what="the other client's socket")
+    app.release.set()
+    oks = [start(mw, as_client("a")) for _ in range(2)]
+    for ok, task in oks:
+        await finish(task)
+        assert ok.status == 200
+    # A socket closed gives its place back.
+    client, task = sockets.pop(0)
+    client.hang_up()
+    await finish(task)
+    sockets.append(open_socket(mw, "a"))
+    await until(lambda: app.sockets == 3, what="a's socket again")
     for client, task in sockets:
         client.hang_up()
         await finish(task)
-    assert_nothing_held(mw.window)
     assert mw.websocket_window is not None and mw.websocket_window.used == 0
+    assert mw.websocket_window.clients.held == {}
+    if mw.window is not None:
+        assert_nothing_held(mw.window)
+
+
+async def test_without_a_client_window_sockets_are_not_counted_per_client() -> None:
+    app = App()
+    mw = middleware(app, window=8, key="header:X-Client")
+    sockets = [open_socket(mw, "a") for _ in range(3)]
+    await until(lambda: app.sockets == 3, what="three open websockets of one client")
+    assert mw.websocket_window is not None and mw.websocket_window.clients.held == {}
+    for client, task in sockets:
+        client.hang_up()
+        await finish(task)
 
 
 # --- one heavy client beside light ones ----------------------------------------------------------

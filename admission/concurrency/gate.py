@@ -54,8 +54,9 @@ class Concurrency:
     `slots` (`ADMISSION_KEY`'s, with the trusted proxies), None without `slots` or when every
     request is one client's (`ADMISSION_KEY=global`).
 
-    Websocket connections are not counted per client: they have their own window and last
-    for minutes, and one open socket must not hold a share of the HTTP slots.
+    Websocket connections have their own window and last for minutes: one open socket must not
+    hold a share of the HTTP slots. Under `ADMISSION_CLIENT_WINDOW` each client's open sockets
+    are capped at the same number, apart from its requests (`websocket_clients`).
     """
 
     def __init__(self, settings: Settings, stats: Stats) -> None:
@@ -85,7 +86,16 @@ class Concurrency:
             self.slots = Window(NO_CAP, client_cap=cap, fair=False)
         self.client = make_key_func(s) if self.slots is not None and s.key != "global" else None
         ws_size = s.websocket_window or (s.window_bounds[1] if s.window == "auto" else s.window)
-        self.websocket = Window(ws_size, max_waiters=0) if ws_size else None
+        self.websocket: Window | None = None
+        if cap is not None and self.client is not None:
+            # ADMISSION_CLIENT_WINDOW's websocket form: a client's open sockets are capped at
+            # the same number, counted apart from its requests (no shares: a socket lasts
+            # minutes, and the cap is what nginx's limit_conn gives).
+            self.websocket = Window(ws_size or NO_CAP, max_waiters=0, client_cap=cap, fair=False)
+        elif ws_size:
+            self.websocket = Window(ws_size, max_waiters=0)
+        # Whether websockets name their client to `websocket` (for the cap).
+        self.websocket_clients = cap is not None and self.client is not None
         self.queue_timeout_s = s.queue_timeout
         self._full = reasons.WINDOW.with_status(s.window_status)
         self._shed = reasons.SHED.with_status(s.window_status)
@@ -94,7 +104,8 @@ class Concurrency:
     def windows(self) -> dict[str, Window]:
         """windows is every window there is, by kind ("http", "websocket"), for the metrics."""
         found = (("http", self.http), ("websocket", self.websocket))
-        return {kind: window for kind, window in found if window is not None}
+        # A window of no size of its own (only a cap per client) has no size to show.
+        return {kind: w for kind, w in found if w is not None and w.size != NO_CAP}
 
     def refusal(self, window: Window, priority: int, client: str | None = None) -> Reason:
         """refusal is why a request of `priority` from `client` got no slot of `window`: its

@@ -198,7 +198,7 @@ class Settings:
     client_window: int | None = setting(
         None,
         Whole(1, 1_000_000, "requests", unset="for none"),
-        "max requests in flight per client key (ADMISSION_KEY)",
+        "max requests in flight, and open websockets, per client key (ADMISSION_KEY)",
     )
     ws_message_rate: str | None = setting(
         None, Rate(), "messages one websocket connection may send (limits notation)"
