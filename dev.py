@@ -1,5 +1,6 @@
 """dev.py: the two commands of the README's quick start, from a fresh clone, with nothing but
-Python 3.10+ (and, for the tests, the system's package manager if it can install Redis).
+Python 3.10+ (and the system's package manager, for what that Python lacks to make a virtual
+environment, and for the tests' Redis, if it can install them).
 
     python3 dev.py serve [admission serve's options]   # set up, then serve the demo
     python3 dev.py test [pytest's options]             # set up, then run the tests
@@ -15,11 +16,13 @@ reported in one line as not run, and why.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 import venv
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -53,6 +56,7 @@ def set_up() -> None:
     if PYTHON.exists() and _quiet([str(PYTHON), "-c", "import admission, pytest, fakeredis"]):
         return
     print("dev.py: setting up .venv (once)", file=sys.stderr)
+    venv_support()
     venv.EnvBuilder(with_pip=True).create(VENV)
     env = {**os.environ, "PIP_CONSTRAINT": str(CONSTRAINTS)} if CONSTRAINTS.exists() else None
     pip = [str(PYTHON), "-m", "pip", "install", "--quiet"]
@@ -60,27 +64,45 @@ def set_up() -> None:
     subprocess.run([*pip, "-e", ".[test]"], check=True, cwd=ROOT, env=env)
 
 
+def venv_support() -> None:
+    """venv_support installs what this Python needs to make a virtual environment when it is
+    missing (Debian and Ubuntu ship `ensurepip` apart, in python3.X-venv) and that can be done
+    without a password; otherwise it says in one line what to install."""
+    if importlib.util.find_spec("ensurepip") is not None:
+        return
+    package = f"python3.{sys.version_info.minor}-venv"
+    steps = (("apt-get", "update", "-qq"), ("apt-get", "install", "-y", "-qq", package))
+    if not install(package, [steps]) or importlib.util.find_spec("ensurepip") is None:
+        print(
+            f"dev.py: this Python can't make a virtual environment: install {package}"
+            f" (e.g. `sudo apt install {package}`) and run it again",
+            file=sys.stderr,
+        )
+        raise SystemExit(1)
+
+
 def redis_server() -> None:
     """redis_server installs `redis-server` with the system's package manager when it is
     missing and that can be done without a password; otherwise it says what will not run."""
     if shutil.which("redis-server"):
         return
+    if not install("redis-server", _MANAGERS) or not shutil.which("redis-server"):
+        print(_NO_REDIS, file=sys.stderr)
+
+
+def install(what: str, managers: Sequence[Sequence[Sequence[str]]]) -> bool:
+    """install runs the steps of the first of `managers` this machine has, as root or with
+    sudo that asks no password; True when every step succeeded."""
     sudo: list[str] = []
     if hasattr(os, "geteuid") and os.geteuid() != 0:
         if not shutil.which("sudo") or not _quiet(["sudo", "-n", "true"]):
-            print(_NO_REDIS, file=sys.stderr)
-            return
+            return False
         sudo = ["sudo", "-n"]
-    for manager in _MANAGERS:
+    for manager in managers:
         if shutil.which(manager[0][0]):
-            print(f"dev.py: installing redis-server with {manager[0][0]}", file=sys.stderr)
-            for step in manager:
-                if not _quiet([*sudo, *step]):
-                    break
-            else:
-                if shutil.which("redis-server"):
-                    return
-    print(_NO_REDIS, file=sys.stderr)
+            print(f"dev.py: installing {what} with {manager[0][0]}", file=sys.stderr)
+            return all(_quiet([*sudo, *step]) for step in manager)
+    return False
 
 
 # The package managers tried, each as the commands that install Redis's server with it.
