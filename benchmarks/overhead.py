@@ -53,6 +53,7 @@ import random
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -259,75 +260,49 @@ async def check_limiters() -> None:
             raise SystemExit(f"{name} does not limit: statuses {statuses} at 2/minute")
 
 
-def drivers() -> list[Driver]:
-    """drivers builds every variant, each with its own middleware instance and store."""
+def variants() -> dict[str, Callable[[], Driver]]:
+    """variants maps each variant's name to what builds it: its own middleware instance and
+    store, and the scopes it is sent (benchmarks/overhead_instructions.py builds one alone)."""
     one = [make_scope()]
     rng = random.Random(7)
     many = [make_scope(f"10.0.{i >> 8}.{i & 255}") for i in range(65536)]
     rng.shuffle(many)
     thousand = many[:1000]
     rate = Settings(rate=RATE)
-    return [
-        Driver("bare", bare_app, one),
-        Driver(
-            "admission", AdmissionMiddleware(bare_app, settings=rate, handle_signals=False), one
-        ),
-        Driver(
-            "admission-1000c",
-            AdmissionMiddleware(bare_app, settings=rate, handle_signals=False),
-            thousand,
-        ),
-        Driver(
-            "admission-keys",
-            AdmissionMiddleware(bare_app, settings=rate, handle_signals=False),
-            many,
-        ),
-        Driver(
-            "admission-all",
-            AdmissionMiddleware(bare_app, settings=all_features(RATE), handle_signals=False),
-            one,
-        ),
-        Driver(
-            "admission-policy",
-            AdmissionMiddleware(bare_app, settings=policy_settings(RATE), handle_signals=False),
-            one,
-        ),
-        Driver(
-            "admission-3x2",
-            AdmissionMiddleware(
-                bare_app, settings=policy_settings(RATE, 3, 2), handle_signals=False
-            ),
-            one,
-        ),
-        Driver(
-            "admission-1000",
-            AdmissionMiddleware(
-                bare_app, settings=policy_settings(RATE, 1, 1, 999), handle_signals=False
-            ),
-            one,
-        ),
-        Driver("starlette", starlette_app(), one),
-        Driver(
-            "starlette+admission",
-            AdmissionMiddleware(starlette_app(), settings=rate, handle_signals=False),
-            one,
-        ),
-        Driver("starlette+slowapi", slowapi_app(RATE), one),
-        Driver("starlette+slowapi-asgi", slowapi_app(RATE, asgi=True), one),
-        Driver(
-            "starlette+admission-1000c",
-            AdmissionMiddleware(starlette_app(), settings=rate, handle_signals=False),
-            thousand,
-        ),
-        Driver("starlette+slowapi-asgi-1000c", slowapi_app(RATE, asgi=True), thousand),
-        Driver("fastapi", fastapi_app(), thousand),
-        Driver(
-            "fastapi+admission-1000c",
-            AdmissionMiddleware(fastapi_app(), settings=rate, handle_signals=False),
-            thousand,
-        ),
-        Driver("fastapi+fastapi-limiter-1000c", fastapi_app(RATE), thousand),
-    ]
+
+    def admission(app: Any, settings: Settings = rate) -> Any:
+        return AdmissionMiddleware(app, settings=settings, handle_signals=False)
+
+    built: dict[str, tuple[Callable[[], Any], list[Scope]]] = {
+        "bare": (lambda: bare_app, one),
+        "admission": (lambda: admission(bare_app), one),
+        "admission-1000c": (lambda: admission(bare_app), thousand),
+        "admission-keys": (lambda: admission(bare_app), many),
+        "admission-all": (lambda: admission(bare_app, all_features(RATE)), one),
+        "admission-policy": (lambda: admission(bare_app, policy_settings(RATE)), one),
+        "admission-3x2": (lambda: admission(bare_app, policy_settings(RATE, 3, 2)), one),
+        "admission-1000": (lambda: admission(bare_app, policy_settings(RATE, 1, 1, 999)), one),
+        "starlette": (starlette_app, one),
+        "starlette+admission": (lambda: admission(starlette_app()), one),
+        "starlette+slowapi": (lambda: slowapi_app(RATE), one),
+        "starlette+slowapi-asgi": (lambda: slowapi_app(RATE, asgi=True), one),
+        "starlette+admission-1000c": (lambda: admission(starlette_app()), thousand),
+        "starlette+slowapi-asgi-1000c": (lambda: slowapi_app(RATE, asgi=True), thousand),
+        "fastapi": (fastapi_app, thousand),
+        "fastapi+admission-1000c": (lambda: admission(fastapi_app()), thousand),
+        "fastapi+fastapi-limiter-1000c": (lambda: fastapi_app(RATE), thousand),
+    }
+
+    def factory(name: str) -> Callable[[], Driver]:
+        make, scopes = built[name]
+        return lambda: Driver(name, make(), scopes)
+
+    return {name: factory(name) for name in built}
+
+
+def drivers() -> list[Driver]:
+    """drivers builds every variant, each with its own middleware instance and store."""
+    return [make() for make in variants().values()]
 
 
 # (variant, baseline) pairs whose paired difference is reported as the added cost.

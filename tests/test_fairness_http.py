@@ -399,3 +399,24 @@ async def test_the_window_and_the_rate_limit_walk_the_forwarded_header_once(
         "ip:203.0.113.7",
         "ip:203.0.113.8",
     ]
+
+
+async def test_without_proxies_the_window_and_the_rate_limit_key_a_request_once() -> None:
+    # The rate limit's key function is the window's: the second reads the first's key.
+    app = App()
+    app.release.set()
+    mw = middleware(app, window=8, rate="100/second")
+    gate = mw.gate
+    assert gate is not None and mw._client is not None
+    assert gate.key is mw._client  # type: ignore[attr-defined]
+    for n, peer in enumerate(("203.0.113.7", "203.0.113.8")):
+        scope = http_scope(f"/{n}")
+        scope["client"] = (peer, 40000)
+        client = Client(no_body())
+        await finish(mw(scope, client.receive, client.send))
+        assert client.status == 200
+        assert client.headers[b"ratelimit"] == b'"default";r=99;t=1'
+    assert mw.window is not None and list(mw.window.clients.away) == [
+        "ip:203.0.113.7",
+        "ip:203.0.113.8",
+    ]

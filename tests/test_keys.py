@@ -149,6 +149,18 @@ def test_ip_key_uses_the_client_address() -> None:
     assert key(scope("10.0.0.2", [("X-Forwarded-For", "192.0.2.60")])) == "ip:192.0.2.60"
 
 
+def test_ip_key_without_proxies_keys_every_request_by_its_own_peer() -> None:
+    # It remembers the last request's key (the window and the rate limit key a request once
+    # between them): any other scope is keyed anew.
+    key = make_key_func(Settings(key="ip"))
+    first, second = scope("198.51.100.7"), scope("198.51.100.8")
+    assert key(first) == key(first) == "ip:198.51.100.7"
+    assert key(second) == "ip:198.51.100.8"
+    assert key(scope(None)) == "ip:unknown"
+    assert key(first) == "ip:198.51.100.7"
+    assert key(scope("198.51.100.9")) == "ip:198.51.100.9"
+
+
 def test_global_key_is_one_bucket_for_everyone() -> None:
     key = make_key_func(Settings(key="global"))
     assert key(scope("198.51.100.7")) == key(scope("192.0.2.1")) == "global"

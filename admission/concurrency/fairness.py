@@ -88,10 +88,13 @@ class Clients:
         `allowed`)?"""
         if held >= self.cap:
             return False
-        if not self.memory:
+        # The second rule's test first, on `away` before `active` forgets the clients that
+        # left long ago: it can only be longer then, so a yes is the rule's yes. While the
+        # window has more free slots than clients away (most of the time), no share is
+        # counted at all.
+        if not self.memory or limit - used > len(self.away):
             return True
-        active = self.active()
-        return held * active < limit or limit - used > len(self.away)
+        return held * self.active() < limit or limit - used > len(self.away)
 
     def take(self, client: str, used: int, limit: int) -> bool:
         """take counts one more slot for `client` if it is `allowed`; False (nothing counted)
@@ -116,9 +119,9 @@ class Clients:
         elif held == 0:
             raise RuntimeError("a client's slot was given back more often than taken")
         elif self.memory:
-            # _remember, inline: this is every request's path.
+            # _remember, inline: this is every request's path. A client holding a slot is
+            # never in `away` (taking one takes it out), so it goes in at the newest end.
             away = self.away
-            away.pop(client, None)
             away[client] = self.taken
             if len(away) > self.keep:
                 del away[next(iter(away))]

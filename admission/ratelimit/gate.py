@@ -22,7 +22,7 @@ from admission.config.settings import Settings
 from admission.errors import PolicyError
 from admission.ratelimit.decorator import route_policies
 from admission.ratelimit.fields import policy_header, ratelimit_header, retry_after_seconds
-from admission.ratelimit.keys import key_function
+from admission.ratelimit.keys import key_function, keyed_by_window
 from admission.ratelimit.limiter import PolicyLimiter
 from admission.ratelimit.messages import MessageLimiter
 from admission.ratelimit.outcome import Outcome, refused
@@ -72,7 +72,13 @@ def rate_gate(settings: Settings, store: Store | None) -> RateGate | None:
         default = default_policy(settings)
         if default is None:
             return None
-        return SingleRate(default, store, trusted=trusted, forwarded_header=forwarded)
+        return SingleRate(
+            default,
+            store,
+            trusted=trusted,
+            forwarded_header=forwarded,
+            remembered=keyed_by_window(settings),
+        )
     return PolicyLimiter(policies, store, trusted=trusted, forwarded_header=forwarded)
 
 
@@ -105,11 +111,13 @@ class SingleRate:
         *,
         trusted: Sequence[Network] = (),
         forwarded_header: str = "x-forwarded-for",
+        remembered: bool = False,
     ) -> None:
         (limit,) = policy.resolve(policy.limits)
         bucket = limit.bucket
         self.name = policy.name
-        self.key = key_function(str(policy.key), trusted, forwarded_header)
+        # `remembered` beside a window keying clients: its key function, the same object.
+        self.key = key_function(str(policy.key), trusted, forwarded_header, remembered=remembered)
         self.field = policy_header(bucket.capacity, bucket.fill_time_s)
         # A refusal's Retry-After when its delay is infinite (a cost over the capacity).
         self._fallback_s = bucket.interval_s
