@@ -392,6 +392,23 @@ def test_a_cheap_burst_among_honest_requests_does_not_shrink_the_window() -> Non
     assert min(sizes) >= 16, sizes
 
 
+def test_slow_uploads_among_honest_requests_do_not_shrink_the_window() -> None:
+    # 10 uploads a second trickled over 1 s each to a fast endpoint: the service answers each
+    # in 0.3 ms once its body is in, so its sample is 0.3 ms (the exchange's service time);
+    # the slot it held for the whole second counts in the mean in flight only.
+    limit = AdaptiveLimit(LimitParams(initial=16, interval_s=0.1), lambda n: None)
+    limit.estimate = known(16.0, probe_at=1000.0)
+    now, sizes = 0.0, []
+    for _ in range(100):
+        for i in range(80):
+            limit.record(BASE_S, now + i * 0.00125, A, admitted_at=now + i * 0.00125 - BASE_S)
+        limit.record(0.0003, now + 0.05, C, admitted_at=now + 0.05 - 1.0)
+        now += 0.1
+        sizes.append(limit.limit)
+    assert min(sizes) >= 16, sizes
+    assert limit.baselines.baseline(C) == pytest.approx(0.0003)
+
+
 def test_slow_requests_of_their_own_route_do_not_shrink_the_window() -> None:
     sim = Simulation(LimitParams(initial=16), capacity=16, hold_s=0.020, slow=(4.0, 1.0, C))
     sim.run(until=20.0)
