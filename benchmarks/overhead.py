@@ -41,6 +41,7 @@ Before timing, each limiter is checked to refuse the third request at "2/minute"
 figures are those of middleware that really limits every request.
 
 Run: python benchmarks/overhead.py [--requests N] [--rounds R] [--loop asyncio|uvloop]
+     [--only VARIANT,...]
 """
 
 from __future__ import annotations
@@ -304,9 +305,12 @@ def variants() -> dict[str, Callable[[], Driver]]:
     return {name: factory(name) for name in built}
 
 
-def drivers() -> list[Driver]:
-    """drivers builds every variant, each with its own middleware instance and store."""
-    return [make() for make in variants().values()]
+def drivers(only: set[str] | None = None) -> list[Driver]:
+    """drivers builds every variant (or those named in `only`, with the baselines their added
+    costs need), each with its own middleware instance and store."""
+    if only is not None:
+        only = only | {base for name, base in ADDED if name in only}
+    return [make() for name, make in variants().items() if only is None or name in only]
 
 
 # (variant, baseline) pairs whose paired difference is reported as the added cost.
@@ -328,11 +332,13 @@ ADDED = [
 ]
 
 
-async def measure(requests: int, rounds: int) -> dict[str, list[float]]:
-    """measure runs every variant `rounds` times, interleaved in a fresh random order each
-    round, and returns the µs per request of each run."""
+async def measure(
+    requests: int, rounds: int, only: set[str] | None = None
+) -> dict[str, list[float]]:
+    """measure runs every variant (or those of `only`) `rounds` times, interleaved in a fresh
+    random order each round, and returns the µs per request of each run."""
     await check_limiters()
-    ds = drivers()
+    ds = drivers(only)
     for d in ds:
         await d.run(max(1000, requests // 5))  # warm up: imports, caches, first-call set-up
     per: dict[str, list[float]] = {d.name: [] for d in ds}
@@ -354,6 +360,8 @@ def added_costs(per: dict[str, list[float]]) -> dict[str, tuple[float, float]]:
     the per-round differences, and best-of-N (fastest variant run minus fastest baseline run)."""
     out = {}
     for name, base in ADDED:
+        if name not in per or base not in per:
+            continue
         diffs = [a - b for a, b in zip(per[name], per[base], strict=True)]
         out[name] = (statistics.median(diffs), min(per[name]) - min(per[base]))
     return out
@@ -371,8 +379,13 @@ def report(per: dict[str, list[float]], loop_name: str, requests: int, rounds: i
     added = added_costs(per)
     print(f"\n{'added cost, µs/request':<40}{'median':>10}{'best-of-N':>11}")
     for name, base in ADDED:
-        median, best = added[name]
-        print(f"{name + ' vs ' + base:<40}{median:>10.2f}{best:>11.2f}")
+        if name in added:
+            median, best = added[name]
+            print(f"{name + ' vs ' + base:<40}{median:>10.2f}{best:>11.2f}")
+    if set(added) != {name for name, _ in ADDED}:
+        # --only: the ratios below need variants that did not run.
+        report_clients(added)
+        return
     for slowapi in ("starlette+slowapi", "starlette+slowapi-asgi"):
         ratio_median = added[slowapi][0] / added["admission"][0]
         ratio_best = added[slowapi][1] / added["admission"][1]
@@ -397,12 +410,7 @@ def report(per: dict[str, list[float]], loop_name: str, requests: int, rounds: i
                 f"1,000 clients: {peer} adds {ratio:.1f}x what {ours} adds ({label}; "
                 f"target >= {target}: {'met' if ratio >= target else 'MISSED'})"
             )
-    for label, pick in (("median", 0), ("best-of-N", 1)):
-        clients = added["admission-1000c"][pick] / added["admission"][pick]
-        print(
-            f"1,000 clients add {clients:.2f}x what one client adds ({label}; target <= 1.10: "
-            f"{'met' if clients <= 1.10 else 'MISSED'})"
-        )
+    report_clients(added)
     policies = added["admission-3x2"][0] / added["admission"][0]
     print(
         f"3 policies of 2 limits add {policies:.2f}x what one limit adds (medians; target <= 2: "
@@ -410,6 +418,18 @@ def report(per: dict[str, list[float]], loop_name: str, requests: int, rounds: i
         f"{added['admission-1000'][0]:.2f} µs to matching one (target <= 1: "
         f"{'met' if added['admission-1000'][0] <= 1 else 'MISSED'})"
     )
+
+
+def report_clients(added: dict[str, tuple[float, float]]) -> None:
+    """report_clients prints what 1,000 clients add against one client, when both ran."""
+    if "admission-1000c" not in added or "admission" not in added:
+        return
+    for label, pick in (("median", 0), ("best-of-N", 1)):
+        clients = added["admission-1000c"][pick] / added["admission"][pick]
+        print(
+            f"1,000 clients add {clients:.2f}x what one client adds ({label}; target <= 1.10: "
+            f"{'met' if clients <= 1.10 else 'MISSED'})"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -423,7 +443,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="event loop (default: uvloop when installed, as uvicorn chooses)",
     )
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated variants to run, interleaved alone (with their baselines)",
+    )
     args = parser.parse_args(argv)
+    only = set(args.only.split(",")) if args.only else None
     loop_name = args.loop or ("uvloop" if importlib.util.find_spec("uvloop") else "asyncio")
     if loop_name == "uvloop":
         import uvloop
@@ -432,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         loop = asyncio.new_event_loop()
     try:
-        per = loop.run_until_complete(measure(args.requests, args.rounds))
+        per = loop.run_until_complete(measure(args.requests, args.rounds, only))
     finally:
         loop.close()
     report(per, loop_name, args.requests, args.rounds)
