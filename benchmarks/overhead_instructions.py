@@ -24,13 +24,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from callgrind import instructions, require_valgrind
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = (
@@ -77,20 +75,7 @@ def run(name: str, requests: int) -> None:
 
 def count(name: str, requests: int) -> int:
     """count runs one variant under callgrind and returns the instructions it executed."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "callgrind.out"
-        argv = [sys.executable, __file__, "--child", name, str(requests)]
-        grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv]
-        # A fixed non-zero seed: the same hashing path in every run, and the keyed hash the
-        # memory store uses in a deployment (0 would switch it to BLAKE2b).
-        env = os.environ | {"PYTHONHASHSEED": "1"}
-        done = subprocess.run(grind, env=env, capture_output=True, text=True)
-        if done.returncode:
-            raise SystemExit(f"{name}: the child failed:\n{done.stderr[-2000:]}")
-        for line in out.read_text().splitlines():
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
-    raise SystemExit(f"{name}: callgrind wrote no total")
+    return instructions(__file__, name, requests)
 
 
 # (variant, baseline) pairs whose difference is the added cost, as in overhead.py.
@@ -118,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         run(args.child[0], int(args.child[1]))
         return 0
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (apt install valgrind)")
+    require_valgrind()
     low, high = (int(n) for n in args.requests.split(","))
     if not 0 < low < high:
         raise SystemExit("--requests needs two counts N1 < N2")

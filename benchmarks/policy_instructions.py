@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
+
+from callgrind import instructions, require_valgrind
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("bare", "norate", "admission", "admission-1000c", "policy", "3x2", "1000")
@@ -69,19 +67,7 @@ def run(name: str, requests: int) -> None:
 
 def count(name: str, requests: int) -> int:
     """count runs one variant under callgrind and returns the instructions it executed."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "callgrind.out"
-        argv = [sys.executable, __file__, "--child", name, str(requests)]
-        grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv]
-        # A fixed seed, for the same hashing path in every run; not 0, which turns hash
-        # randomisation off and makes the memory store digest keys with a keyed BLAKE2b
-        # instead of the keyed hash a deployment uses (admission/stores/memory.py).
-        env = os.environ | {"PYTHONHASHSEED": "1"}
-        subprocess.run(grind, check=True, env=env, capture_output=True)
-        for line in out.read_text().splitlines():
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
-    raise SystemExit(f"{name}: callgrind wrote no total")
+    return instructions(__file__, name, requests)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         run(args.child[0], int(args.child[1]))
         return 0
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (apt install valgrind)")
+    require_valgrind()
     low, high = (int(n) for n in args.requests.split(","))
     per = {}
     for name in VARIANTS:

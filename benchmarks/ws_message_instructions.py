@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import shutil
-import subprocess
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
+
+from callgrind import instructions, require_valgrind
 
 VARIANTS = ("none", "conn", "policy", "policy2")
 RATE = "1000000/second"
@@ -89,17 +86,7 @@ def run(name: str, messages: int) -> None:
 
 def count(name: str, messages: int) -> int:
     """count runs one variant under callgrind and returns the instructions it executed."""
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "callgrind.out"
-        argv = [sys.executable, __file__, "--child", name, str(messages)]
-        grind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *argv]
-        # A fixed seed (not 0: see benchmarks/policy_instructions.py).
-        env = os.environ | {"PYTHONHASHSEED": "1"}
-        subprocess.run(grind, check=True, env=env, capture_output=True)
-        for line in out.read_text().splitlines():
-            if line.startswith(("summary:", "totals:")):
-                return int(line.split()[1])
-    raise SystemExit(f"{name}: callgrind wrote no total")
+    return instructions(__file__, name, messages)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         run(args.child[0], int(args.child[1]))
         return 0
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed (apt install valgrind)")
+    require_valgrind()
     low, high = (int(n) for n in args.messages.split(","))
     per = {name: (count(name, high) - count(name, low)) / (high - low) for name in VARIANTS}
     print(f"{'variant':<10}{'instr/message':>15}{'added':>10}")
