@@ -147,3 +147,22 @@ class CountingApp:
             await self.release.wait()
         await send({"type": "http.response.start", "status": 200, "headers": [(b"x-app", b"yes")]})
         await send({"type": "http.response.body", "body": b"app"})
+
+
+# What `echo_text` received, in order, for tests to check (cleared by each test that reads it).
+ECHOED: list[str] = []
+
+
+async def echo_text(websocket: Any) -> None:
+    """echo_text is a Starlette websocket endpoint that accepts, then sends back each text
+    message it receives (noting it in ECHOED) until the client goes away."""
+    from starlette.websockets import WebSocketDisconnect
+
+    await websocket.accept()
+    try:
+        while True:
+            text = await websocket.receive_text()
+            ECHOED.append(text)
+            await websocket.send_text(text)
+    except WebSocketDisconnect:
+        pass

@@ -24,20 +24,7 @@ from admission.bucket import Bucket
 from admission.config.policies import generation_bucket, load_policies, message_buckets
 from admission.errors import PolicyError, StorageError
 from admission.stores import MemoryStore, RedisStore, Store
-from tests.asgi import ManualClock
-
-RECEIVED: list[str] = []
-
-
-async def echo(websocket: WebSocket) -> None:
-    await websocket.accept()
-    try:
-        while True:
-            text = await websocket.receive_text()
-            RECEIVED.append(text)
-            await websocket.send_text(text)
-    except WebSocketDisconnect:
-        pass
+from tests.asgi import ECHOED, ManualClock, echo_text
 
 
 async def page(request: Any) -> PlainTextResponse:
@@ -56,8 +43,8 @@ def _app(
     inner = Starlette(
         routes=[
             Route("/chat", page),
-            WebSocketRoute("/chat", echo),
-            WebSocketRoute("/other", echo),
+            WebSocketRoute("/chat", echo_text),
+            WebSocketRoute("/other", echo_text),
         ]
     )
     settings.setdefault("policies", list(policies))
@@ -130,7 +117,7 @@ def _on(store_settings: dict[str, Any], *policies: Policy) -> AdmissionMiddlewar
 def test_two_sockets_of_one_client_share_the_policys_budget(
     store_settings: dict[str, Any],
 ) -> None:
-    RECEIVED.clear()
+    ECHOED.clear()
     app = _on(store_settings, chat())
     headers = {"X-Client": "alice"}
     with TestClient(app) as client:
@@ -145,7 +132,7 @@ def test_two_sockets_of_one_client_share_the_policys_budget(
             closed_one = closed_by_next(one)
         assert (closed.code, closed.reason) == (1008, "ws_message_limit")
         assert (closed_one.code, closed_one.reason) == (1008, "ws_message_limit")
-        assert RECEIVED == ["a0", "a1", "b0"]
+        assert ECHOED == ["a0", "a1", "b0"]
         counts = rejected(client.get("/metrics").text)
     assert counts[("ws_message_limit", "chat")] == 2
     assert counts[("ws_message_rate", "")] == 0
@@ -318,9 +305,9 @@ def test_a_failing_store_answers_messages_by_on_storage_error(on_error: str) -> 
 def test_route_limits_declare_message_limits() -> None:
     @limit(message_limits="2/minute", key="header:X-Client", name="room")
     async def room(websocket: WebSocket) -> None:
-        await echo(websocket)
+        await echo_text(websocket)
 
-    app = Starlette(routes=[WebSocketRoute("/room", room), WebSocketRoute("/free", echo)])
+    app = Starlette(routes=[WebSocketRoute("/room", room), WebSocketRoute("/free", echo_text)])
     app.add_middleware(AdmissionMiddleware, handle_signals=False)
     headers = {"X-Client": "alice"}
     with TestClient(app) as client:

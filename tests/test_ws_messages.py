@@ -8,32 +8,20 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.testclient import TestClient
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketDisconnect
 
 from admission import AdmissionMiddleware, Settings
-
-RECEIVED: list[str] = []
-
-
-async def echo(websocket: WebSocket) -> None:
-    await websocket.accept()
-    try:
-        while True:
-            text = await websocket.receive_text()
-            RECEIVED.append(text)
-            await websocket.send_text(text)
-    except WebSocketDisconnect:
-        pass
+from tests.asgi import ECHOED, echo_text
 
 
 def _app(**settings: object) -> Starlette:
-    app = Starlette(routes=[WebSocketRoute("/echo", echo)])
+    app = Starlette(routes=[WebSocketRoute("/echo", echo_text)])
     app.add_middleware(AdmissionMiddleware, settings=Settings(**settings))  # type: ignore[arg-type]
     return app
 
 
 def test_the_message_over_the_rate_closes_the_socket_with_1008() -> None:
-    RECEIVED.clear()
+    ECHOED.clear()
     with TestClient(_app(ws_message_rate="10/minute")) as client:
         with client.websocket_connect("/echo") as socket:
             for i in range(10):
@@ -44,7 +32,7 @@ def test_the_message_over_the_rate_closes_the_socket_with_1008() -> None:
                 socket.receive_text()
         assert closed.value.code == 1008
         assert closed.value.reason == "ws_message_rate"
-        assert [f"m{i}" for i in range(10)] == RECEIVED
+        assert [f"m{i}" for i in range(10)] == ECHOED
         metrics = client.get("/metrics").text
     assert 'admission_rejected_total{policy="",reason="ws_message_rate"} 1.0' in metrics
 
