@@ -40,3 +40,9 @@ def instructions(script: str, name: str, n: int) -> int:
             if line.startswith(("summary:", "totals:")):
                 return int(line.split()[1])
     raise SystemExit(f"{name}: callgrind wrote no total")
+
+
+def per_unit(script: str, name: str, low: int, high: int) -> float:
+    """per_unit is one request's (or message's) instructions in `script`'s variant `name`:
+    the totals of a child run of `high` and of `low`, their difference over `high - low`."""
+    return (instructions(script, name, high) - instructions(script, name, low)) / (high - low)

@@ -20,7 +20,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from callgrind import instructions, require_valgrind
+from callgrind import per_unit, require_valgrind
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("bare", "norate", "admission", "admission-1000c", "policy", "3x2", "1000")
@@ -65,11 +65,6 @@ def run(name: str, requests: int) -> None:
         raise SystemExit(f"{name}: {driver.not_ok} responses were not 200")
 
 
-def count(name: str, requests: int) -> int:
-    """count runs one variant under callgrind and returns the instructions it executed."""
-    return instructions(__file__, name, requests)
-
-
 def main(argv: list[str] | None = None) -> int:
     """main counts each variant's instructions per request and prints the added costs."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -83,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     low, high = (int(n) for n in args.requests.split(","))
     per = {}
     for name in VARIANTS:
-        per[name] = (count(name, high) - count(name, low)) / (high - low)
+        per[name] = per_unit(__file__, name, low, high)
         print(f"  {name:<10}{per[name]:>10,.0f}", flush=True)
     added = {name: per[name] - per["bare"] for name in VARIANTS}
     print(f"\n{'variant':<10}{'instr/request':>15}{'added':>10}")

@@ -19,7 +19,7 @@ import asyncio
 import sys
 from typing import Any
 
-from callgrind import instructions, require_valgrind
+from callgrind import per_unit, require_valgrind
 
 VARIANTS = ("none", "conn", "policy", "policy2")
 RATE = "1000000/second"
@@ -84,11 +84,6 @@ def run(name: str, messages: int) -> None:
         raise SystemExit(f"{name}: {echoed} of {messages} messages echoed")
 
 
-def count(name: str, messages: int) -> int:
-    """count runs one variant under callgrind and returns the instructions it executed."""
-    return instructions(__file__, name, messages)
-
-
 def main(argv: list[str] | None = None) -> int:
     """main counts each variant's instructions per message and prints what limits add."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -100,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     require_valgrind()
     low, high = (int(n) for n in args.messages.split(","))
-    per = {name: (count(name, high) - count(name, low)) / (high - low) for name in VARIANTS}
+    per = {name: per_unit(__file__, name, low, high) for name in VARIANTS}
     print(f"{'variant':<10}{'instr/message':>15}{'added':>10}")
     for name in VARIANTS:
         print(f"{name:<10}{per[name]:>15,.0f}{per[name] - per['none']:>+10,.0f}")
