@@ -31,7 +31,7 @@ def interval(rtt_s: float, load: float, drops: int = 0, elapsed_s: float = STEP_
     is BASE_S."""
     count = max(1, round(load * elapsed_s / rtt_s))
     weighted = min(rtt_s, CAP * BASE_S) * count
-    return Samples(count, rtt_s * count, elapsed_s, drops, weighted, BASE_S * count, rtt_s * count)
+    return Samples(count, elapsed_s, drops, weighted, BASE_S * count, rtt_s * count, rtt_s * count)
 
 
 def known(limit: float, **fields: object) -> Estimate:
@@ -199,7 +199,7 @@ def test_a_deadline_hit_backs_off() -> None:
         interval(BASE_S, load=1000),  # growth
         interval(100 * BASE_S, load=1),  # shrink
         interval(BASE_S, load=5, drops=3),  # back-off
-        Samples(5, 5.0, 0.0, 0),  # an interval of no length
+        Samples(count=5, elapsed_s=0.0, in_flight_s=5.0),  # an interval of no length
     ],
 )
 def test_the_limit_stays_within_its_bounds(samples: Samples) -> None:

@@ -128,36 +128,31 @@ class LimitParams:
 
 @dataclass(frozen=True)
 class Samples:
-    """Samples sums up one interval of `elapsed_s` seconds: `count` service times adding up
-    to `latency_s`, and `drops` (deadline hits). `weighted_s` and `expected_s` are the
-    signal's sums over the samples of classes with a baseline (admission.concurrency.
-    baselines): their capped service times and their baselines; `raw_s` their service times.
-    `in_flight_s` sums the time in the window of every request that ended in the interval,
-    the samples and those admitted at another window (which the samples leave out)."""
+    """Samples sums up one interval of `elapsed_s` seconds: `count` samples, and `drops`
+    (deadline hits). `weighted_s` and `expected_s` are the signal's sums over the samples of
+    classes with a baseline (admission.concurrency.baselines): their capped service times and
+    their baselines; `raw_s` their service times. `in_flight_s` sums the time in the window of
+    every request that ended in the interval, the samples and those admitted at another window
+    (which the samples leave out)."""
 
     count: int = 0
-    latency_s: float = 0.0
     elapsed_s: float = 0.0
     drops: int = 0
     weighted_s: float = 0.0
     expected_s: float = 0.0
-    raw_s: float = -1.0
-    in_flight_s: float = -1.0
+    raw_s: float = 0.0
+    in_flight_s: float = 0.0
 
     @property
     def load(self) -> float:
-        """load is the mean in flight over the interval (Little's law), from every request
-        that ended in it (`in_flight_s`, the sum of their service times; `latency_s` when
-        not given), None-like 0 without elapsed time."""
-        total = self.latency_s if self.in_flight_s < 0 else self.in_flight_s
-        return total / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        """load is the mean in flight over the interval (Little's law); 0 without elapsed
+        time."""
+        return self.in_flight_s / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     @property
     def uncapped(self) -> float:
-        """uncapped is `ratio` without the cap on each sample (`raw_s`, the capped samples'
-        own sum; `weighted_s` when not given): what Little's law needs."""
-        raw = self.weighted_s if self.raw_s < 0 else self.raw_s
-        return raw / self.expected_s if self.expected_s > 0 else self.ratio
+        """uncapped is `ratio` without the cap on each sample: what Little's law needs."""
+        return self.raw_s / self.expected_s if self.expected_s > 0 else self.ratio
 
     @property
     def ratio(self) -> float:
@@ -383,7 +378,6 @@ class AdaptiveLimit:
         assert self._began is not None
         samples = Samples(
             self._count,
-            self._latency_s,
             now - self._began,
             self._drops,
             self._weighted_s,
@@ -396,10 +390,9 @@ class AdaptiveLimit:
         self._began = now
         before = self.limit
         was_probing = self.estimate.probing
-        # (`before` is the window's integer size; the slow start's limits are whole.)
         self.estimate = est = next_estimate(self.estimate, samples, now, self.params)
         self.baselines.end_interval(rebase=est.rebase)
-        if (est.probing and not was_probing) or (est.slow_start and est.limit != before):
+        if (est.probing and not was_probing) or (est.slow_start and self.limit != before):
             # What the next interval judges is the new window: requests admitted at the old
             # one (the larger window's before a re-measurement; the smaller one's in the slow
             # start, which would double it again unqueued) are not its samples.

@@ -86,16 +86,15 @@ class Concurrency:
             self.slots = Window(NO_CAP, client_cap=cap, fair=False)
         self.client = make_key_func(s) if self.slots is not None and s.key != "global" else None
         ws_size = s.websocket_window or (s.window_bounds[1] if s.window == "auto" else s.window)
+        # Whether websockets name their client to `websocket`, for ADMISSION_CLIENT_WINDOW's
+        # websocket form: a client's open sockets capped at the same number, counted apart
+        # from its requests (no shares: a socket lasts minutes; this is nginx's limit_conn).
+        self.websocket_clients = cap is not None and self.client is not None
         self.websocket: Window | None = None
-        if cap is not None and self.client is not None:
-            # ADMISSION_CLIENT_WINDOW's websocket form: a client's open sockets are capped at
-            # the same number, counted apart from its requests (no shares: a socket lasts
-            # minutes, and the cap is what nginx's limit_conn gives).
+        if self.websocket_clients:
             self.websocket = Window(ws_size or NO_CAP, max_waiters=0, client_cap=cap, fair=False)
         elif ws_size:
             self.websocket = Window(ws_size, max_waiters=0)
-        # Whether websockets name their client to `websocket` (for the cap).
-        self.websocket_clients = cap is not None and self.client is not None
         self.queue_timeout_s = s.queue_timeout
         self._full = reasons.WINDOW.with_status(s.window_status)
         self._shed = reasons.SHED.with_status(s.window_status)
