@@ -38,9 +38,10 @@ import random
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from dataclasses import dataclass, field
 
+from admission.bench.attacks import every, get_head, random_path, send_once, upload_head
 from admission.bench.loadgen import ResponseError, read_response, run_coroutine
 from admission.bench.process import PORT, NotReady, served, without_settings
 
@@ -57,14 +58,12 @@ CHECKS = {"cheap": 0.90, "slow": 0.85, "uploads": 0.85}
 COLD_SHARE = 0.70
 
 
-def request(path: str, client: str, method: str = "GET", length: int | None = None) -> bytes:
-    head = (
-        f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nX-Forwarded-For: {client}\r\n"
-        "User-Agent: admission-attacks\r\n"
-    )
-    if length is not None:
-        head += f"Content-Length: {length}\r\nContent-Type: application/octet-stream\r\n"
-    return (head + "\r\n").encode("latin-1")
+def request(path: str, client: str) -> bytes:
+    """request is an honest client's keep-alive GET of `path`, from `client`'s address."""
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\nX-Forwarded-For: {client}\r\n"
+        "User-Agent: admission-attacks\r\n\r\n"
+    ).encode("latin-1")
 
 
 @dataclass
@@ -97,28 +96,6 @@ def serve(window: int | str) -> Iterator[int]:
             yield server.port
     except NotReady as exc:
         raise SystemExit(f"admission serve did not start:\n{exc.log[-2000:]}") from exc
-
-
-async def exchange(port: int, data: bytes, trickle: tuple[int, int, float] | None = None) -> int:
-    """exchange sends one request on a new connection (its body in `trickle` = (chunks,
-    bytes each, gap s)) and returns the status, 0 on a connection error."""
-    try:
-        reader, writer = await asyncio.open_connection(HOST, port)
-    except OSError:
-        return 0
-    try:
-        writer.write(data)
-        if trickle is not None:
-            chunks, size, gap = trickle
-            for _ in range(chunks):
-                await asyncio.sleep(gap)
-                writer.write(b"x" * size)
-        status, _, _ = await read_response(reader)
-        return status
-    except (OSError, asyncio.IncompleteReadError, ResponseError):
-        return 0
-    finally:
-        writer.close()
 
 
 async def honest_client(
@@ -156,22 +133,12 @@ async def honest_client(
             writer.close()
 
 
-async def every(gap_s: float, end: float, start: Callable[[], Awaitable[None]]) -> None:
-    """every starts `start()` every `gap_s` until `end`, without waiting for each."""
-    tasks: set[asyncio.Task[None]] = set()
-    next_at = time.perf_counter()
-    while next_at < end:
-        await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
-        task = asyncio.create_task(start())
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
-        next_at += gap_s
-    if tasks:
-        await asyncio.wait(tasks, timeout=5)
-
-
 def attacker(name: str, port: int, run: Run, end: float) -> Awaitable[None] | None:
-    me = "10.66.0.1"
+    """attacker is the hostile client of scenario `name` until `end` (perf_counter time), from
+    its own address; the attacks of `admission bench --attacks`, and a slow route's."""
+    me = "X-Forwarded-For: 10.66.0.1\r\n"
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(max(0.0, end - time.perf_counter()), stop.set)
 
     async def note(status: Awaitable[int]) -> None:
         run.attack.append(await status)
@@ -179,15 +146,16 @@ def attacker(name: str, port: int, run: Run, end: float) -> Awaitable[None] | No
     if name.startswith("cheap"):
 
         async def burst() -> None:
-            paths = [f"/no-such-page-{random.getrandbits(64):x}" for _ in range(100)]
-            await asyncio.gather(*(note(exchange(port, request(p, me))) for p in paths))
+            heads = [get_head(random_path(), me) for _ in range(100)]
+            await asyncio.gather(*(note(send_once(port, head)) for head in heads))
 
-        return every(3.0, end, burst)
+        return every(3.0, stop, burst)
     if name == "slow":
-        return every(0.25, end, lambda: note(exchange(port, request("/slow?ms=1000", me))))
+        slow = get_head("/slow?ms=1000", me)
+        return every(0.25, stop, lambda: note(send_once(port, slow)))
     if name == "uploads":
-        data = request("/echo", me, "POST", 1000)
-        return every(0.1, end, lambda: note(exchange(port, data, (10, 100, 0.1))))
+        upload = upload_head("/echo", me)
+        return every(0.1, stop, lambda: note(send_once(port, upload, trickle=True)))
     return None
 
 

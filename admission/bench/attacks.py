@@ -81,14 +81,14 @@ class _Tally:
         self.refused = 0
 
 
-async def _exchange(port: int, head: bytes, tally: _Tally, trickle: bool = False) -> None:
-    """_exchange sends one request on a connection of its own and reads the answer; with
-    `trickle`, the body follows in chunks at a slow client's pace, until the answer comes."""
-    tally.sent += 1
+async def send_once(port: int, head: bytes, trickle: bool = False) -> int:
+    """send_once sends one request on a connection of its own and returns the answer's status
+    (0 when the connection failed); with `trickle`, the body follows in UPLOAD_CHUNKS chunks
+    UPLOAD_GAP_S apart, a slow client's pace, until the answer comes."""
     try:
         reader, writer = await asyncio.open_connection(LOOPBACK, port)
     except OSError:
-        return
+        return 0
     answer = asyncio.ensure_future(read_response(reader))
     try:
         writer.write(head)
@@ -99,28 +99,36 @@ async def _exchange(port: int, head: bytes, tally: _Tally, trickle: bool = False
                     break  # answered (refused) before the body: nothing more to send
                 writer.write(b"x" * UPLOAD_CHUNK)
         status, _, _ = await answer
-        tally.refused += status in REFUSED
+        return status
     except (OSError, asyncio.IncompleteReadError, ResponseError):
-        pass
+        return 0
     finally:
         answer.cancel()
         writer.close()
 
 
-def _get(path: str) -> bytes:
-    return f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}\r\nConnection: close\r\n\r\n".encode()
+async def _counted(port: int, head: bytes, tally: _Tally, trickle: bool = False) -> None:
+    tally.sent += 1
+    tally.refused += await send_once(port, head, trickle) in REFUSED
 
 
-def _upload(path: str) -> bytes:
+def get_head(path: str, headers: str = "") -> bytes:
+    """get_head is the head of a GET of `path`, with `headers` ("Name: value\r\n" lines)."""
+    return f"GET {path} HTTP/1.1\r\nHost: {LOOPBACK}\r\n{headers}Connection: close\r\n\r\n".encode()
+
+
+def upload_head(path: str, headers: str = "") -> bytes:
+    """upload_head is the head of a POST of UPLOAD_CHUNKS x UPLOAD_CHUNK bytes to `path`."""
     return (
-        f"POST {path} HTTP/1.1\r\nHost: {LOOPBACK}\r\nConnection: close\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {LOOPBACK}\r\n{headers}Connection: close\r\n"
         f"Content-Length: {UPLOAD_CHUNKS * UPLOAD_CHUNK}\r\n"
         "Content-Type: application/octet-stream\r\n\r\n"
     ).encode()
 
 
-async def _every(gap_s: float, stop: asyncio.Event, start: Callable[[], Awaitable[None]]) -> None:
-    """_every starts `start()` every `gap_s` seconds, without waiting for it, until `stop`."""
+async def every(gap_s: float, stop: asyncio.Event, start: Callable[[], Awaitable[None]]) -> None:
+    """every starts `start()` every `gap_s` seconds, without waiting for it, until `stop`;
+    then gives what it started 5 s to finish."""
     tasks: set[asyncio.Task[None]] = set()
     while not stop.is_set():
         task = asyncio.ensure_future(start())
@@ -132,6 +140,11 @@ async def _every(gap_s: float, stop: asyncio.Event, start: Callable[[], Awaitabl
         await asyncio.wait(tasks, timeout=5.0)
 
 
+def random_path() -> str:
+    """random_path is a path no application serves, new each time."""
+    return f"/no-such-path-{random.getrandbits(64):016x}"
+
+
 def attack_coroutine(
     attack: str, port: int, path: str, tally: _Tally, stop: asyncio.Event
 ) -> Awaitable[None]:
@@ -139,13 +152,13 @@ def attack_coroutine(
     if attack == "cheap":
 
         async def burst() -> None:
-            heads = [_get(f"/no-such-path-{random.getrandbits(64):016x}") for _ in range(BURST)]
-            await asyncio.gather(*(_exchange(port, head, tally) for head in heads))
+            heads = [get_head(random_path()) for _ in range(BURST)]
+            await asyncio.gather(*(_counted(port, head, tally) for head in heads))
 
-        return _every(BURST_EVERY_S, stop, burst)
+        return every(BURST_EVERY_S, stop, burst)
     if attack == "uploads":
-        head = _upload(path.split("?", 1)[0])
-        return _every(UPLOADS_EVERY_S, stop, lambda: _exchange(port, head, tally, trickle=True))
+        head = upload_head(path.split("?", 1)[0])
+        return every(UPLOADS_EVERY_S, stop, lambda: _counted(port, head, tally, trickle=True))
     raise ValueError(f"unknown attack {attack!r}")
 
 
