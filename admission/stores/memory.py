@@ -240,6 +240,14 @@ class MemoryStore:
             self._check(now)
         # The general path: refusals, shadow policies, cost callables (`take_all_at` decides
         # the rest in one pass, inline).
+        keys, found, tats = self._held(charges)
+        verdict, new_tats = decide_charges(charges, tats, now)
+        self._keep(keys, found, new_tats, now)
+        return verdict
+
+    def _held(self, charges: Sequence[Charge]) -> tuple[list[int], list[int], list[float | None]]:
+        """_held is, for each charge's bucket, its digest, its entry (0 when not held) and its
+        TAT (None when not held)."""
         held = self._tats
         keys: list[int] = []
         found: list[int] = []
@@ -259,9 +267,7 @@ class MemoryStore:
             keys.append(digest)
             found.append(entry)
             tats.append(held[entry] if entry else None)
-        verdict, new_tats = decide_charges(charges, tats, now)
-        self._keep(keys, found, new_tats, now)
-        return verdict
+        return keys, found, tats
 
     def charge_at(self, charges: Sequence[Charge], now: float) -> None:
         """charge_at takes each charge's cost from its bucket at `now`, in full, whether or not
@@ -270,16 +276,7 @@ class MemoryStore:
         bucket is moved to the most recent end, as a decision's are."""
         if now >= self._check_at:
             self._check(now)
-        held = self._tats
-        keys: list[int] = []
-        found: list[int] = []
-        tats: list[float | None] = []
-        for charge in charges:
-            digest = digest_of(charge.client) ^ _name_digest(charge.name)
-            entry = self._find(digest)
-            keys.append(digest)
-            found.append(entry)
-            tats.append(held[entry] if entry else None)
+        keys, found, tats = self._held(charges)
         new_tats = charge_after(charges, tats, now)
         self._keep(keys, found, new_tats, now)
         self._charged_until = max([self._charged_until, *new_tats])
