@@ -7,9 +7,19 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from admission import AdmissionMiddleware, Settings
-from admission.ratelimit.keys import MAX_KEY_BYTES, client_address, make_key_func
+from admission.ratelimit.keys import (
+    _CACHE_SIZE,
+    MAX_KEY_BYTES,
+    _resolving,
+    bounded,
+    client_address,
+    key_function,
+    make_key_func,
+)
 
 TRUSTED = (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8"))
 
@@ -281,3 +291,65 @@ async def test_huge_key_header_is_limited_like_any_other() -> None:
     assert await statuses(app, "192.0.2.1", 2, huge) == [200, 429]
     assert app.store is not None
     assert len(app.store) == 1  # type: ignore[arg-type]
+
+
+# --- the ip key behind trusted proxies, remembered ------------------------------------------
+
+PEERS = [None, "", "10.0.0.2", "10.0.0.9", "fd00::1", "203.0.113.9", "[fd00::2]", "junk"]
+HOPS = ["192.0.2.60", "10.0.0.5", "unknown", "_hidden", "[2001:db8::1]:80", "", " ", '"x']
+HOPS.append("1.1.1.1")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    requests=st.lists(
+        st.tuples(
+            st.sampled_from(PEERS),
+            st.lists(
+                st.tuples(
+                    st.sampled_from(["x-forwarded-for", "forwarded", "x-real-ip"]),
+                    st.lists(st.sampled_from(HOPS), max_size=4),
+                ),
+                max_size=3,
+            ),
+        ),
+        min_size=1,
+        max_size=30,
+    ),
+    header=st.sampled_from(["x-forwarded-for", "forwarded"]),
+    long_value=st.booleans(),
+)
+def test_the_remembered_key_behind_proxies_is_the_one_the_walk_computes(
+    requests: list[tuple[str | None, list[tuple[str, list[str]]]]], header: str, long_value: bool
+) -> None:
+    """The `ip` key behind trusted proxies remembers each (peer, forwarded value) it walked:
+    every request, the first of its kind or one seen before (in any order, repeated headers,
+    values long enough not to be remembered), gets the key `client_address` computes."""
+    key = key_function("ip", TRUSTED, header)
+    sent = []
+    for peer, headers in requests:
+        fields = [
+            (name, ", ".join(f"for={h}" if name == "forwarded" else h for h in hops))
+            for name, hops in headers
+        ]
+        if long_value:
+            fields.append((header, "1.1.1.1," * 40))
+        sent.append(scope(peer, fields))
+    for request in sent + sent[::-1]:
+        expected = "ip:" + bounded(client_address(request, TRUSTED, header))
+        assert key(request.copy()) == expected
+
+
+def test_remembered_keys_behind_proxies_are_bounded_whatever_the_clients_send() -> None:
+    """A client rotating its X-Forwarded-For can't grow what the key remembers: it is
+    forgotten all at once when full, and a value too long is never remembered."""
+    key = _resolving(TRUSTED, "x-forwarded-for")
+    assert key.__closure__ is not None
+    cells = (c.cell_contents for c in key.__closure__)
+    known = dict(zip(key.__code__.co_freevars, cells, strict=True))["known"]
+    for i in range(3 * _CACHE_SIZE):
+        key(scope("10.0.0.2", [("X-Forwarded-For", f"198.51.{i >> 8 & 255}.{i & 255}")]))
+        assert len(known) <= _CACHE_SIZE
+    known.clear()
+    key(scope("10.0.0.2", [("X-Forwarded-For", "192.0.2.60," * 30)]))
+    assert not known

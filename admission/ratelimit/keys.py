@@ -83,9 +83,7 @@ def _shared_key_function(
     if spec == "global":
         return lambda scope: "global"
 
-    def address(scope: Scope) -> str:
-        return "ip:" + bounded(client_address(scope, networks, forwarded_header))
-
+    address = _resolving(networks, forwarded_header)
     if spec == "ip":
         if not networks:
             # No proxy is trusted: the peer is the client, with nothing to parse.
@@ -102,6 +100,40 @@ def _shared_key_function(
         return address(scope)
 
     return _remembering(by_header)
+
+
+# A forwarded header longer than this is walked every time: clients writing long junk into
+# it can't make `_resolving`'s memory big.
+_REMEMBERED_VALUE_MAX = 256
+
+
+def _resolving(networks: tuple[Network, ...], forwarded_header: str) -> KeyFunc:
+    """_resolving is the `ip` key of `client_address` (behind the trusted proxies in
+    `networks`), remembered by the peer and the forwarded header's value: behind a proxy the
+    same few clients' requests come with the same few values, and walking one costs about
+    24,000 instructions (benchmarks/overhead_instructions.py, admission-all, before and after
+    in docs/performance.md), a lookup a few hundred. The peer and the header are all
+    `client_address` reads, so a remembered key is the one it would compute. At most
+    `_CACHE_SIZE` are remembered (forgotten all at once when full), each of a value of at most
+    `_REMEMBERED_VALUE_MAX` bytes."""
+    name = _HEADER_NAMES[forwarded_header]
+    known: dict[tuple[str | None, bytes | None], str] = {}
+
+    def key(scope: Scope) -> str:
+        client = scope.get("client")
+        values = [value for header, value in scope.get("headers", ()) if header == name]
+        value = b",".join(values) if values else None
+        memo = (str(client[0]) if client else None, value)
+        found = known.get(memo)
+        if found is None:
+            found = "ip:" + bounded(client_address(scope, networks, forwarded_header))
+            if value is None or len(value) <= _REMEMBERED_VALUE_MAX:
+                if len(known) >= _CACHE_SIZE:
+                    known.clear()
+                known[memo] = found
+        return found
+
+    return key
 
 
 def _remembering(compute: KeyFunc) -> KeyFunc:
