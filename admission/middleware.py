@@ -208,6 +208,7 @@ class AdmissionMiddleware:
                 return await self._refuse(scope, receive, send, reason)
         try:
             extra: Sequence[tuple[bytes, bytes]] = ()
+            after = None
             gate = self.gate
             if gate is not None:
                 # A memory store decides synchronously: no coroutine per request.
@@ -216,12 +217,14 @@ class AdmissionMiddleware:
                     return await self._refuse(scope, receive, send, outcome.refusal)
                 if self._fields_on_admitted:
                     extra = outcome.headers
-                if outcome.after is not None:
-                    # A policy's charge_when: charged by the response's status, as it starts.
-                    send = outcome.after(send)
+                after = outcome.after
             if not drain.accepting:
-                # It waited for a slot or for Redis while the drain began: it must not start.
+                # It waited for a slot or for Redis while the drain began: it must not start,
+                # and its refusal is no outcome of the application's to charge.
                 return await self._refuse(scope, receive, send, reasons.DRAINING)
+            if after is not None:
+                # A policy's charge_when: charged by the response's status, as it starts.
+                send = after(send)
             exchange = self._exchange(self.shared, scope, receive, send, extra)
             await exchange.run(self.app)
             if self.adaptive is not None and not websocket:

@@ -25,6 +25,7 @@ from admission.bucket import Bucket
 from admission.charges import Charge, charge_after, decide_charges
 from admission.config.policies import generation_bucket, load_policies, status_set
 from admission.errors import PolicyError, StorageError
+from admission.lifecycle.drain import Phase
 from admission.ratelimit.gate import resolved_policies
 from admission.stores.guard import GuardedStore
 from admission.stores.memory import MemoryStore
@@ -420,3 +421,36 @@ async def test_charges_after_responses_over_several_cluster_slots(redis_cluster_
         assert len({store.client.get_node_from_key(k).port for k in keys}) > 1
     finally:
         await store.close()
+
+
+async def test_a_request_refused_for_the_drain_after_its_check_is_not_charged() -> None:
+    """A request whose store check was still under way when the drain began is refused 503
+    `draining` before the application sees it: that refusal is the drain's, not an outcome of
+    the application's, so a policy charging 5xx takes nothing for it."""
+    policy = Policy(name="errors", match="/x", limits="1/minute", charge_when=["5xx"])
+    settings = Settings(policies=(policy,))
+    # A store whose check is awaited (Redis's way), so the drain can begin during it.
+    store = RedisStore(fakeredis.aioredis.FakeRedis(), Bucket(60.0, 1), timeout_s=5.0)
+    app = Starlette(routes=[Route("/x", lambda request: PlainTextResponse("ok"))])
+    middleware = AdmissionMiddleware(app, settings=settings, store=store, handle_signals=False)
+    charged: list[Any] = []
+    gate = middleware.gate
+    assert gate is not None and not gate.synchronous
+    decide = gate.decide
+
+    async def decide_then_drain(scope: Any) -> Any:
+        outcome = await decide(scope)
+        middleware.drain_state.phase = Phase.DRAINING
+        return outcome
+
+    async def recorded(charges: Any) -> None:
+        charged.append(charges)
+
+    gate.decide = decide_then_drain  # type: ignore[method-assign]
+    store.charge = recorded  # type: ignore[method-assign]
+    transport = httpx.ASGITransport(app=middleware, client=("192.0.2.7", 1))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        response = await client.get("/x")
+    assert response.status_code == 503
+    assert response.json()["reason"] == "draining"
+    assert charged == []
