@@ -11,7 +11,6 @@ import sys
 import tracemalloc
 from collections import OrderedDict
 from collections.abc import Callable
-from unittest import mock
 
 import httpx
 import pytest
@@ -20,7 +19,6 @@ from hypothesis import strategies as st
 
 from admission.bucket import Bucket
 from admission.charges import Charge
-from admission.stores import memory
 from admission.stores.memory import (
     BYTES_PER_KEY,
     MemoryStore,
@@ -217,67 +215,6 @@ def test_evicting_and_forgetting_keep_every_held_key_findable(
         assert got == expected
         assert all(k in store for k in reference)
         assert len(store) <= max_keys
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    max_keys=st.integers(min_value=1, max_value=60),
-    events=st.lists(
-        st.tuples(st.integers(min_value=0, max_value=120), st.sampled_from([0.0, 0.0, 0.7])),
-        min_size=1,
-        max_size=400,
-    ),
-)
-def test_an_index_that_grows_keeps_every_held_key_findable(
-    max_keys: int, events: list[tuple[int, float]]
-) -> None:
-    """The index starts small and doubles as keys arrive (placing every held key again):
-    from an index of 8 slots, through every doubling, eviction and reset, the store decides
-    like a reference LRU of TATs at the same cap, and holds its index at most a quarter full
-    until it has the size the cap needs."""
-    bucket = Bucket(interval_s=1.0, capacity=2)
-    clock = ManualClock(0.0)
-    with mock.patch.object(memory, "_FIRST_SLOTS", 8):
-        store = MemoryStore(bucket, max_keys=max_keys, clock=clock)
-    full_slots = store._full_mask + 1
-    reference: OrderedDict[str, float] = OrderedDict()
-    for who, dt in events:
-        clock.now += dt
-        key = f"k{who}"
-        tat, expected = bucket.decide(reference.pop(key, None), clock.now)
-        got = store.decide_at(key, clock.now)
-        if tat is not None and tat > clock.now:
-            reference[key] = tat
-        for k in [k for k, t in reference.items() if t <= clock.now]:
-            if k not in store:
-                del reference[k]
-        while len(reference) > max_keys:
-            reference.popitem(last=False)
-        assert got == expected
-        assert all(k in store for k in reference)
-        slots = store._mask + 1
-        assert slots == full_slots or 4 * len(store) <= slots
-        assert slots <= max(8, 8 * len(store), full_slots if len(store) == max_keys else 0)
-
-
-def test_the_index_is_sized_for_the_keys_held_and_starts_again_small() -> None:
-    """A store of a million keys' cap holding a thousand uses an index for a thousand (16 KiB,
-    not 8 MiB: its clients' slots lie close together); full, it has the size the cap needs,
-    within BYTES_PER_KEY; forgetting everything gives the memory back."""
-    clock = ManualClock(0.0)
-    store = MemoryStore(ONE_A_MINUTE, max_keys=1_000_000, clock=clock)
-    for i in range(1000):
-        store.decide_at(f"k{i}", 0.0)
-    assert store._index.nbytes == 16 * 1024
-    assert all(f"k{i}" in store for i in range(1000))
-    assert not store.decide_at("k0", 0.0).allowed
-    small = MemoryStore(ONE_A_MINUTE, max_keys=3000, clock=clock)
-    for i in range(3000):
-        small.decide_at(f"k{i}", 0.0)
-    assert small._mask == small._full_mask
-    assert sum(array.nbytes for array in small._arrays) <= BYTES_PER_KEY * 3000 + 64
-    small.clear()
-    assert small._index.nbytes == 4 * memory._FIRST_SLOTS and len(small) == 0
 
 
 @pytest.mark.process

@@ -30,11 +30,6 @@ log = logging.getLogger("admission.store")
 _SECRET = os.urandom(16)
 _HASH_IS_KEYED = bool(sys.flags.hash_randomization)
 
-# The index's slots when a store holds no key: it doubles whenever more than a quarter are
-# used (few probes per lookup), up to the size `max_keys` needs, at most half full (see
-# `MemoryStore._grow`).
-_FIRST_SLOTS = 1024
-
 # What one key costs at most, in bytes: its digest (8), TAT (8), two LRU links (4 + 4), and
 # two to four index slots of 4 bytes (the index has a power of two of slots, at least twice
 # max_keys). benchmarks/memory_store.py measures it; docs/configuration.md states it.
@@ -157,15 +152,13 @@ class MemoryStore:
         slots = 8
         while slots < 2 * max_keys:
             slots *= 2
-        # The index's size once the store is full; it starts smaller (see `_grow`).
-        self._full_mask = slots - 1
+        self._mask = slots - 1
         self._check_at = clock() + bucket.fill_time_s
         self._reset()
 
     def _reset(self) -> None:
         """_reset forgets every key: fresh arrays, the old ones' memory given back."""
         n = self.max_keys + 1
-        self._mask = min(self._full_mask, _FIRST_SLOTS - 1)
         self._index = _zeros(4 * (self._mask + 1)).cast("i")  # slot -> entry; 0: free
         self._digests = _zeros(8 * n).cast("q")
         self._tats = _zeros(8 * n).cast("d")
@@ -490,9 +483,6 @@ class MemoryStore:
         else:
             # Entries 1..count are the ones in use: a removal above is refilled at once.
             entry = self._count + 1
-            if 4 * entry > self._mask + 1 and self._mask < self._full_mask:
-                self._grow()
-                index = self._index
         self._count += 1
         mask = self._mask
         i = digest & mask
@@ -506,25 +496,6 @@ class MemoryStore:
         newer[entry] = 0
         newer[last] = entry
         older[0] = entry
-
-    def _grow(self) -> None:
-        """_grow doubles the index and places every held key in it again: the index is kept
-        at most half full of the keys held, not sized for `max_keys` from the start, so the
-        slots a store's clients use lie close together. Spread over an index sized for a
-        million keys (8 MiB), a thousand clients touched a thousand pages, one per request;
-        in one sized for them they share a few (benchmarks/overhead.py, admission-1000c
-        against admission). Each key is placed again once per doubling: amortized, one more
-        placement per key held."""
-        mask = 2 * self._mask + 1
-        index = _zeros(4 * (mask + 1)).cast("i")
-        digests = self._digests
-        for entry in range(1, self._count + 1):
-            i = digests[entry] & mask
-            while index[i]:
-                i = (i + 1) & mask
-            index[i] = entry
-        self._index, self._mask = index, mask
-        self._arrays = (index, *self._arrays[1:])
 
     def _remove(self, entry: int) -> int:
         """_remove forgets the key of `entry` (unlinked, out of the index) and returns the
