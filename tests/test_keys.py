@@ -353,3 +353,45 @@ def test_remembered_keys_behind_proxies_are_bounded_whatever_the_clients_send() 
     known.clear()
     key(scope("10.0.0.2", [("X-Forwarded-For", "192.0.2.60," * 30)]))
     assert not known
+
+
+def _tables(key: Any) -> dict[str, Any]:
+    cells = (c.cell_contents for c in key.__closure__)
+    return dict(zip(key.__code__.co_freevars, cells, strict=True))
+
+
+def test_a_peer_that_is_no_trusted_proxy_is_keyed_without_reading_its_headers() -> None:
+    """An untrusted peer is its own key whatever it sends: its headers are never read, even
+    malformed, and rotating its X-Forwarded-For remembers nothing of them."""
+    key = _resolving(TRUSTED, "x-forwarded-for")
+    known = _tables(key)["known"]
+    known.clear()
+    malformed = [[(b"x-forwarded-for", "1.2.3.4")], [(b"x-forwarded-for", b"1.2.3.4", b"x")]]
+    for headers in malformed:
+        request = {"type": "http", "client": ("203.0.113.9", 1), "headers": headers}
+        assert key(request) == "ip:" + client_address(request, TRUSTED) == "ip:203.0.113.9"
+    for i in range(2 * _CACHE_SIZE):
+        key(scope("198.51.100.7", [("X-Forwarded-For", f"192.0.2.{i & 255}, {i}")]))
+    assert not known
+
+
+def test_every_key_of_the_same_proxies_and_header_shares_one_memory() -> None:
+    """The window's key (remembered), the rate limit's and a `header:` key's fallback walk a
+    forwarded header once between them."""
+    shared = _resolving(TRUSTED, "x-forwarded-for")
+    assert shared is _resolving(TRUSTED, "x-forwarded-for")
+    known = _tables(shared)["known"]
+    known.clear()
+    request = scope("10.0.0.2", [("X-Forwarded-For", "192.0.2.61")])
+    keys = [
+        key_function("ip", TRUSTED, remembered=True),
+        key_function("ip", TRUSTED),
+        key_function("header:X-Key", TRUSTED),
+    ]
+    assert {k(dict(request)) for k in keys} == {"ip:192.0.2.61"}
+    assert len(known) == 1
+
+
+def test_a_key_without_trusted_proxies_builds_whatever_the_header_name() -> None:
+    key = key_function("header:X-Key", (), "X-Forwarded-For")
+    assert key(scope("198.51.100.7", [("X-Forwarded-For", "1.1.1.1")])) == "ip:198.51.100.7"

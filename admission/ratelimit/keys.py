@@ -107,33 +107,62 @@ def _shared_key_function(
 _REMEMBERED_VALUE_MAX = 256
 
 
+@functools.lru_cache(maxsize=64)
 def _resolving(networks: tuple[Network, ...], forwarded_header: str) -> KeyFunc:
     """_resolving is the `ip` key of `client_address` (behind the trusted proxies in
-    `networks`), remembered by the peer and the forwarded header's value: behind a proxy the
-    same few clients' requests come with the same few values, and walking one costs about
-    24,000 instructions (benchmarks/overhead_instructions.py, admission-all, before and after
-    in docs/performance.md), a lookup a few hundred. The peer and the header are all
-    `client_address` reads, so a remembered key is the one it would compute. At most
-    `_CACHE_SIZE` are remembered (forgotten all at once when full), each of a value of at most
-    `_REMEMBERED_VALUE_MAX` bytes."""
-    name = _HEADER_NAMES[forwarded_header]
-    known: dict[tuple[str | None, bytes | None], str] = {}
+    `networks`), remembered: behind a proxy the same few clients' requests come with the same
+    few forwarded values, and walking one costs about 24,000 instructions (benchmarks/
+    overhead_instructions.py, admission-all, before and after in docs/performance.md), a
+    lookup a few hundred.
+
+    First by peer: a peer that is no trusted proxy is its own key, whatever headers it sends,
+    so its headers are never read (nor remembered: a client can't push anyone's key out by
+    rotating its own). Then, for a trusted peer, by the peer and the forwarded header's value,
+    all that `client_address` reads, so a remembered key is the one it would compute. Each
+    table holds at most `_CACHE_SIZE` (forgotten all at once when full), and a value over
+    `_REMEMBERED_VALUE_MAX` bytes is never remembered. One per trusted networks and header:
+    the window's key, the rate limit's and a `header:` key's fallback share it."""
+    name = _HEADER_NAMES.get(forwarded_header)
+    # peer -> its key when it is no trusted proxy; None when it is one (its headers count).
+    peers: dict[str | None, str | None] = {}
+    known: dict[tuple[str, bytes | None], str] = {}
 
     def key(scope: Scope) -> str:
         client = scope.get("client")
+        peer = str(client[0]) if client else None
+        own = peers.get(peer, _UNSEEN)
+        if own is _UNSEEN:
+            own = (
+                None
+                if from_trusted_peer(scope, networks)
+                else "ip:" + bounded(client_address(scope, networks, forwarded_header))
+            )
+            _remember(peers, peer, own)
+        if own is not None:
+            return own
+        assert peer is not None  # a trusted peer has an address
         values = [value for header, value in scope.get("headers", ()) if header == name]
         value = b",".join(values) if values else None
-        memo = (str(client[0]) if client else None, value)
+        memo = (peer, value)
         found = known.get(memo)
         if found is None:
             found = "ip:" + bounded(client_address(scope, networks, forwarded_header))
             if value is None or len(value) <= _REMEMBERED_VALUE_MAX:
-                if len(known) >= _CACHE_SIZE:
-                    known.clear()
-                known[memo] = found
+                _remember(known, memo, found)
         return found
 
     return key
+
+
+_UNSEEN = "\0unseen"
+
+
+def _remember(table: dict[Any, Any], key: Any, value: Any) -> None:
+    """_remember puts `key` in `table`, first forgetting everything if it holds
+    `_CACHE_SIZE`."""
+    if len(table) >= _CACHE_SIZE:
+        table.clear()
+    table[key] = value
 
 
 def _remembering(compute: KeyFunc) -> KeyFunc:
