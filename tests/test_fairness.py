@@ -11,7 +11,6 @@ import asyncio
 
 import pytest
 
-from admission.concurrency.fairness import Clients
 from admission.concurrency.window import CRITICAL, DEFAULT, Window
 
 LONG_S = 60.0
@@ -129,25 +128,26 @@ def test_a_client_turned_away_holding_nothing_takes_part_in_the_shares() -> None
 
 
 def test_clients_that_left_are_forgotten_after_two_windows_of_slots() -> None:
-    clients = Clients(size=4)
+    window = Window(4)
+    clients = window.clients
     clients.turned_away("gone")
     assert clients.active() == 1
     for _ in range(8):
-        assert clients.take("other", 0, 4)
-        clients.give("other")
+        assert window.try_take(DEFAULT, "other")
+        window.give("other")
     clients.active()
     assert "gone" in clients.away  # taken 8 = 2 x 4 since: still remembered
-    assert clients.take("other", 0, 4)
-    clients.give("other")
+    assert window.try_take(DEFAULT, "other")
+    window.give("other")
     assert clients.active() == 1 and list(clients.away) == ["other"]
 
 
 def test_at_most_half_the_window_of_clients_that_left_is_remembered() -> None:
-    clients = Clients(size=8)
+    window = Window(8)
     for n in range(100):
-        assert clients.take(f"k{n}", 0, 8)
-        clients.give(f"k{n}")
-    assert list(clients.away) == [f"k{n}" for n in range(96, 100)]
+        assert window.try_take(DEFAULT, f"k{n}")
+        window.give(f"k{n}")
+    assert list(window.clients.away) == [f"k{n}" for n in range(96, 100)]
 
 
 # --- which waiter a freed slot goes to ---------------------------------------------------------

@@ -110,22 +110,6 @@ class Clients:
         self.taken += 1
         return True
 
-    def give(self, client: str) -> None:
-        """give counts one slot less for `client`, forgetting it at zero. Giving back a slot
-        that `client` doesn't hold is a bug in the caller: RuntimeError."""
-        held = self.held.pop(client, 0)
-        if held > 1:
-            self.held[client] = held - 1
-        elif held == 0:
-            raise RuntimeError("a client's slot was given back more often than taken")
-        elif self.memory:
-            # _remember, inline: this is every request's path. A client holding a slot is
-            # never in `away` (taking one takes it out), so it goes in at the newest end.
-            away = self.away
-            away[client] = self.taken
-            if len(away) > self.keep:
-                del away[next(iter(away))]
-
     def turned_away(self, client: str) -> None:
         """turned_away remembers that `client` was refused a slot while holding none, so that
         it takes part in the shares for a while (its last refusal counts)."""

@@ -203,8 +203,8 @@ class Window:
         if self.used <= 0:
             raise RuntimeError("a window slot was given back more often than taken")
         if client is not None:
-            # Clients.give, inline: this is every request's path (a method call more costs
-            # about 500 instructions).
+            # The client's count, given back here and only here: this is every request's path
+            # (a call to a method of Clients more costs about 500 instructions).
             clients = self.clients
             held = clients.held.pop(client, 0)
             if held > 1:
