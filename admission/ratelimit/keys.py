@@ -123,22 +123,22 @@ def _resolving(networks: tuple[Network, ...], forwarded_header: str) -> KeyFunc:
     `_REMEMBERED_VALUE_MAX` bytes is never remembered. One per trusted networks and header:
     the window's key, the rate limit's and a `header:` key's fallback share it."""
     name = _HEADER_NAMES.get(forwarded_header)
-    # peer -> its key when it is no trusted proxy; None when it is one (its headers count).
-    peers: dict[str | None, str | None] = {}
+    # peer -> its key when it is no trusted proxy; "" when it is one (its headers count).
+    peers: dict[str | None, str] = {}
     known: dict[tuple[str, bytes | None], str] = {}
 
     def key(scope: Scope) -> str:
         client = scope.get("client")
         peer = str(client[0]) if client else None
-        own = peers.get(peer, _UNSEEN)
-        if own is _UNSEEN:
+        own = peers.get(peer)
+        if own is None:
             own = (
-                None
+                ""
                 if from_trusted_peer(scope, networks)
                 else "ip:" + bounded(client_address(scope, networks, forwarded_header))
             )
             _remember(peers, peer, own)
-        if own is not None:
+        if own:
             return own
         assert peer is not None  # a trusted peer has an address
         values = [value for header, value in scope.get("headers", ()) if header == name]
@@ -152,9 +152,6 @@ def _resolving(networks: tuple[Network, ...], forwarded_header: str) -> KeyFunc:
         return found
 
     return key
-
-
-_UNSEEN = "\0unseen"
 
 
 def _remember(table: dict[Any, Any], key: Any, value: Any) -> None:
