@@ -8,12 +8,35 @@ their difference, is one request's (or message's) cost.
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+
+def parse(
+    parser: argparse.ArgumentParser,
+    argv: list[str] | None,
+    run: Callable[[str, int], None],
+    counts: str,
+) -> tuple[argparse.Namespace, int, int] | None:
+    """parse reads a script's options with the hidden `--child NAME N` added. A child runs
+    `run(NAME, N)` and gets None. Otherwise the script's own run gets its options and the two
+    counts of its option `counts` ("N1,N2", N1 < N2), once valgrind is known to be there."""
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        run(args.child[0], int(args.child[1]))
+        return None
+    require_valgrind()
+    low, high = (int(n) for n in getattr(args, counts).split(","))
+    if not 0 < low < high:
+        raise SystemExit(f"--{counts} needs two counts N1 < N2")
+    return args, low, high
 
 
 def require_valgrind() -> None:

@@ -28,7 +28,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from callgrind import instructions, require_valgrind
+from callgrind import instructions, parse
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = (
@@ -98,15 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", default="2000,6000", help="N1,N2 (default 2000,6000)")
     parser.add_argument("--only", default="", help="comma-separated variants (and baselines)")
     parser.add_argument("--jobs", type=int, default=2, help="children under callgrind at once")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        run(args.child[0], int(args.child[1]))
+    parsed = parse(parser, argv, run, "requests")
+    if parsed is None:
         return 0
-    require_valgrind()
-    low, high = (int(n) for n in args.requests.split(","))
-    if not 0 < low < high:
-        raise SystemExit("--requests needs two counts N1 < N2")
+    args, low, high = parsed
     names = list(VARIANTS)
     if args.only:
         wanted = args.only.split(",")

@@ -20,7 +20,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from callgrind import per_unit, require_valgrind
+from callgrind import parse, per_unit
 
 HERE = Path(__file__).resolve().parent
 VARIANTS = ("bare", "norate", "admission", "admission-1000c", "policy", "3x2", "1000")
@@ -69,13 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     """main counts each variant's instructions per request and prints the added costs."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", default="1000,6000", help="N1,N2 (default 1000,6000)")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        run(args.child[0], int(args.child[1]))
+    parsed = parse(parser, argv, run, "requests")
+    if parsed is None:
         return 0
-    require_valgrind()
-    low, high = (int(n) for n in args.requests.split(","))
+    _, low, high = parsed
     per = {}
     for name in VARIANTS:
         per[name] = per_unit(__file__, name, low, high)

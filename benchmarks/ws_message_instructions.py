@@ -19,7 +19,7 @@ import asyncio
 import sys
 from typing import Any
 
-from callgrind import per_unit, require_valgrind
+from callgrind import parse, per_unit
 
 VARIANTS = ("none", "conn", "policy", "policy2")
 RATE = "1000000/second"
@@ -88,13 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     """main counts each variant's instructions per message and prints what limits add."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", default="200,4200", help="N1,N2 (default 200,4200)")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.child:
-        run(args.child[0], int(args.child[1]))
+    parsed = parse(parser, argv, run, "messages")
+    if parsed is None:
         return 0
-    require_valgrind()
-    low, high = (int(n) for n in args.messages.split(","))
+    _, low, high = parsed
     per = {name: per_unit(__file__, name, low, high) for name in VARIANTS}
     print(f"{'variant':<10}{'instr/message':>15}{'added':>10}")
     for name in VARIANTS:
