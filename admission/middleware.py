@@ -211,13 +211,17 @@ class AdmissionMiddleware:
             after = None
             gate = self.gate
             if gate is not None:
-                # A memory store decides synchronously: no coroutine per request.
-                outcome = gate.decide_now(scope) if gate.synchronous else await gate.decide(scope)
-                if outcome.refusal is not None:
-                    return await self._refuse(scope, receive, send, outcome.refusal)
+                # A memory store decides synchronously: no coroutine per request. The outcome
+                # unpacked, not read by field name (see `Outcome`).
+                if gate.synchronous:
+                    decide_now = gate.decide_now  # loaded, then called: a specialised call
+                    refusal, headers, after = decide_now(scope)
+                else:
+                    refusal, headers, after = await gate.decide(scope)
+                if refusal is not None:
+                    return await self._refuse(scope, receive, send, refusal)
                 if self._fields_on_admitted:
-                    extra = outcome.headers
-                after = outcome.after
+                    extra = headers
             if not drain.accepting:
                 # It waited for a slot or for Redis while the drain began: it must not start,
                 # and its refusal is no outcome of the application's to charge.

@@ -8,6 +8,7 @@ the store keeps (its LRU order) would show as a client refused on one path and n
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -69,8 +70,33 @@ def test_the_single_rate_and_the_policy_path_decide_alike(
         one, other = single.decide_now(scope), limiter.decide_now(scope)
         assert (one.refusal is None) == (other.refusal is None), (client, clock.now)
         if one.refusal is None:
-            assert one.headers == other.headers
+            assert list(one.headers) == list(other.headers)
         else:
             assert other.refusal is not None
             assert one.refusal.headers == other.refusal.headers
             assert one.refusal.policy == other.refusal.policy == "default"
+
+
+def test_the_single_rates_admitted_outcomes_kept_are_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each admitted outcome is kept by its RateLimit field and handed out again: a client can
+    # make as many fields as a bucket has tokens (and seconds), so what is kept is bounded.
+    from admission.ratelimit import gate
+
+    monkeypatch.setattr(gate, "_OUTCOMES_MAX", 8)
+    config = Settings(rate="1000/minute")
+    policy = default_policy(config)
+    assert isinstance(policy, Policy)
+    clock = Clock()
+    bucket = bucket_for(config)
+    assert bucket is not None
+    single = SingleRate(policy, MemoryStore(bucket, clock=clock))
+    seen: set[object] = set()
+    for _ in range(100):
+        outcome = single.decide_now(_scope(1))
+        assert outcome.refusal is None
+        seen.add(outcome.headers)
+        assert len(single._outcomes) <= 8
+    # Every field was a new one (the bucket counts down), each outcome its own.
+    assert len(seen) == 100

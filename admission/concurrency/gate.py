@@ -37,7 +37,8 @@ class Sample(Protocol):
     latency_s: float
     status: int
     scope: Scope
-    clock: Callable[[], float]
+
+    def now(self) -> float: ...
 
     def service_s(self) -> float: ...
 
@@ -131,7 +132,7 @@ class Concurrency:
         if adaptive is None:
             return
         # The exchange's own clock, which the adaptive window's intervals are counted on.
-        now = exchange.clock()
+        now = exchange.now()
         reason = exchange.reason
         if reason is None:
             if not exchange.disconnected:

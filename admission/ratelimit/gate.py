@@ -40,8 +40,8 @@ __all__ = [
     "with_route_limits",
 ]
 
-# Named tuples built directly, skipping their Python-level __new__ (as in admission.bucket).
-_new_tuple = tuple.__new__
+# The most admitted outcomes a SingleRate keeps (`SingleRate._admitted`).
+_OUTCOMES_MAX = 4096
 
 
 class RateGate(Protocol):
@@ -124,6 +124,8 @@ class SingleRate:
         self.store = store
         self.refusals = {policy.name: 0}
         self.shadow_refusals: dict[str, int] = {}
+        # Admitted outcomes by their RateLimit field (`_admitted`).
+        self._outcomes: dict[tuple[bytes, bytes], Outcome] = {}
         # The memory store decides synchronously: no coroutine per request. Its subclasses
         # keep `decide`, which they may override.
         memory = store if type(store) is MemoryStore else None
@@ -134,16 +136,21 @@ class SingleRate:
 
     def _deciding_now(self, memory: MemoryStore) -> Callable[[Scope], Outcome]:
         """_deciding_now is `decide_now` for `memory`: `decide` without a coroutine, a closure
-        over what it reads, since it runs for every rate-limited request (about 300
-        instructions fewer than a method's attribute reads, benchmarks/instructions.py)."""
-        decide_at, key, field = memory.decide_at, self.key, self.field
-        refused = self._refused
+        over what it reads, since it runs for every rate-limited request (fewer instructions
+        than a method's attribute reads: docs/performance.md, "rate")."""
+        decide_at, key, outcomes = memory.decide_at, self.key, self._outcomes
+        admitted, refused = self._admitted, self._refused
 
         def decide_now(scope: Scope) -> Outcome:
-            # The store's clock read from it each time: a test may give it another.
-            decision = decide_at(key(scope), memory.clock())
+            # The store's clock read from it each time (a test may give it another), and
+            # loaded before the call: Python 3.11 specialises no call of an instance's
+            # attribute written as a method call.
+            clock = memory.clock
+            decision = decide_at(key(scope), clock())
             if decision.allowed:
-                return _new_tuple(Outcome, (None, [field, ratelimit_header(decision)], None))
+                # `_admitted`'s answer when it has it already, without its call.
+                outcome = outcomes.get(ratelimit_header(decision))
+                return admitted(decision) if outcome is None else outcome
             return refused(decision)
 
         return decide_now
@@ -152,8 +159,21 @@ class SingleRate:
         """decide is the request's outcome under the one limit."""
         decision = await self.store.decide(self.key(scope))
         if decision.allowed:
-            return _new_tuple(Outcome, (None, [self.field, ratelimit_header(decision)], None))
+            return self._admitted(decision)
         return self._refused(decision)
+
+    def _admitted(self, decision: Decision) -> Outcome:
+        """_admitted is the Outcome of an admitted `decision`: one per RateLimit field, kept
+        and handed out again, since a handful of fields recur for every client (immutable:
+        its headers are a tuple). Bounded: forgotten all at once when full."""
+        field = ratelimit_header(decision)
+        outcome = self._outcomes.get(field)
+        if outcome is None:
+            if len(self._outcomes) >= _OUTCOMES_MAX:
+                self._outcomes.clear()
+            outcome = Outcome(None, (self.field, field), None)
+            self._outcomes[field] = outcome
+        return outcome
 
     def unserved(self, app: object) -> list[tuple[str, str]]:
         """unserved is empty: the single rate matches every request."""

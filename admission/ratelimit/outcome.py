@@ -19,10 +19,13 @@ class Outcome(NamedTuple):
     """Outcome is a request's answer from the policies: `refusal` is None when admitted;
     `headers` are the RateLimit fields for an admitted response. `after`, for a request that
     a policy's `charge_when` may charge once its response starts, wraps the response's `send`
-    to do so (`admission.ratelimit.charge_when`); None for every other request."""
+    to do so (`admission.ratelimit.charge_when`); None for every other request. An outcome
+    may be handed out again for another request: never changed once made. On the request
+    path it is unpacked rather than read by field name, which Python 3.11 doesn't
+    specialise."""
 
     refusal: Refusal | None
-    headers: RawHeaders
+    headers: Sequence[tuple[bytes, bytes]]
     after: Callable[[Send], Send] | None
 
 

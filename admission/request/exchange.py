@@ -125,9 +125,9 @@ class Exchange:
     """Exchange is the per-request state: nothing about a request lives on the middleware.
 
     `run(app)` runs the application and finishes the request (see the module's docstring).
-    `task` is the request's task, which an abort cancels; `loop` the loop it runs on. `clock`
-    is the clock every time of the exchange is read on (the loop's, unless the shared state
-    gives one). `begun_at` is the time of admission on `Shared.latency_clock` (perf_counter
+    `task` is the request's task, which an abort cancels; `loop` the loop it runs on. `now()`
+    is the time every time of the exchange is read on (the loop's clock, unless the shared
+    state gives one). `begun_at` is the time of admission on `Shared.latency_clock` (perf_counter
     unless the shared state gives a clock), `latency_s` the time from there to the end of the
     request, once it ended. Under `Shared.times_service`, `service_s()` is the service time:
     from admission, or the end of the body if later, to the response's start; `status` the
@@ -152,7 +152,6 @@ class Exchange:
         "begun_at",
         "body_at",
         "body_done",
-        "clock",
         "completed",
         "deadline",
         "disconnected",
@@ -184,10 +183,10 @@ class Exchange:
         self._send = send
         self._extra_headers = extra_headers
         self.loop = loop = get_running_loop()
-        self.clock = shared.clock or loop.time
         self.task: asyncio.Task[object] | None = current_task(loop)
         # One clock read per request: the loop's clock is read only by a TimedExchange.
-        self.begun_at = shared.latency_clock()
+        latency_clock = shared.latency_clock  # loaded, then called: see `send`
+        self.begun_at = latency_clock()
         self.latency_s = 0.0
         self.websocket = scope["type"] == "websocket"
         self.reason: Reason | None = None
@@ -216,7 +215,9 @@ class Exchange:
         if state is None:
             scope["state"] = state = {}
         state[STATE_KEY] = self
-        shared.ledger.enter(self)
+        ledger = shared.ledger
+        enter = ledger.enter  # loaded, then called: see `send`
+        enter(self)
         if self.loop not in shared.ticker.timers:
             shared.ticker.arm(self.loop)
         shared.stats.admitted += 1
@@ -237,8 +238,10 @@ class Exchange:
                 if self.lifetime is not None:
                     await self.lifetime.close()
             finally:
-                shared.ledger.leave(self)
-                self.latency_s = latency = shared.latency_clock() - self.begun_at
+                leave = ledger.leave
+                leave(self)
+                latency_clock = shared.latency_clock
+                self.latency_s = latency = latency_clock() - self.begun_at
                 shared.stats.observe(latency)
                 # scope -> state -> exchange -> scope is a reference cycle: left in place, every
                 # request's objects (the server's included) wait for the cyclic garbage
@@ -298,6 +301,13 @@ class Exchange:
         if self.running and self._watcher is None and self.begun_at <= watch_before:
             self.start_watch()
 
+    def now(self) -> float:
+        """now is the time on the exchange's clock: the shared state's, else the loop's. Read
+        when needed, not kept per request: most requests read none (a TimedExchange keeps its
+        own `clock`, which it reads all the time)."""
+        clock = self.shared.clock
+        return clock() if clock is not None else self.loop.time()
+
     def draining(self) -> bool:
         """draining is True once the service has begun to drain."""
         return self.shared.drain.begun
@@ -306,7 +316,7 @@ class Exchange:
         """time_left is the seconds until the handler's deadline (never negative), or None."""
         if self.deadline is None:
             return None
-        return max(0.0, self.deadline - self.clock())
+        return max(0.0, self.deadline - self.now())
 
     def abort(self, reason: Reason) -> None:
         """abort cancels the application for `reason`, once, while it runs."""
@@ -347,7 +357,7 @@ class Exchange:
         shared = self.shared
         bucket = shared.ws_messages
         if bucket is not None:
-            tat, decision = bucket.decide(self._ws_tat, self.clock())
+            tat, decision = bucket.decide(self._ws_tat, self.now())
             if not decision.allowed:
                 return await self._close_for(WS_MESSAGE_RATE)
             self._ws_tat = tat
@@ -402,7 +412,10 @@ class Exchange:
                 headers = [*message.get("headers", ()), *self._extra_headers]
                 if draining:
                     headers.append((b"connection", b"close"))
-                message = {**message, "headers": headers}
+                # A copy, the application's message left as it is: one dict made, where
+                # `{**message, "headers": headers}` makes two and merges them.
+                message = dict(message)
+                message["headers"] = headers
         elif kind == "http.response.body":
             if not message.get("more_body", False):
                 self.completed = True
@@ -410,7 +423,10 @@ class Exchange:
             self.started = True
         elif kind == "websocket.close":
             self.completed = True
-        return self._send(message)
+        # Loaded, then called: Python 3.11 specialises no call of an attribute that holds a
+        # function written as a method call (`self._send(...)`, `ledger.enter(...)`).
+        send = self._send
+        return send(message)
 
     # A plain Exchange times nothing; a TimedExchange overrides it.
     send_timed = send
@@ -466,6 +482,7 @@ class TimedExchange(Exchange):
         "_receive_due",
         "_receive_reason",
         "_send_due",
+        "clock",
         "timeouts",
     )
 
@@ -480,6 +497,8 @@ class TimedExchange(Exchange):
         # By name, not through super(): on Python 3.11 that builds a proxy object per request.
         Exchange.__init__(self, shared, scope, receive, send, extra_headers)
         self.timeouts = timeouts = shared.timeouts
+        # The clock of every timeout: the shared state's, else the loop's.
+        self.clock = shared.clock or self.loop.time
         now = self.clock()
         self._deadline_at = self._read_deadline = NEVER
         self._receive_due = self._send_due = self._idle_due = NEVER
