@@ -195,11 +195,13 @@ class AdmissionMiddleware:
             receive = read
         window = self.websocket_window if websocket else self.window
         if window is not None:
-            priority = DEFAULT if self._priority is None or websocket else self._priority(scope)
+            # Each function loaded, then called: a specialised call (see `decide_now` below).
+            priority_of, client_of = self._priority, self._client
+            priority = DEFAULT if priority_of is None or websocket else priority_of(scope)
             client = (
                 None
-                if self._client is None or (websocket and not self._websocket_clients)
-                else self._client(scope)
+                if client_of is None or (websocket and not self._websocket_clients)
+                else client_of(scope)
             )
             if not window.try_take(priority, client) and not await window.take(
                 self._queue_s, priority, client
@@ -214,7 +216,9 @@ class AdmissionMiddleware:
                 # A memory store decides synchronously: no coroutine per request. The outcome
                 # unpacked, not read by field name (see `Outcome`).
                 if gate.synchronous:
-                    decide_now = gate.decide_now  # loaded, then called: a specialised call
+                    # Loaded, then called: Python 3.11 specialises no call written as a method
+                    # call of an attribute that holds a function.
+                    decide_now = gate.decide_now
                     refusal, headers, after = decide_now(scope)
                 else:
                     refusal, headers, after = await gate.decide(scope)

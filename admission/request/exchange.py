@@ -497,9 +497,10 @@ class TimedExchange(Exchange):
         # By name, not through super(): on Python 3.11 that builds a proxy object per request.
         Exchange.__init__(self, shared, scope, receive, send, extra_headers)
         self.timeouts = timeouts = shared.timeouts
-        # The clock of every timeout: the shared state's, else the loop's.
-        self.clock = shared.clock or self.loop.time
-        now = self.clock()
+        # The clock of every timeout: the shared state's, else the loop's. Loaded, then called,
+        # wherever it is read (see `Exchange.send`).
+        self.clock = clock = shared.clock or self.loop.time
+        now = clock()
         self._deadline_at = self._read_deadline = NEVER
         self._receive_due = self._send_due = self._idle_due = NEVER
         self._receive_reason = IDLE_TIMEOUT
@@ -547,7 +548,8 @@ class TimedExchange(Exchange):
         the read deadline, or the idle limit from now if that comes first."""
         idle = self.timeouts.idle_s
         if idle is not None:
-            idle_due = self.clock() + idle
+            clock = self.clock
+            idle_due = clock() + idle
             if idle_due < self._read_deadline:
                 return idle_due, IDLE_TIMEOUT
         return self._read_deadline, READ_TIMEOUT
@@ -565,7 +567,8 @@ class TimedExchange(Exchange):
         if write_s is None:
             await sending
         else:
-            self._send_due = self.clock() + write_s
+            clock = self.clock
+            self._send_due = clock() + write_s
             try:
                 await sending
             finally:
@@ -577,4 +580,5 @@ class TimedExchange(Exchange):
     def _touch_idle(self) -> None:
         idle_s = self.timeouts.idle_s
         if idle_s is not None:
-            self._idle_due = self.clock() + idle_s
+            clock = self.clock
+            self._idle_due = clock() + idle_s
