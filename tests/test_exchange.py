@@ -712,3 +712,34 @@ def test_latency_is_measured_finer_than_uvloops_clock() -> None:
     assert len(latencies) == 5
     assert all(0.0002 <= latency < 1.0 for latency in latencies), latencies
     assert mw.stats._latency_sum == pytest.approx(sum(latencies))
+
+
+# --- the application's own messages ---------------------------------------------------------
+
+_START: Message = {"type": "http.response.start", "status": 200, "headers": [(b"x-app", b"1")]}
+
+
+async def same_start_every_time(scope: Any, receive: Any, send: Any) -> None:
+    """same_start_every_time answers with one start message, the same dict every request."""
+    await send(_START)
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+@pytest.mark.parametrize("timed", [False, True])
+def test_the_applications_start_message_is_never_changed(timed: bool) -> None:
+    # admission adds its fields to a copy: an application that sends the same start message
+    # every time would otherwise collect every earlier response's fields.
+    from starlette.testclient import TestClient
+
+    before = {**_START, "headers": list(_START["headers"])}
+    settings: dict[str, Any] = {"rate": "100/minute"}
+    if timed:
+        settings["write_timeout"] = 5.0
+    # No lifespan (the application has none): admission starts at the first request.
+    client = TestClient(middleware(same_start_every_time, headers="all", **settings))
+    for left in (99, 98, 97):
+        response = client.get("/")
+        assert response.headers.get_list("x-app") == ["1"]
+        (field,) = response.headers.get_list("ratelimit")
+        assert field.startswith(f'"default";r={left};')
+    assert before == _START
