@@ -149,8 +149,9 @@ class SingleRate:
             decision = decide_at(key(scope), clock())
             if decision.allowed:
                 # `_admitted`'s answer when it has it already, without its call.
-                outcome = outcomes.get(ratelimit_header(decision))
-                return admitted(decision) if outcome is None else outcome
+                field = ratelimit_header(decision)
+                outcome = outcomes.get(field)
+                return admitted(field) if outcome is None else outcome
             return refused(decision)
 
         return decide_now
@@ -159,14 +160,14 @@ class SingleRate:
         """decide is the request's outcome under the one limit."""
         decision = await self.store.decide(self.key(scope))
         if decision.allowed:
-            return self._admitted(decision)
+            return self._admitted(ratelimit_header(decision))
         return self._refused(decision)
 
-    def _admitted(self, decision: Decision) -> Outcome:
-        """_admitted is the Outcome of an admitted `decision`: one per RateLimit field, kept
-        and handed out again, since a handful of fields recur for every client (immutable:
-        its headers are a tuple). Bounded: forgotten all at once when full."""
-        field = ratelimit_header(decision)
+    def _admitted(self, field: tuple[bytes, bytes]) -> Outcome:
+        """_admitted is the Outcome of an admitted decision whose RateLimit field is `field`:
+        one per field, kept and handed out again, since a handful of fields recur for every
+        client (immutable: its headers are a tuple). Bounded: forgotten all at once when
+        full."""
         outcome = self._outcomes.get(field)
         if outcome is None:
             if len(self._outcomes) >= _OUTCOMES_MAX:

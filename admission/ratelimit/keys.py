@@ -127,16 +127,15 @@ def _resolving(networks: tuple[Network, ...], forwarded_header: str) -> KeyFunc:
     peers: dict[str | None, str] = {}
     known: dict[tuple[str, bytes | None], str] = {}
 
+    def walk(scope: Scope) -> str:
+        return "ip:" + bounded(client_address(scope, networks, forwarded_header))
+
     def key(scope: Scope) -> str:
         client = scope.get("client")
         peer = str(client[0]) if client else None
         own = peers.get(peer)
         if own is None:
-            own = (
-                ""
-                if from_trusted_peer(scope, networks)
-                else "ip:" + bounded(client_address(scope, networks, forwarded_header))
-            )
+            own = "" if from_trusted_peer(scope, networks) else walk(scope)
             _remember(peers, peer, own)
         if own:
             return own
@@ -146,7 +145,7 @@ def _resolving(networks: tuple[Network, ...], forwarded_header: str) -> KeyFunc:
         memo = (peer, value)
         found = known.get(memo)
         if found is None:
-            found = "ip:" + bounded(client_address(scope, networks, forwarded_header))
+            found = walk(scope)
             if value is None or len(value) <= _REMEMBERED_VALUE_MAX:
                 _remember(known, memo, found)
         return found
